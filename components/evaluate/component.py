@@ -1,0 +1,53 @@
+"""evaluate: test-set metrics in the KFP/Vertex UI, a visual report and the quality gate."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from kic.components import docs
+from kic.components.image import IMAGE
+
+
+def evaluate(
+    examples: Input[Dataset],
+    model: Input[Model],
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    report: Output[HTML],
+    report_markdown: Output[Markdown],
+    blessing: Output[Artifact],
+    gate_metric: str = "",
+    gate_minimum: float = 0.0,
+    baseline_model_uri: str = "",
+    max_regression: float = 0.0,
+    top_k: int = 5,
+) -> bool:
+    arguments = dict(locals())
+    from kic import steps
+
+    return steps.evaluate_step(**arguments)
+
+
+evaluate.__doc__ = docs.docstring(
+    "Evaluates the trained model on the test split (validation when there is none) and decides "
+    "whether it is good enough to export.",
+    {
+        "examples": "The prepared dataset from prepare.",
+        "model": "The trained model from train.",
+        "gate_metric": "Metric the quality gate checks; empty: the monitored metric (accuracy, or "
+                       "eval_metric in binary mode).",
+        "gate_minimum": "Smallest acceptable value of gate_metric.",
+        "baseline_model_uri": "Optional model to compare with (for example the one deployed now); it is "
+                              "evaluated on the same data.",
+        "max_regression": "Largest allowed drop of gate_metric below the baseline's.",
+        "top_k": "k of the top-k accuracy (reported when there are more than k classes).",
+    },
+    {
+        "metrics": "Scalar metrics (accuracy, top-k, per-class, binary precision/recall/auc/prc).",
+        "classification_metrics": "Confusion matrix and, in binary mode, the ROC curve.",
+        "report": "Self-contained HTML evaluation report.",
+        "report_markdown": "Markdown summary of the evaluation.",
+        "blessing": "The gate's decision and reasons (blessed: true/false in its metadata).",
+        "Output": "Whether the model passed the quality gate (blessed).",
+    },
+)
+evaluate = dsl.component(base_image=IMAGE, install_kfp_package=False)(evaluate)

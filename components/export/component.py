@@ -1,0 +1,37 @@
+"""export: a SavedModel serving raw image bytes, packaged like the reference algorithm's."""
+
+from kfp import dsl
+from kfp.dsl import Input, Metrics, Model, Output
+
+from kic.components import docs
+from kic.components.image import IMAGE
+
+
+def export(
+    model: Input[Model],
+    evaluation: Input[Metrics],
+    package: Output[Model],
+    destination_uri: str = "",
+    tflite: str = "",
+    top_k: int = 5,
+):
+    arguments = dict(locals())
+    from kic import steps
+
+    steps.export_step(**arguments)
+
+
+export.__doc__ = docs.docstring(
+    "Exports the trained model as a SavedModel whose serving signature takes encoded image bytes, "
+    "verifies it against the Keras model, and packages it as model.tar.gz.",
+    {
+        "model": "The trained model from train.",
+        "evaluation": "Evaluation metrics, recorded in the package's model info.",
+        "destination_uri": "Optional local path or gs:// URI that also receives the package (a _SUCCESS "
+                           "marker is written last).",
+        "tflite": "Also write a TFLite model: float32, float16 or int8 (dynamic range); empty: none.",
+        "top_k": "Number of top labels the serving signature returns.",
+    },
+    {"package": "The serving package: 1/ (SavedModel), label map, model info, and model.tar.gz."},
+)
+export = dsl.component(base_image=IMAGE, install_kfp_package=False)(export)

@@ -1,0 +1,70 @@
+"""train: fine-tune a pretrained backbone; all 25 hyperparameters are typed inputs."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from kic.components import docs
+from kic.components.image import IMAGE
+
+
+def train(
+    examples: Input[Dataset],
+    model: Output[Model],
+    training_metrics: Output[Metrics],
+    backbone: str = "mobilenet_v2_100_224",
+    pretrained_weights: str = "imagenet",
+    image_size: int = 0,
+    base_model_uri: str = "",
+    seed: int = 42,
+    augmentation: bool = False,
+    augmentation_random_flip: str = "horizontal_and_vertical",
+    augmentation_random_rotation: float = 0.2,
+    augmentation_random_zoom: float = 0.1,
+    batch_size: int = 32,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    binary_mode: bool = False,
+    dropout_rate: float = 0.2,
+    early_stopping: bool = False,
+    early_stopping_min_delta: float = 0.0,
+    early_stopping_patience: int = 5,
+    epochs: int = 3,
+    epsilon: float = 1e-7,
+    eval_metric: str = "accuracy",
+    image_resize_interpolation: str = "bilinear",
+    initial_accumulator_value: float = 0.0001,
+    label_smoothing: float = 0.1,
+    learning_rate: float = 0.001,
+    momentum: float = 0.9,
+    optimizer: str = "adam",
+    regularizers_l2: float = 0.0001,
+    reinitialize_top_layer: str = "Auto",
+    rho: float = 0.95,
+    train_only_on_top_layer: bool = False,
+):
+    arguments = dict(locals())
+    from kic import steps
+
+    steps.train_step(**arguments)
+
+
+train.__doc__ = docs.docstring(
+    "Fine-tunes a Keras Applications backbone with a Dropout + Dense top layer on prepared data. "
+    "Hyperparameters are validated (all problems at once) before any data is read.",
+    {
+        "examples": "The prepared dataset from prepare.",
+        "backbone": "Backbone name from `kic backbones`, or a reference-algorithm model_id.",
+        "pretrained_weights": "imagenet (Keras' download and cache), none (from scratch), or the path or "
+                              "gs:// URI of a .weights.h5 file for the backbone.",
+        "image_size": "Input size in pixels; 0 uses the backbone's native size.",
+        "base_model_uri": "An earlier kic model (directory or model.tar.gz) to continue training from "
+                          "(incremental training); empty starts from the backbone.",
+        "seed": "Seed of initialisation, shuffling and augmentation; makes a CPU run repeatable.",
+        **docs.hyperparameter_args(),
+    },
+    {
+        "model": "The trained Keras model (best epoch), model_info.json, label map, history, TensorBoard logs.",
+        "training_metrics": "Training and validation metrics of the best epoch.",
+    },
+)
+train = dsl.component(base_image=IMAGE, install_kfp_package=False)(train)

@@ -1,0 +1,293 @@
+"""The typed contract of the 25 training hyperparameters.
+
+``TrainingConfig`` mirrors the reference algorithm's hyperparameter table with
+the same names and defaults. It is frozen and validates itself on creation:
+an invalid value or combination raises ONE ``HyperparameterError`` that lists
+every problem (name, bad value, what is valid), before any data is read or
+any model is built.
+
+``from_reference_json`` accepts the reference algorithm's all-strings JSON
+("True", "0.2", and the aliases ``train_only_top_layer`` and ``eps``), so
+users can bring their existing hyperparameter files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+FLIP_MODES = ("horizontal_and_vertical", "horizontal", "vertical", "None")
+EVAL_METRICS = ("accuracy", "precision", "recall", "auc", "prc")
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
+                  "mitchellcubic")
+OPTIMIZERS = ("adam", "sgd", "nesterov", "rmsprop", "adagrad", "adadelta")
+REINITIALIZE_CHOICES = ("Auto", "True", "False")
+
+# Which optimizer reads which parameter; the others are accepted and ignored
+# (and the training log says so).
+OPTIMIZER_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "adam": ("beta_1", "beta_2", "epsilon"),
+    "sgd": ("momentum",),
+    "nesterov": ("momentum",),
+    "rmsprop": ("rho", "momentum", "epsilon"),
+    "adagrad": ("initial_accumulator_value", "epsilon"),
+    "adadelta": ("rho", "epsilon"),
+}
+OPTIMIZER_SPECIFIC = frozenset(p for params in OPTIMIZER_PARAMETERS.values() for p in params)
+
+# The reference training script's own spellings.
+ALIASES = {"train_only_top_layer": "train_only_on_top_layer", "eps": "epsilon"}
+
+
+def _param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           choices: tuple[str, ...] | None = None):
+    return dataclasses.field(default=default, metadata={
+        "help": help, "low": low, "high": high, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    name: str
+    value: Any
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value!r}: {self.expected}"
+
+
+class ParameterError(ValueError):
+    """Every problem found in a set of parameters, reported at once."""
+
+    what = "parameters"
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"invalid {self.what} ({len(self.problems)} {noun}):\n{lines}")
+
+
+class HyperparameterError(ParameterError):
+    """Every problem found in the training hyperparameters, reported at once."""
+
+    what = "hyperparameters"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """The 25 hyperparameters of training, with the reference algorithm's defaults."""
+
+    augmentation: bool = _param(False, "Apply the random flip, rotation and zoom below to training images.")
+    augmentation_random_flip: str = _param(
+        "horizontal_and_vertical", "Flip mode of the augmentation.", choices=FLIP_MODES)
+    augmentation_random_rotation: float = _param(
+        0.2, "Largest random rotation, as a fraction of a full turn (2*pi); 0 disables it.",
+        low=-1.0, high=1.0)
+    augmentation_random_zoom: float = _param(
+        0.1, "Largest random zoom; positive zooms out, negative zooms in; 0 disables it.",
+        low=-1.0, high=1.0)
+    batch_size: int = _param(32, "Global batch size, split across all replicas.", low=1)
+    beta_1: float = _param(0.9, "Adam: decay rate of the first-moment estimates.", low=0.0, high=1.0)
+    beta_2: float = _param(0.999, "Adam: decay rate of the second-moment estimates.", low=0.0, high=1.0)
+    binary_mode: bool = _param(
+        False, "One sigmoid output: the probability of the positive (alphabetically second) class. "
+        "Two-class data only.")
+    dropout_rate: float = _param(0.2, "Dropout rate before the top dense layer.", low=0.0, high=1.0)
+    early_stopping: bool = _param(False, "Stop when the monitored validation metric stops improving.")
+    early_stopping_min_delta: float = _param(
+        0.0, "Smallest absolute change of the monitored metric that counts as an improvement.",
+        low=0.0, high=1.0)
+    early_stopping_patience: int = _param(5, "Epochs without improvement before stopping.", low=1)
+    epochs: int = _param(3, "Number of training epochs.", low=1)
+    epsilon: float = _param(1e-7, "Numerical-stability constant of adam, rmsprop, adadelta and adagrad.",
+                            low=0.0, high=1.0)
+    eval_metric: str = _param(
+        "accuracy", "Validation metric that picks the best epoch and drives early stopping; "
+        "anything but accuracy needs binary_mode.", choices=EVAL_METRICS)
+    image_resize_interpolation: str = _param(
+        "bilinear", "Interpolation of the resize to the backbone's input size.", choices=INTERPOLATIONS)
+    initial_accumulator_value: float = _param(0.0001, "Adagrad: starting accumulator value.",
+                                              low=0.0, high=1.0)
+    label_smoothing: float = _param(0.1, "Label smoothing of the cross-entropy loss.", low=0.0, high=1.0)
+    learning_rate: float = _param(0.001, "Optimizer learning rate.", low=0.0, high=1.0)
+    momentum: float = _param(0.9, "Momentum of sgd, nesterov and rmsprop.", low=0.0, high=1.0)
+    optimizer: str = _param("adam", "Optimizer; nesterov is SGD with Nesterov momentum.", choices=OPTIMIZERS)
+    regularizers_l2: float = _param(0.0001, "L2 factor on the top dense layer's kernel.", low=0.0, high=1.0)
+    reinitialize_top_layer: str = _param(
+        "Auto", "Auto: new top layer on a pretrained backbone, kept when continuing from an earlier "
+        "model of ours; True: always new; False: always kept.", choices=REINITIALIZE_CHOICES)
+    rho: float = _param(0.95, "Gradient discounting factor of adadelta and rmsprop.", low=0.0, high=1.0)
+    train_only_on_top_layer: bool = _param(
+        False, "Freeze the backbone (weights and batch-norm statistics); train only the top layer.")
+
+    def __post_init__(self) -> None:
+        problems = _field_problems(self)
+        if self.eval_metric in EVAL_METRICS[1:] and self.binary_mode is False:
+            problems.append(Problem("eval_metric", self.eval_metric,
+                                    "only 'accuracy' is valid unless binary_mode=True"))
+        if problems:
+            raise HyperparameterError(problems)
+
+    # ------------------------------------------------------------------ API
+    @property
+    def monitored_metric(self) -> str:
+        """The Keras history key that picks the best epoch and drives early stopping."""
+        return f"val_{self.eval_metric}"
+
+    def ignored_parameters(self) -> list[str]:
+        """Optimizer parameters the chosen optimizer does not read."""
+        used = set(OPTIMIZER_PARAMETERS[self.optimizer])
+        return sorted(OPTIMIZER_SPECIFIC - used)
+
+    def check_against_data(self, num_classes: int) -> None:
+        """The rules that need the data: binary_mode is for two-class data only."""
+        problems = []
+        if num_classes < 2:
+            problems.append(Problem("num_classes", num_classes, "training needs at least 2 classes"))
+        if self.binary_mode and num_classes != 2:
+            problems.append(Problem("binary_mode", True,
+                                    f"needs exactly 2 classes, but the data has {num_classes}"))
+        if problems:
+            raise HyperparameterError(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
+        """Builds a config from typed values or strings (as the reference JSON
+        and command lines carry them). Unknown names are errors."""
+        problems: list[Problem] = []
+        typed: dict[str, Any] = {}
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        for raw_name, raw_value in values.items():
+            name = ALIASES.get(raw_name, raw_name)
+            if name not in fields:
+                problems.append(Problem(raw_name, raw_value, _unknown_name_hint(raw_name, fields)))
+                continue
+            if name in typed:
+                problems.append(Problem(raw_name, raw_value, f"given twice (also as {name!r})"))
+                continue
+            try:
+                typed[name] = coerce(raw_value, fields[name].type)
+            except ValueError as error:
+                problems.append(Problem(name, raw_value, str(error)))
+        if problems:
+            # Report the well-typed values' range problems together with the rest.
+            try:
+                cls(**typed)
+            except HyperparameterError as error:
+                problems.extend(error.problems)
+            raise HyperparameterError(problems)
+        return cls(**typed)
+
+
+def from_reference_json(source: str | os.PathLike | Mapping[str, Any]) -> TrainingConfig:
+    """Reads the reference algorithm's hyperparameter JSON: a dict, a JSON
+    string or a path to a JSON file; values may all be strings."""
+    if isinstance(source, Mapping):
+        payload = source
+    else:
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            from kic import storage
+
+            text = storage.read_text(text)
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise HyperparameterError([Problem("hyperparameters", str(source)[:80],
+                                               f"not valid JSON ({error})")]) from None
+        if not isinstance(payload, dict):
+            raise HyperparameterError([Problem("hyperparameters", type(payload).__name__,
+                                               "expected a JSON object of name -> value")])
+    return TrainingConfig.from_dict(payload)
+
+
+# --------------------------------------------------------------- internals
+def coerce(value: Any, type_name: Any) -> Any:
+    """Converts a typed value or its string form to the field's type."""
+    type_name = getattr(type_name, "__name__", type_name)
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError("expected a boolean: True or False")
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise ValueError("expected an integer") from None
+            if number.is_integer():
+                return int(number)
+        raise ValueError("expected an integer")
+    if type_name == "float":
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ValueError("expected a number") from None
+        raise ValueError("expected a number")
+    if type_name == "str":
+        if isinstance(value, bool):
+            return str(value)  # lets "True"/"False" choices be given as booleans
+        if isinstance(value, str):
+            return value
+        raise ValueError("expected a string")
+    raise TypeError(f"unsupported field type {type_name!r}")
+
+
+def _field_problems(config: TrainingConfig) -> list[Problem]:
+    problems = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        meta = field.metadata
+        expected_type = {"bool": bool, "int": int, "float": (int, float), "str": str}[field.type]
+        if not isinstance(value, expected_type) or (field.type != "bool" and isinstance(value, bool)):
+            problems.append(Problem(field.name, value, f"expected type {field.type}"))
+            continue
+        if meta["choices"] is not None and value not in meta["choices"]:
+            problems.append(Problem(field.name, value, "one of " + ", ".join(meta["choices"])))
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(Problem(field.name, value, "a finite number"))
+            continue
+        low, high = meta["low"], meta["high"]
+        if (low is not None and value < low) or (high is not None and value > high):
+            problems.append(Problem(field.name, value, _range_text(field.type, low, high)))
+    return problems
+
+
+def _range_text(type_name: str, low: float | None, high: float | None) -> str:
+    if high is None:
+        return f"an {type_name} >= {low:g}" if type_name == "int" else f"a number >= {low:g}"
+    return f"a number in [{low:g}, {high:g}]"
+
+
+def _unknown_name_hint(name: str, known: Mapping[str, Any]) -> str:
+    candidates = list(known) + list(ALIASES)
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    if close:
+        return f"unknown hyperparameter; did you mean {ALIASES.get(close[0], close[0])!r}?"
+    return "unknown hyperparameter; valid names: " + ", ".join(known)

@@ -1,0 +1,387 @@
+"""Where the images of a dataset come from, and what class each one belongs to.
+
+A source is one of:
+
+* a folder per class, ``root/<class>/<file>`` (local or ``gs://``): files in
+  nested subfolders belong to the class folder they are in; files directly in
+  ``root`` and hidden entries (``.DS_Store``, ``.ipynb_checkpoints/``) are
+  listed as ignored;
+* a manifest, ``*.csv`` (header ``uri,label``; ``image`` or ``path`` may name
+  the first column) or ``*.jsonl`` (``{"uri": ..., "label": ...}`` per line);
+  relative paths are resolved against the manifest's folder;
+* ``tfds:NAME[:CONFIG]``, a TensorFlow Datasets dataset that is already
+  prepared (in ``tfds_data_dir`` or TFDS's default folder); it is never
+  downloaded. Its own train/validation/test splits are kept.
+
+Listing only names files; the bytes are read later by :func:`read_payloads`.
+Every item carries a ``name`` relative to its source root, which is what the
+prepared records store, so the same data listed from a local copy or from
+GCS gives byte-identical records.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import posixpath
+import unicodedata
+from collections.abc import Iterable, Iterator
+
+from kic import storage
+
+TFDS_PREFIX = "tfds:"
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+URI_COLUMNS = ("uri", "image", "path")
+LABEL_COLUMN = "label"
+TFDS_SPLITS = ("train", "validation", "test")
+
+
+class SourceError(ValueError):
+    """The source cannot be used as given (missing, empty, unusable class names, too small)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceItem:
+    location: str  # what to read: a full path / gs:// URI, or a tfds locator
+    name: str  # stable, source-relative name stored in the records
+    label: str  # class name
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalFile:
+    """A payload that names a local file, read by whoever processes it (a
+    worker process), so the parent never copies local bytes around."""
+
+    path: str
+
+
+@dataclasses.dataclass
+class Listing:
+    """What one source holds. ``parts`` maps a split name to its items:
+    folders and manifests give only "train"; TFDS may give all three."""
+
+    source: str
+    kind: str  # "folder" | "manifest" | "tfds"
+    parts: dict[str, list[SourceItem]]
+    class_names: tuple[str, ...]  # every class the source declares, sorted
+    ignored: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_items(self) -> int:
+        return sum(len(items) for items in self.parts.values())
+
+
+def list_source(source: str, *, tfds_data_dir: str = "") -> Listing:
+    """Lists ``source``; raises SourceError when it is missing, empty or unusable."""
+    source = source.strip()
+    if not source:
+        raise SourceError("no source given")
+    if source.startswith(TFDS_PREFIX):
+        listing = _list_tfds(source, tfds_data_dir)
+    elif source.lower().endswith(MANIFEST_SUFFIXES):
+        listing = _list_manifest(source)
+    else:
+        listing = _list_folder(source)
+    validate_class_names(listing.class_names)
+    if listing.num_items == 0:
+        raise SourceError(f"{source}: no image files found")
+    return listing
+
+
+# --------------------------------------------------------------------------- class names
+
+
+def validate_class_names(names: Iterable[str]) -> None:
+    """Raises SourceError listing every class name that cannot be used.
+
+    Names are untrusted: they become file-system paths in exports, keys in
+    label maps and lines in labels.txt. Names that differ only by case or by
+    Unicode normal form would collide on some file systems and confuse people.
+    """
+    problems = []
+    seen: dict[str, str] = {}
+    for name in sorted(set(names)):
+        reason = _name_problem(name)
+        if reason:
+            problems.append(f"{name!r}: {reason}")
+            continue
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in seen:
+            problems.append(f"{name!r}: same name as {seen[key]!r} once case and Unicode form are ignored")
+        else:
+            seen[key] = name
+    if problems:
+        raise SourceError("unusable class names:\n  " + "\n  ".join(problems))
+
+
+def _name_problem(name: str) -> str | None:
+    if not name or not name.strip():
+        return "empty"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if name in (".", ".."):
+        return "is a relative path component"
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in name):
+        return "contains control characters"
+    return None
+
+
+# --------------------------------------------------------------------------- folder per class
+
+
+def _root_prefix(root: str) -> str:
+    if storage.is_gcs(root):
+        return root.rstrip("/") + "/"
+    return os.path.abspath(root).rstrip(os.sep) + os.sep
+
+
+def _list_folder(source: str) -> Listing:
+    prefix = _root_prefix(source)
+    try:
+        files = storage.list_files(source)
+    except storage.StorageError as error:
+        raise SourceError(f"cannot list source {source}: {error}") from None
+    items, ignored = [], []
+    classes: set[str] = set()
+    for path in files:
+        if storage.is_gcs(path):
+            relative = path[len(prefix):]
+        else:
+            relative = os.path.relpath(path, prefix).replace(os.sep, "/")
+        parts = relative.split("/")
+        if len(parts) < 2 or any(part.startswith(".") for part in parts):
+            ignored.append(relative)
+            continue
+        classes.add(parts[0])
+        items.append(SourceItem(location=path, name=relative, label=parts[0]))
+    if not storage.is_gcs(source):
+        # An empty class folder is a class with no images: keep it, so that
+        # the size checks name it instead of it silently vanishing.
+        with os.scandir(source) as entries:
+            classes.update(entry.name for entry in entries
+                           if entry.is_dir() and not entry.name.startswith("."))
+    if not classes:
+        raise SourceError(
+            f"{source}: no class folders found; expected {source.rstrip('/')}/<class name>/<image file>")
+    items.sort(key=lambda item: item.name)
+    return Listing(source=source, kind="folder", parts={"train": items},
+                   class_names=tuple(sorted(classes)), ignored=sorted(ignored))
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def _list_manifest(source: str) -> Listing:
+    try:
+        text = storage.read_text(source)
+    except storage.StorageError as error:
+        raise SourceError(f"cannot read manifest {source}: {error}") from None
+    except UnicodeDecodeError:
+        raise SourceError(f"manifest {source} is not UTF-8 text") from None
+    base = posixpath.dirname(source) if storage.is_gcs(source) else os.path.dirname(os.path.abspath(source))
+    if source.lower().endswith(".csv"):
+        rows = _csv_rows(source, text)
+    else:
+        rows = _jsonl_rows(source, text)
+    items = []
+    for uri, label in rows:
+        items.append(SourceItem(location=_resolve(base, uri), name=uri, label=label))
+    items.sort(key=lambda item: (item.name, item.label))
+    return Listing(source=source, kind="manifest", parts={"train": items},
+                   class_names=tuple(sorted({item.label for item in items})))
+
+
+def _resolve(base: str, uri: str) -> str:
+    if storage.is_gcs(uri) or os.path.isabs(uri):
+        return uri
+    if storage.is_gcs(base):
+        return storage.GCS_SCHEME + posixpath.normpath(posixpath.join(base[len(storage.GCS_SCHEME):], uri))
+    return os.path.normpath(os.path.join(base, uri))
+
+
+def _csv_rows(source: str, text: str) -> list[tuple[str, str]]:
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    header = next(reader, None)
+    columns = [column.strip().lower() for column in header or []]
+    uri_column = next((columns.index(name) for name in URI_COLUMNS if name in columns), None)
+    if uri_column is None or LABEL_COLUMN not in columns:
+        raise SourceError(
+            f"manifest {source}: the first line must be a header naming the columns "
+            f"uri,label (or image,label / path,label); got {header!r}")
+    label_column = columns.index(LABEL_COLUMN)
+    rows, bad = [], []
+    for line_number, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = [cell.strip() for cell in row]
+        uri = cells[uri_column] if uri_column < len(cells) else ""
+        label = cells[label_column] if label_column < len(cells) else ""
+        if not uri or not label:
+            bad.append(line_number)
+            continue
+        rows.append((uri, label))
+    _refuse_bad_lines(source, bad)
+    return rows
+
+
+def _jsonl_rows(source: str, text: str) -> list[tuple[str, str]]:
+    rows, bad = [], []
+    for line_number, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(line_number)
+            continue
+        uri = next((record[key] for key in URI_COLUMNS if isinstance(record, dict) and key in record), None)
+        label = record.get(LABEL_COLUMN) if isinstance(record, dict) else None
+        if isinstance(label, int) and not isinstance(label, bool):
+            label = str(label)
+        if not isinstance(uri, str) or not uri.strip() or not isinstance(label, str) or not label:
+            bad.append(line_number)
+            continue
+        rows.append((uri.strip(), label))
+    _refuse_bad_lines(source, bad)
+    return rows
+
+
+def _refuse_bad_lines(source: str, bad: list[int]) -> None:
+    if bad:
+        shown = ", ".join(str(number) for number in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        raise SourceError(f"manifest {source}: {len(bad)} line(s) without a uri and a label: line {shown}")
+
+
+# --------------------------------------------------------------------------- TFDS
+
+
+@dataclasses.dataclass(frozen=True)
+class _TfdsSpec:
+    name: str
+    config: str | None
+    data_dir: str | None
+
+
+def _parse_tfds(source: str, data_dir: str) -> _TfdsSpec:
+    name, _, config = source[len(TFDS_PREFIX):].partition(":")
+    if not name:
+        raise SourceError(f"{source}: expected tfds:NAME or tfds:NAME:CONFIG")
+    return _TfdsSpec(name=name, config=config or None, data_dir=data_dir or None)
+
+
+def _tfds_builder(spec: _TfdsSpec):
+    import tensorflow_datasets as tfds
+
+    try:
+        return tfds.builder(spec.name, config=spec.config, data_dir=spec.data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise SourceError(f"TFDS has no dataset named {spec.name!r}") from None
+    except (ValueError, AssertionError) as error:
+        raise SourceError(f"cannot open TFDS dataset {spec.name!r}: {str(error).splitlines()[0]}") from None
+
+
+def _tfds_keys(builder) -> tuple[str, str]:
+    keys = builder.info.supervised_keys
+    if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(key, str) for key in keys):
+        return keys
+    return "image", "label"
+
+
+def _tfds_splits(builder) -> list[str]:
+    declared = set(builder.info.splits.keys())
+    if not declared:  # info without split metadata (e.g. TFDS's own mock_data): try train
+        return ["train"]
+    return [split for split in TFDS_SPLITS if split in declared]
+
+
+def _tfds_dataset(builder, spec: _TfdsSpec, split: str):
+    import tensorflow_datasets as tfds
+
+    image_key, _ = _tfds_keys(builder)
+    decoders = None
+    if isinstance(builder.info.features[image_key], tfds.features.Image):
+        # The stored, already-encoded bytes: nothing is decoded twice.
+        decoders = {image_key: tfds.decode.SkipDecoding()}
+    try:
+        return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    except AssertionError as error:
+        where = spec.data_dir or "TFDS's default data folder"
+        raise SourceError(
+            f"TFDS dataset {spec.name!r} is not prepared in {where}; prepare never downloads, so "
+            f"build it first (e.g. `tfds build {spec.name}`) and pass its folder as tfds_data_dir "
+            f"({str(error).splitlines()[0]})") from None
+
+
+def _list_tfds(source: str, data_dir: str) -> Listing:
+    spec = _parse_tfds(source, data_dir)
+    builder = _tfds_builder(spec)
+    image_key, label_key = _tfds_keys(builder)
+    features = builder.info.features
+    if image_key not in features or label_key not in features or not hasattr(features[label_key], "names"):
+        raise SourceError(f"TFDS dataset {spec.name!r} has no image/class-label feature pair")
+    names = list(features[label_key].names)
+    validate_class_names(names)
+    splits = _tfds_splits(builder)
+    if "train" not in splits:
+        raise SourceError(
+            f"TFDS dataset {spec.name!r} has no train split (it has {sorted(builder.info.splits)})")
+    parts: dict[str, list[SourceItem]] = {}
+    for split in splits:
+        dataset = _tfds_dataset(builder, spec, split)
+        labels = dataset.map(lambda example: example[label_key])
+        parts[split] = [
+            SourceItem(location=f"{source}/{split}/{index}", name=f"{source}/{split}/{index:08d}",
+                       label=names[int(label)])
+            for index, label in enumerate(labels.as_numpy_iterator())
+        ]
+    return Listing(source=source, kind="tfds", parts=parts, class_names=tuple(sorted(names)))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_payloads(listing: Listing, items: list[SourceItem], *, tfds_data_dir: str = "",
+                  workers: int = storage.DEFAULT_WORKERS) -> Iterator[tuple[SourceItem, object]]:
+    """Yields ``(item, payload)`` in the order of ``items``.
+
+    The payload is the raw bytes of the file, a :class:`LocalFile` (when no
+    item is on GCS), a numpy array (TFDS image features that are not stored
+    encoded), or the Exception that reading raised; one unreadable file does
+    not stop the others.
+    """
+    if listing.kind == "tfds":
+        yield from _read_tfds(listing, items, tfds_data_dir)
+        return
+    if not any(storage.is_gcs(item.location) for item in items):
+        for item in items:
+            yield item, LocalFile(item.location)
+        return
+    locations = (item.location for item in items)
+    for item, (_, payload) in zip(items, storage.read_many(locations, workers), strict=True):
+        yield item, payload
+
+
+def _read_tfds(listing: Listing, items: list[SourceItem],
+               data_dir: str) -> Iterator[tuple[SourceItem, object]]:
+    spec = _parse_tfds(listing.source, data_dir)
+    builder = _tfds_builder(spec)
+    image_key, _ = _tfds_keys(builder)
+    wanted: dict[str, list[SourceItem]] = {}
+    for item in items:
+        split = item.location[len(listing.source) + 1:].partition("/")[0]
+        wanted.setdefault(split, []).append(item)
+    for split, split_items in wanted.items():
+        by_location = {item.location: item for item in split_items}
+        dataset = _tfds_dataset(builder, spec, split)
+        images = dataset.map(lambda example: example[image_key])
+        for index, image in enumerate(images.as_numpy_iterator()):
+            item = by_location.pop(f"{listing.source}/{split}/{index}", None)
+            if item is not None:
+                yield item, image
+            if not by_location:
+                break
+        for item in by_location.values():  # the dataset changed between listing and reading
+            yield item, storage.StorageError(f"{item.location}: no longer in the TFDS dataset")

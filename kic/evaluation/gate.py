@@ -1,0 +1,157 @@
+"""The quality gate: decide whether a trained model is good enough to ship.
+
+TFX calls the outcome a "blessing": the model passes an absolute bar and,
+when an earlier (baseline) model is given, does not regress against it by more
+than an allowed margin. Downstream steps (export, deploy) only run for a
+blessed model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+# Metrics where a smaller value is the better model; every comparison flips.
+LOWER_IS_BETTER = frozenset({"log_loss", "loss", "val_loss", "false_positives", "false_negatives"})
+
+# Comparisons allow this much float slack, so a regression of exactly the
+# allowed margin (0.91 - 0.01 is not exactly 0.90 in binary) still passes.
+_TOLERANCE = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class Blessing:
+    """The verdict, with one human-readable sentence per rule checked."""
+
+    blessed: bool
+    reasons: tuple[str, ...]
+    metric: str
+    value: float
+    threshold: float
+    baseline_value: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blessed": self.blessed,
+            "reasons": list(self.reasons),
+            "metric": self.metric,
+            "value": _json_number(self.value),
+            "threshold": _json_number(self.threshold),
+            "baseline_value": _json_number(self.baseline_value),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Blessing:
+        data = json.loads(text)
+        return cls(
+            blessed=bool(data["blessed"]),
+            reasons=tuple(data["reasons"]),
+            metric=data["metric"],
+            value=math.nan if data["value"] is None else float(data["value"]),
+            threshold=float(data["threshold"]),
+            baseline_value=None if data["baseline_value"] is None else float(data["baseline_value"]),
+        )
+
+
+def is_lower_better(metric: str) -> bool:
+    return metric in LOWER_IS_BETTER
+
+
+def decide(
+    metrics: Mapping[str, float],
+    *,
+    metric: str,
+    minimum: float,
+    baseline_metrics: Mapping[str, float] | None = None,
+    max_regression: float = 0.0,
+) -> Blessing:
+    """Bless the model when ``metric`` clears ``minimum`` and has not regressed.
+
+    For a lower-is-better metric (see ``LOWER_IS_BETTER``) ``minimum`` acts as
+    a ceiling and a regression is an increase. ``max_regression`` is an
+    absolute margin in the metric's own units.
+    """
+    if max_regression < 0 or not math.isfinite(max_regression):
+        raise ValueError(f"max_regression must be a finite number >= 0, got {max_regression}")
+    if not math.isfinite(minimum):
+        raise ValueError(f"the threshold for {metric} must be a finite number, got {minimum}")
+    value = _look_up(metrics, metric, "the evaluated model's metrics")
+    lower_is_better = is_lower_better(metric)
+
+    reasons = []
+    passed_threshold, sentence = _check_threshold(metric, value, minimum, lower_is_better)
+    reasons.append(sentence)
+    blessed = passed_threshold
+
+    baseline_value = None
+    if baseline_metrics is not None:
+        baseline_value = _look_up(baseline_metrics, metric, "the baseline model's metrics")
+        passed_baseline, sentence = _check_baseline(metric, value, baseline_value, max_regression, lower_is_better)
+        reasons.append(sentence)
+        blessed = blessed and passed_baseline
+
+    return Blessing(
+        blessed=blessed,
+        reasons=tuple(reasons),
+        metric=metric,
+        value=value,
+        threshold=float(minimum),
+        baseline_value=baseline_value,
+    )
+
+
+def _look_up(metrics: Mapping[str, float], metric: str, whose: str) -> float:
+    if metric not in metrics:
+        available = ", ".join(sorted(metrics)) or "none"
+        raise ValueError(f"metric {metric!r} is not among {whose}; available: {available}")
+    value = metrics[metric]
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"metric {metric!r} in {whose} is not a number: {value!r}")
+    return float(value)
+
+
+def _check_threshold(metric: str, value: float, threshold: float, lower_is_better: bool) -> tuple[bool, str]:
+    if math.isnan(value):
+        return False, f"Failed: {metric} is NaN, so it cannot meet the threshold of {threshold:.6g}."
+    if lower_is_better:
+        passed = value <= threshold + _TOLERANCE
+        relation = "is at most" if passed else "is above"
+        bound = "maximum"
+    else:
+        passed = value >= threshold - _TOLERANCE
+        relation = "is at least" if passed else "is below"
+        bound = "minimum"
+    verdict = "Passed" if passed else "Failed"
+    return passed, f"{verdict}: {metric} = {value:.6g} {relation} the required {bound} of {threshold:.6g}."
+
+
+def _check_baseline(
+    metric: str, value: float, baseline: float, max_regression: float, lower_is_better: bool
+) -> tuple[bool, str]:
+    if math.isnan(value):
+        return False, f"Failed: {metric} is NaN, so it cannot be compared with the baseline's {baseline:.6g}."
+    # Positive regression = worse than the baseline, whichever direction is better.
+    regression = value - baseline if lower_is_better else baseline - value
+    passed = regression <= max_regression + _TOLERANCE
+    verdict = "Passed" if passed else "Failed"
+    if regression <= 0:
+        change = f"is no worse than the baseline's {baseline:.6g}"
+    else:
+        change = f"is worse than the baseline's {baseline:.6g} by {regression:.6g}"
+    allowance = "within" if passed else "more than"
+    return passed, (
+        f"{verdict}: {metric} = {value:.6g} {change}, "
+        f"{allowance} the allowed regression of {max_regression:.6g}."
+    )
+
+
+def _json_number(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,354 @@
+"""Human-readable evaluation reports: one self-contained HTML page and a Markdown summary.
+
+The HTML page makes no network requests: plots and example images are inline
+``data:`` URIs and the style sheet is inline, so it renders the same from a
+bucket, an air-gapped cluster or the KFP UI. Class names and every other text
+come from users' folder names and are escaped before they reach the page.
+
+Plots use ``matplotlib.figure.Figure`` directly rather than pyplot: no global
+figure registry and no backend switch, so rendering is headless and safe to
+call from several threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from kic.evaluation.gate import Blessing
+from kic.evaluation.metrics import EvaluationResult
+
+DPI = 80
+# Beyond this many classes the confusion-matrix plot shows only the classes
+# with the most errors; the full matrix stays in evaluation.json.
+MAX_CONFUSION_CLASSES = 50
+# Cells are annotated with their counts only while the numbers stay legible.
+MAX_ANNOTATED_CLASSES = 15
+MAX_TICK_LABEL_CHARS = 24
+MAX_MARKDOWN_CLASS_ROWS = 20
+
+# The metrics shown up front, in this order, when present.
+HEADLINE_METRICS = (
+    "accuracy",
+    "top_5_accuracy",
+    "auc",
+    "prc",
+    "precision",
+    "recall",
+    "f1",
+    "best_f1",
+    "best_f1_threshold",
+    "macro_f1",
+    "weighted_f1",
+    "log_loss",
+    "num_examples",
+)
+
+_IMAGE_SIGNATURES = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em; color: #222; }
+h1 { margin-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+td.name, th.name { text-align: left; }
+.verdict { padding: 0.8em 1em; border-radius: 6px; margin: 1em 0; }
+.blessed { background: #e6f4ea; border: 1px solid #34a853; }
+.not-blessed { background: #fce8e6; border: 1px solid #d93025; }
+.note { color: #666; font-size: 0.9em; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+.grid figure { margin: 0; width: 160px; font-size: 0.8em; }
+.grid img { max-width: 160px; max-height: 160px; display: block; }
+.missing { width: 160px; height: 100px; background: #eee; display: flex; align-items: center;
+           justify-content: center; color: #888; }
+"""
+
+
+# --- public API ------------------------------------------------------------
+
+
+def render_html(
+    result: EvaluationResult,
+    *,
+    title: str,
+    blessing: Blessing | None = None,
+    history: dict[str, list[float]] | None = None,
+    misclassified: list[dict] | None = None,
+) -> str:
+    """The full report as one HTML document with everything inline.
+
+    ``misclassified`` items hold ``image`` (encoded bytes), ``true``,
+    ``predicted`` and ``confidence``; the caller chooses how many to pass.
+    """
+    sections = [f"<h1>{_escape(title)}</h1>"]
+    if blessing is not None:
+        sections.append(_verdict_html(blessing))
+    sections.append("<h2>Headline metrics</h2>")
+    sections.append(_metrics_table_html(_headline_metrics(result)))
+    sections.append("<h2>Confusion matrix</h2>")
+    sections.append(_confusion_matrix_html(result))
+    if result.roc_curve is not None and result.pr_curve is not None:
+        sections.append("<h2>ROC and precision-recall curves</h2>")
+        sections.append(_img(_plot_curves(result), "ROC and precision-recall curves"))
+    sections.append("<h2>Per-class metrics (worst F1 first)</h2>")
+    sections.append(_per_class_html(result))
+    if history:
+        sections.append("<h2>Training curves</h2>")
+        sections.append(_img(_plot_history(history), "training curves"))
+    if misclassified:
+        sections.append("<h2>Misclassified examples (most confident first)</h2>")
+        sections.append(_misclassified_html(misclassified))
+    sections.append("<h2>All metrics</h2>")
+    sections.append(_metrics_table_html(sorted(result.scalars.items())))
+    body = "\n".join(sections)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{_escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def render_markdown(result: EvaluationResult, *, blessing: Blessing | None = None) -> str:
+    """A short summary for the KFP UI: verdict, headline metrics, worst classes."""
+    lines = ["# Evaluation summary", ""]
+    if blessing is not None:
+        verdict = "BLESSED" if blessing.blessed else "NOT BLESSED"
+        lines.append(f"**Verdict: {verdict}** (gate on {_markdown_escape(blessing.metric)})")
+        lines.append("")
+        lines.extend(f"- {_markdown_escape(reason)}" for reason in blessing.reasons)
+        lines.append("")
+    lines += ["## Headline metrics", "", "| Metric | Value |", "|---|---:|"]
+    lines += [f"| {name} | {_format_number(value)} |" for name, value in _headline_metrics(result)]
+    rows = _worst_first(result.per_class)
+    lines += ["", "## Per-class metrics (worst F1 first)", ""]
+    if len(rows) > MAX_MARKDOWN_CLASS_ROWS:
+        lines += [f"Showing the {MAX_MARKDOWN_CLASS_ROWS} worst of {len(rows)} classes.", ""]
+    lines += ["| Class | Precision | Recall | F1 | Support |", "|---|---:|---:|---:|---:|"]
+    for row in rows[:MAX_MARKDOWN_CLASS_ROWS]:
+        lines.append(
+            f"| {_markdown_escape(row['class'])} | {row['precision']:.4f} | {row['recall']:.4f} "
+            f"| {row['f1']:.4f} | {row['support']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- HTML pieces -------------------------------------------------------------
+
+
+def _escape(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _format_number(value: float) -> str:
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
+        return str(int(value))
+    return f"{value:.4f}"
+
+
+def _headline_metrics(result: EvaluationResult) -> list[tuple[str, float]]:
+    scalars = result.scalars
+    headline = [name for name in HEADLINE_METRICS if name in scalars]
+    # top_k may be any k; show whichever one was computed.
+    headline += [name for name in scalars if name.startswith("top_") and name not in headline]
+    return [(name, scalars[name]) for name in headline]
+
+
+def _metrics_table_html(items: Sequence[tuple[str, float]]) -> str:
+    rows = "".join(
+        f"<tr><td class=\"name\">{_escape(name)}</td><td>{_format_number(value)}</td></tr>"
+        for name, value in items
+    )
+    return f"<table><tr><th class=\"name\">Metric</th><th>Value</th></tr>{rows}</table>"
+
+
+def _verdict_html(blessing: Blessing) -> str:
+    css_class, verdict = ("blessed", "BLESSED") if blessing.blessed else ("not-blessed", "NOT BLESSED")
+    reasons = "".join(f"<li>{_escape(reason)}</li>" for reason in blessing.reasons)
+    return (
+        f"<div class=\"verdict {css_class}\"><strong>Quality gate: {verdict}</strong> "
+        f"(metric <code>{_escape(blessing.metric)}</code>)<ul>{reasons}</ul></div>"
+    )
+
+
+def _worst_first(per_class: list[dict]) -> list[dict]:
+    return sorted(per_class, key=lambda row: (row["f1"], row["recall"], row["class"]))
+
+
+def _per_class_html(result: EvaluationResult) -> str:
+    header = (
+        "<tr><th class=\"name\">Class</th><th>Precision</th><th>Recall</th>"
+        "<th>F1</th><th>Support</th></tr>"
+    )
+    rows = "".join(
+        f"<tr><td class=\"name\">{_escape(row['class'])}</td><td>{row['precision']:.4f}</td>"
+        f"<td>{row['recall']:.4f}</td><td>{row['f1']:.4f}</td><td>{row['support']}</td></tr>"
+        for row in _worst_first(result.per_class)
+    )
+    return f"<table>{header}{rows}</table>"
+
+
+def _confusion_matrix_html(result: EvaluationResult) -> str:
+    matrix = np.asarray(result.confusion_matrix, dtype=np.int64)
+    shown = _classes_to_show(matrix)
+    note = ""
+    if len(shown) < len(result.class_names):
+        note = (
+            f"<p class=\"note\">Showing the {len(shown)} of {len(result.class_names)} classes with the "
+            "most errors; the full matrix is in the evaluation JSON.</p>"
+        )
+    names = [result.class_names[i] for i in shown]
+    image = _plot_confusion_matrix(matrix[np.ix_(shown, shown)], names)
+    return note + _img(image, "confusion matrix")
+
+
+def _classes_to_show(matrix: np.ndarray) -> list[int]:
+    num_classes = len(matrix)
+    if num_classes <= MAX_CONFUSION_CLASSES:
+        return list(range(num_classes))
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
+    # Stable sort so equal error counts keep class order; the chosen classes
+    # are then shown in their original order.
+    most_errors = np.argsort(-errors, kind="stable")[:MAX_CONFUSION_CLASSES]
+    return sorted(int(i) for i in most_errors)
+
+
+def _misclassified_html(misclassified: list[dict]) -> str:
+    ordered = sorted(misclassified, key=lambda item: float(item["confidence"]), reverse=True)
+    cells = []
+    for item in ordered:
+        true, predicted, confidence = item["true"], item["predicted"], float(item["confidence"])
+        caption = (
+            f"true: {_escape(true)}<br>predicted: {_escape(predicted)}<br>confidence: {confidence:.1%}"
+        )
+        alt = _escape(f"true {true}, predicted {predicted}")
+        mime = _sniff_image_type(item["image"])
+        if mime is None:
+            picture = "<div class=\"missing\">unsupported image format</div>"
+        else:
+            encoded = base64.b64encode(item["image"]).decode("ascii")
+            picture = f"<img src=\"data:{mime};base64,{encoded}\" alt=\"{alt}\">"
+        cells.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
+    return f"<div class=\"grid\">{''.join(cells)}</div>"
+
+
+def _sniff_image_type(data: bytes) -> str | None:
+    for signature, mime in _IMAGE_SIGNATURES:
+        if data.startswith(signature):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _img(png: bytes, alt: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"<p><img src=\"data:image/png;base64,{encoded}\" alt=\"{_escape(alt)}\"></p>"
+
+
+# --- plots -----------------------------------------------------------------
+
+
+def _to_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _tick_label(name: str) -> str:
+    if len(name) > MAX_TICK_LABEL_CHARS:
+        # Cut the middle: names often share a prefix or a suffix, rarely both.
+        keep = MAX_TICK_LABEL_CHARS - 1
+        name = name[: (keep + 1) // 2] + "\u2026" + name[len(name) - keep // 2 :]
+    # A "$" would start matplotlib mathtext; an unbalanced one raises.
+    return name.replace("$", r"\$")
+
+
+def _plot_confusion_matrix(matrix: np.ndarray, names: list[str]) -> bytes:
+    num_classes = len(names)
+    side = min(max(4.0, 0.28 * num_classes + 2.0), 16.0)
+    figure = Figure(figsize=(side + 1.0, side))
+    axes = figure.add_subplot()
+    # Colour by row share (recall per cell) so rare classes are as visible as common ones.
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, row_totals, out=np.zeros(matrix.shape), where=row_totals != 0)
+    heat = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(heat, ax=axes, fraction=0.046, pad=0.04, label="share of true class")
+    font_size = 9 if num_classes <= 20 else 6
+    labels = [_tick_label(name) for name in names]
+    axes.set_xticks(range(num_classes), labels, rotation=90, fontsize=font_size)
+    axes.set_yticks(range(num_classes), labels, fontsize=font_size)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    if num_classes <= MAX_ANNOTATED_CLASSES:
+        for (row, column), count in np.ndenumerate(matrix):
+            color = "white" if shares[row, column] > 0.5 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=font_size)
+    return _to_png(figure)
+
+
+def _plot_curves(result: EvaluationResult) -> bytes:
+    figure = Figure(figsize=(9.0, 4.0))
+    roc_axes, pr_axes = figure.subplots(1, 2)
+    roc, pr = result.roc_curve, result.pr_curve
+    auc = result.scalars.get("auc", math.nan)
+    roc_axes.plot(roc["fpr"], roc["tpr"], label=f"AUC = {auc:.4f}")
+    roc_axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    roc_axes.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02))
+    roc_axes.legend(loc="lower right")
+    prc = result.scalars.get("prc", math.nan)
+    # Average precision is a step-wise sum, so the curve is drawn as steps too.
+    pr_axes.step(pr["recall"], pr["precision"], where="post", label=f"AP = {prc:.4f}")
+    pr_axes.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
+    pr_axes.legend(loc="lower left")
+    figure.tight_layout()
+    return _to_png(figure)
+
+
+def _plot_history(history: dict[str, list[float]]) -> bytes:
+    # One panel per metric, training and validation together: "loss" with
+    # "val_loss", "accuracy" with "val_accuracy", and so on.
+    bases = []
+    for key in history:
+        base = key.removeprefix("val_")
+        if base not in bases:
+            bases.append(base)
+    columns = min(len(bases), 3)
+    rows = math.ceil(len(bases) / columns)
+    figure = Figure(figsize=(4.0 * columns, 3.0 * rows))
+    panels = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    for axes, base in zip(panels, bases, strict=False):
+        for key, label in ((base, "training"), (f"val_{base}", "validation")):
+            values = history.get(key)
+            if values:
+                axes.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        axes.set(title=_tick_label(base), xlabel="epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if axes.lines:
+            axes.legend(fontsize=8)
+    for axes in panels[len(bases):]:
+        axes.set_visible(False)
+    figure.tight_layout()
+    return _to_png(figure)
+
+
+def _markdown_escape(text: object) -> str:
+    # Markdown renderers pass raw HTML through, so escape it, and keep table
+    # cells intact by escaping the column separator.
+    escaped = html.escape(str(text), quote=False)
+    for character in "\\`*_[]|":
+        escaped = escaped.replace(character, "\\" + character)
+    return escaped.replace("\n", " ")

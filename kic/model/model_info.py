@@ -1,0 +1,69 @@
+"""``model_info.json``: what a trained model is, for evaluation, export and
+incremental training.
+
+The Keras model saved beside it takes float32 RGB pixels in [0, 255] of shape
+[batch, image_size, image_size, 3] (the backbone's pixel scaling is a layer
+inside the model) and returns logits: ``num_classes`` of them, or a single one
+in binary mode (the probability of the positive class, ``class_names[1]``,
+is its sigmoid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import kic
+from kic import artifacts, storage
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    backbone: str
+    image_size: int
+    interpolation: str
+    class_names: tuple[str, ...]
+    binary_mode: bool
+    finetuned: bool = True
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_fingerprint: str = ""
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    kic_version: str = kic.__version__
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def label_map(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.class_names)}
+
+    def to_json(self) -> str:
+        payload = dataclasses.asdict(self)
+        payload["class_names"] = list(self.class_names)
+        payload["pixel_input"] = "RGB float32 in [0, 255], scaled inside the model"
+        payload["output"] = "one logit (sigmoid: positive class)" if self.binary_mode else "logits (softmax)"
+        return json.dumps(payload, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        payload = json.loads(text)
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"model_info format_version {payload.get('format_version')!r} is not supported")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in payload.items() if key in fields}
+        values["class_names"] = tuple(values["class_names"])
+        return cls(**values)
+
+
+def load(model_dir: str) -> ModelInfo:
+    return ModelInfo.from_json(storage.read_text(storage.join(model_dir, artifacts.MODEL_INFO)))
+
+
+def save(model_dir: str, info: ModelInfo) -> None:
+    storage.write_text(storage.join(model_dir, artifacts.MODEL_INFO), info.to_json())
+    storage.write_text(storage.join(model_dir, artifacts.LABEL_MAP),
+                       json.dumps(info.label_map(), indent=2, ensure_ascii=False))

@@ -1,0 +1,331 @@
+"""Batch prediction with an exported serving package.
+
+Images go through the package's own ``serving_default`` signature (raw bytes
+in, probabilities out), so batch predictions are exactly what online serving
+returns. A file that cannot be read or decoded becomes an ``error`` row with a
+reason; it never stops the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+import posixpath
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from kic import artifacts, storage
+from kic.data.images import ImageLimits
+from kic.export import SIGNATURE_NAME
+
+OUTPUT_FORMATS = ("jsonl", "csv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+MANIFEST_EXTENSIONS = (".csv", ".txt", ".jsonl")
+MANIFEST_COLUMNS = ("uri", "file", "path", "image_uri")
+CSV_COLUMNS = ("file", "status", "predicted_label", "score", "probabilities", "top_k", "error")
+SUMMARY_ERRORS_SHOWN = 20
+# The limit prepare applies to training images.
+MAX_PIXELS = ImageLimits().max_pixels
+
+
+class PredictInputError(ValueError):
+    """The model or the inputs given to predict are not usable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictSummary:
+    model: str
+    inputs: str
+    output: str
+    total: int
+    succeeded: int
+    failed: int
+    errors: tuple[tuple[str, str], ...]
+    label_counts: dict[str, int]
+    skipped_files: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        payload = dataclasses.asdict(self)
+        payload["errors"] = [{"file": file, "error": reason} for file, reason in self.errors]
+        return payload
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingModel:
+    """The ``serving_default`` signature of a loaded SavedModel and its labels."""
+
+    signature: object
+    input_name: str
+    class_names: tuple[str, ...]
+
+    def probabilities(self, images: list[bytes]) -> np.ndarray:
+        outputs = self.signature(**{self.input_name: tf.constant(images, dtype=tf.string)})
+        return outputs["probabilities"].numpy()
+
+
+def predict(model_path: str, inputs: str, output: str, *, batch_size: int = 32, top_k: int = 5,
+            output_format: str = "jsonl") -> PredictSummary:
+    """Predicts every image in ``inputs`` and writes one row per file to ``output``.
+
+    ``model_path``: a package directory, a SavedModel directory or a
+    model.tar.gz (local or gs://). ``inputs``: a folder (searched recursively for
+    image extensions), a manifest (.csv with a uri column, .txt one per line,
+    .jsonl with a "uri" key; relative entries are relative to the manifest), a
+    single image, or a gs:// prefix.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise PredictInputError(
+            f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if batch_size < 1 or top_k < 1:
+        raise PredictInputError(f"batch_size and top_k must be positive, got {batch_size} and {top_k}")
+    started = time.perf_counter()
+    files, skipped = list_inputs(inputs)
+    rows: list[dict] = []
+    with load_serving_model(model_path) as model:
+        for start in range(0, len(files), batch_size):
+            rows.extend(_predict_batch(model, files[start:start + batch_size], top_k))
+    storage.write_text(output, _format_rows(rows, output_format))
+    errors = tuple((row["file"], row["error"]) for row in rows if row["status"] == "error")
+    labels = Counter(row["predicted_label"] for row in rows if row["status"] == "ok")
+    return PredictSummary(model=model_path, inputs=inputs, output=output, total=len(rows),
+                          succeeded=len(rows) - len(errors), failed=len(errors),
+                          errors=errors, label_counts=dict(sorted(labels.items())), skipped_files=skipped,
+                          seconds=time.perf_counter() - started)
+
+
+def format_summary(summary: PredictSummary) -> str:
+    rate = summary.total / summary.seconds if summary.seconds > 0 else 0.0
+    lines = [
+        (f"Predicted {summary.total} files with {summary.model}: {summary.succeeded} ok, "
+         f"{summary.failed} failed ({summary.seconds:.1f} s, {rate:.1f} files/s)"),
+        f"Output: {summary.output}",
+    ]
+    if summary.skipped_files:
+        lines.append(f"Skipped {summary.skipped_files} files without an image extension "
+                     f"({', '.join(IMAGE_EXTENSIONS)})")
+    if summary.label_counts:
+        lines.append("Predicted labels: " + ", ".join(f"{label} {count}"
+                                                      for label, count in summary.label_counts.items()))
+    if summary.errors:
+        lines.append("Failed files:")
+        lines.extend(f"  {file}: {reason}" for file, reason in summary.errors[:SUMMARY_ERRORS_SHOWN])
+        if len(summary.errors) > SUMMARY_ERRORS_SHOWN:
+            lines.append(f"  ... and {len(summary.errors) - SUMMARY_ERRORS_SHOWN} more (see the output file)")
+    return "\n".join(lines)
+
+
+# --- The model ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def load_serving_model(model_path: str) -> Iterator[ServingModel]:
+    """Loads a package directory, a SavedModel directory or a model.tar.gz."""
+    with contextlib.ExitStack() as stack:
+        if not storage.exists(model_path):
+            raise PredictInputError(f"model not found: {model_path}")
+        local = stack.enter_context(storage.local_copy(model_path))
+        if os.path.isfile(local):
+            extracted = stack.enter_context(tempfile.TemporaryDirectory(prefix="kic-model-"))
+            local = _extract_tarball(local, extracted)
+        saved_model_dir = _find_saved_model(local)
+        loaded = tf.saved_model.load(saved_model_dir)
+        if SIGNATURE_NAME not in loaded.signatures:
+            raise PredictInputError(f"{model_path} has no {SIGNATURE_NAME!r} signature")
+        signature = loaded.signatures[SIGNATURE_NAME]
+        input_names = list(signature.structured_input_signature[1])
+        if len(input_names) != 1 or "probabilities" not in signature.structured_outputs:
+            raise PredictInputError(
+                f"{model_path}: the {SIGNATURE_NAME} signature must take one input (encoded images) and "
+                f"return 'probabilities'; it takes {input_names} and returns "
+                f"{list(signature.structured_outputs)}")
+        yield ServingModel(signature, input_names[0], _class_names(saved_model_dir, loaded, model_path))
+
+
+def _extract_tarball(path: str, destination: str) -> str:
+    if not tarfile.is_tarfile(path):
+        raise PredictInputError(f"{path} is neither a directory nor a model.tar.gz archive")
+    with tarfile.open(path) as archive:
+        # The "data" filter refuses absolute paths, links out of the archive and devices.
+        archive.extractall(destination, filter="data")
+    return destination
+
+
+def _find_saved_model(directory: str) -> str:
+    if os.path.isfile(os.path.join(directory, "saved_model.pb")):
+        return directory
+    versions = [name for name in os.listdir(directory)
+                if name.isdigit() and os.path.isfile(os.path.join(directory, name, "saved_model.pb"))]
+    if not versions:
+        raise PredictInputError(
+            f"no SavedModel in {directory}: expected saved_model.pb, "
+            f"{artifacts.SAVED_MODEL_VERSION_DIR}/saved_model.pb or a {artifacts.MODEL_TARBALL}")
+    return os.path.join(directory, max(versions, key=int))
+
+
+def _class_names(saved_model_dir: str, loaded, model_path: str) -> tuple[str, ...]:
+    """From the label map beside the SavedModel (package layout), else from the model itself."""
+    for directory in (saved_model_dir, os.path.dirname(saved_model_dir)):
+        label_map = os.path.join(directory, artifacts.LABEL_MAP)
+        if os.path.isfile(label_map):
+            with open(label_map, encoding="utf-8") as handle:
+                indices = json.load(handle)
+            return tuple(sorted(indices, key=indices.get))
+    if hasattr(loaded, "class_names"):
+        return tuple(name.decode("utf-8") for name in loaded.class_names.numpy())
+    raise PredictInputError(f"{model_path}: no {artifacts.LABEL_MAP} found beside the SavedModel")
+
+
+# --- The inputs ----------------------------------------------------------------
+
+def list_inputs(inputs: str) -> tuple[list[str], int]:
+    """Returns (image files in order, number of files skipped for their extension)."""
+    lower = inputs.lower()
+    if lower.endswith(MANIFEST_EXTENSIONS) and _is_file(inputs):
+        files = _read_manifest(inputs)
+        skipped = 0
+    elif lower.endswith(IMAGE_EXTENSIONS) and _is_file(inputs):
+        files, skipped = [inputs], 0
+    else:
+        try:
+            found = storage.list_files(inputs)
+        except FileNotFoundError:
+            raise PredictInputError(f"inputs not found: {inputs}") from None
+        files = [file for file in found if file.lower().endswith(IMAGE_EXTENSIONS)]
+        skipped = len(found) - len(files)
+    if not files:
+        raise PredictInputError(
+            f"no images found in {inputs} (image extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    return files, skipped
+
+
+def _is_file(uri: str) -> bool:
+    return storage.exists(uri) and (storage.is_gcs(uri) or os.path.isfile(uri))
+
+
+def _read_manifest(manifest: str) -> list[str]:
+    text = storage.read_text(manifest)
+    lower = manifest.lower()
+    if lower.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        column = next((name for name in MANIFEST_COLUMNS if name in (reader.fieldnames or [])), None)
+        if column is None:
+            raise PredictInputError(f"{manifest}: a CSV manifest needs one of the columns "
+                                    f"{', '.join(MANIFEST_COLUMNS)}; it has {reader.fieldnames}")
+        entries = [row[column] for row in reader]
+    elif lower.endswith(".jsonl"):
+        entries = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                record = json.loads(line)
+                key = next((name for name in MANIFEST_COLUMNS if name in record), None)
+                if key is None:
+                    raise PredictInputError(
+                        f"{manifest}:{number}: needs one of the keys {', '.join(MANIFEST_COLUMNS)}")
+                entries.append(record[key])
+    else:
+        entries = text.splitlines()
+    base = posixpath.dirname(manifest) if storage.is_gcs(manifest) else os.path.dirname(manifest)
+    return [entry if storage.is_gcs(entry) or os.path.isabs(entry) else storage.join(base, entry)
+            for entry in (entry.strip() for entry in entries) if entry]
+
+
+# --- Predicting ------------------------------------------------------------------
+
+def _predict_batch(model: ServingModel, files: list[str], top_k: int) -> list[dict]:
+    rows: dict[str, dict] = {}
+    readable: dict[str, bytes] = {}
+    for file, content in storage.read_many(files):
+        if isinstance(content, Exception):
+            rows[file] = _error_row(file, f"unreadable: {content}")
+        elif not content:
+            rows[file] = _error_row(file, "empty file")
+        elif problem := _pixel_count_problem(content):
+            rows[file] = _error_row(file, problem)
+        else:
+            readable[file] = content
+    if readable:
+        try:
+            probabilities = model.probabilities(list(readable.values()))
+            for file, file_probabilities in zip(readable, probabilities, strict=True):
+                rows[file] = _prediction_row(file, file_probabilities, model.class_names, top_k)
+        except tf.errors.InvalidArgumentError:
+            # One bad image fails the whole call: find it by predicting one at a time.
+            for file, content in readable.items():
+                rows[file] = _predict_one(model, file, content, top_k)
+    return [rows[file] for file in files]
+
+
+def _pixel_count_problem(content: bytes) -> str | None:
+    """Reads the header only: the decoder would allocate a huge image before failing."""
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as error:
+        return f"too many pixels: {error}"
+    except Exception:  # noqa: BLE001 - not for Pillow to judge; the model's decoder gives the reason
+        return None
+    if width * height > MAX_PIXELS:
+        return f"too many pixels: {width}x{height} (at most {MAX_PIXELS})"
+    return None
+
+
+def _predict_one(model: ServingModel, file: str, content: bytes, top_k: int) -> dict:
+    try:
+        probabilities = model.probabilities([content])[0]
+    except tf.errors.InvalidArgumentError as error:
+        return _error_row(file, f"cannot be decoded: {_tf_reason(error.message)}")
+    return _prediction_row(file, probabilities, model.class_names, top_k)
+
+
+def _tf_reason(message: str) -> str:
+    """The decoder's own sentence, without TensorFlow's graph and node noise."""
+    noise = ("Graph execution error", "Detected at node", "<stack traces")
+    for line in message.splitlines():
+        line = line.strip()
+        if line and not line.startswith(noise) and "[[{{" not in line and "[Op:" not in line:
+            return line
+    return "not a JPEG, PNG, GIF, BMP or WebP image"
+
+
+def _prediction_row(file: str, probabilities: np.ndarray, class_names: tuple[str, ...], top_k: int) -> dict:
+    order = np.argsort(-probabilities, kind="stable")
+    return {
+        "file": file,
+        "status": "ok",
+        "predicted_label": class_names[order[0]],
+        "score": round(float(probabilities[order[0]]), 6),
+        "probabilities": {name: round(float(probability), 6)
+                          for name, probability in zip(class_names, probabilities, strict=True)},
+        "top_k": [{"label": class_names[index], "score": round(float(probabilities[index]), 6)}
+                  for index in order[:top_k]],
+    }
+
+
+def _error_row(file: str, reason: str) -> dict:
+    return {"file": file, "status": "error", "error": reason}
+
+
+def _format_rows(rows: list[dict], output_format: str) -> str:
+    if output_format == "jsonl":
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        flat = dict(row)
+        for key in ("probabilities", "top_k"):
+            if key in flat:
+                flat[key] = json.dumps(flat[key], ensure_ascii=False)
+        writer.writerow(flat)
+    return buffer.getvalue()

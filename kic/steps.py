@@ -1,0 +1,108 @@
+"""One function per pipeline step: the bodies of the KFP components.
+
+Each takes the component's arguments as they arrive (artifacts are KFP
+artifact objects: ``.path``, ``.metadata``, ``.log_metric``), calls the plain
+modules that do the work, and records outputs in the artifacts. Nothing else
+in kic depends on KFP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+
+from kic import artifacts, storage
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _log_metrics(target, values: dict) -> None:
+    for name, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            target.log_metric(name, float(value))
+
+
+# ------------------------------------------------------------------ prepare
+def prepare_step(*, source, examples, report, report_markdown, data_metrics, validation_source, test_source,
+                 validation_fraction, test_fraction, seed, image_short_side, images_per_shard,
+                 max_rejected_fraction, tfds_data_dir) -> None:
+    from kic.data.prepare import PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(
+        source=source, output_dir=examples.path, validation_source=validation_source, test_source=test_source,
+        validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
+        image_short_side=image_short_side, images_per_shard=images_per_shard,
+        max_rejected_fraction=max_rejected_fraction, tfds_data_dir=tfds_data_dir)
+    try:
+        result = prepare_dataset(options, progress=log)
+    finally:
+        # The report is the most useful output of a failed prepare: publish it either way.
+        _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_HTML), report.path)
+        _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_MARKDOWN), report_markdown.path)
+    _log_metrics(data_metrics, result.report["metrics"])
+    examples.metadata.update({"class_names": list(result.info.class_names), "fingerprint": result.info.fingerprint,
+                              **{f"num_{name}": split.num_examples for name, split in result.info.splits.items()}})
+
+
+def _copy_if_exists(source: str, destination: str) -> None:
+    if os.path.exists(source):
+        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+        shutil.copyfile(source, destination)
+
+
+# -------------------------------------------------------------------- train
+def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
+               seed, **hyperparameters) -> None:
+    from kic.config import TrainingConfig
+    from kic.train import TrainOptions, train
+
+    config = TrainingConfig.from_dict(hyperparameters)
+    options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
+                           base_model=base_model_uri, seed=seed)
+    result = train(examples.path, model.path, config, options, log=log)
+    _log_metrics(training_metrics, result.best_metrics)
+    training_metrics.log_metric("best_epoch", result.best_epoch)
+    model.metadata.update({"framework": "keras", "backbone": backbone, "best_epoch": result.best_epoch,
+                           "epochs_run": result.epochs_run})
+
+
+# ----------------------------------------------------------------- evaluate
+def evaluate_step(*, examples, model, metrics, classification_metrics, report, report_markdown, blessing,
+                  gate_metric, gate_minimum, baseline_model_uri, max_regression, top_k) -> bool:
+    from kic.evaluate import GateOptions, evaluate_model
+
+    evaluation = evaluate_model(
+        examples.path, model.path, top_k=top_k, log=log,
+        gate_options=GateOptions(metric=gate_metric, minimum=gate_minimum,
+                                 baseline_model_uri=baseline_model_uri, max_regression=max_regression))
+    result = evaluation.result
+    _log_metrics(metrics, result.scalars)
+    storage.write_text(metrics.path, json.dumps(result.scalars, indent=2, sort_keys=True))
+    classification_metrics.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
+    if result.roc_curve:
+        classification_metrics.log_roc_curve(result.roc_curve["fpr"], result.roc_curve["tpr"],
+                                             result.roc_curve["thresholds"])
+    storage.write_text(report.path, evaluation.html)
+    storage.write_text(report_markdown.path, evaluation.markdown)
+    storage.write_text(blessing.path, evaluation.blessing.to_json())
+    blessing.metadata.update({"blessed": evaluation.blessing.blessed, "reasons": list(evaluation.blessing.reasons)})
+    return evaluation.blessing.blessed
+
+
+# ------------------------------------------------------------------- export
+def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -> None:
+    from kic.export import ExportOptions, export_model
+
+    evaluation_metrics = json.loads(storage.read_text(evaluation.path)) if os.path.exists(evaluation.path) else {}
+    result = export_model(model.path, package.path, ExportOptions(
+        destination_uri=destination_uri, tflite=tflite, top_k=top_k, evaluation_metrics=evaluation_metrics))
+    log(f"export: SavedModel verified (max abs diff {result.max_abs_diff:.2e}); package {result.tarball}")
+    package.metadata.update({"framework": "tensorflow", "format": "saved_model", "tarball": result.tarball})
+    if destination_uri:
+        log(f"export: copied to {destination_uri}")
+    sys.stdout.flush()

@@ -1,0 +1,228 @@
+"""Training: fine-tune a pretrained backbone with a new (or kept) top layer.
+
+Read top to bottom: load the prepared dataset, build or load the model,
+compile it with the configured optimizer and loss, fit with best-epoch
+restore and optional early stopping, save the model and what it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from kic import artifacts, storage
+from kic.config import TrainingConfig
+from kic.data import dataset_info, input_pipeline
+from kic.model import backbones, batch_norm, classifier, loading, model_info, optimizers
+from kic.model.model_info import ModelInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """What to train besides the 25 hyperparameters."""
+
+    backbone: str = backbones.DEFAULT_BACKBONE
+    pretrained_weights: str = "imagenet"  # "imagenet", "none", or a weights file path / gs:// URI
+    image_size: int = 0  # 0: the backbone's native input size
+    base_model: str = ""  # an earlier kic model (directory or model.tar.gz) to continue from
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    model_dir: str
+    best_epoch: int  # 1-based
+    epochs_run: int
+    history: dict[str, list[float]]
+    best_metrics: dict[str, float]
+
+
+Log = Callable[[str], None]
+
+
+def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions = TrainOptions(),
+          log: Log = print) -> TrainResult:
+    data = dataset_info.load(dataset_dir)
+    config.check_against_data(data.num_classes)
+    backbone = backbones.resolve(options.backbone)
+    base_dir = loading.resolve_model_dir(options.base_model) if options.base_model else ""
+    base_info = model_info.load(base_dir) if base_dir else None
+    plan = classifier.plan_head(config, base_info, data.class_names)
+    image_size = base_info.image_size if base_info else (options.image_size or backbone.input_size)
+    if not data.splits.get("validation") or not data.splits["validation"].num_examples:
+        raise ValueError("the prepared dataset has no validation split; training needs one to pick the best epoch")
+
+    _seed_everything(options.seed)
+    log(f"train: {data.num_classes} classes, {data.splits['train'].num_examples} training and "
+        f"{data.splits['validation'].num_examples} validation images, backbone {backbone.name} at "
+        f"{image_size}x{image_size}, optimizer {config.optimizer}")
+    if config.ignored_parameters():
+        log(f"train: ignored for optimizer {config.optimizer}: {', '.join(config.ignored_parameters())}")
+    log(f"train: {plan.reason}")
+
+    train_ds, val_ds = (
+        input_pipeline.make_dataset(
+            data.shard_paths(dataset_dir, split), image_size=image_size,
+            interpolation=config.image_resize_interpolation, batch_size=config.batch_size,
+            num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
+            num_examples=data.splits[split].num_examples, augmentation=input_pipeline.Augmentation.from_config(config),
+            seed=options.seed)
+        for split in ("train", "validation"))
+
+    with _strategy().scope():
+        model = _build_model(config, options, backbone, image_size, data.num_classes, plan, base_dir)
+        classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
+        model.compile(optimizer=optimizers.build_optimizer(config), loss=_loss(config),
+                      metrics=_metrics(config))
+
+    best = BestEpoch(config.monitored_metric)
+    callbacks = [Validation(val_ds, train_ds), best, EpochLog(config.epochs, data.splits["train"].num_examples, log)]
+    if config.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=config.monitored_metric, mode="max", patience=config.early_stopping_patience,
+            min_delta=config.early_stopping_min_delta))
+    callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, artifacts.TENSORBOARD_DIR),
+                                                 write_graph=False, profile_batch=0))
+    with warnings.catch_warnings():
+        # The input is finite and shuffled by tf.data; Keras warns about both.
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        history = model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0).history
+    history = {key: [float(value) for value in values] for key, values in history.items()}
+    log(f"train: best epoch {best.best_epoch} by {config.monitored_metric} = {best.best_value:.4f}"
+        f"{' (early stopping)' if len(history['loss']) < config.epochs else ''}")
+
+    info = ModelInfo(backbone=backbone.name, image_size=image_size,
+                     interpolation=config.image_resize_interpolation, class_names=data.class_names,
+                     binary_mode=config.binary_mode, finetuned=True, hyperparameters=config.to_dict(),
+                     data_fingerprint=data.fingerprint,
+                     metrics={key: values[best.best_epoch - 1] for key, values in history.items()})
+    os.makedirs(model_dir, exist_ok=True)
+    model.save(os.path.join(model_dir, artifacts.KERAS_MODEL))
+    model_info.save(model_dir, info)
+    storage.write_text(os.path.join(model_dir, artifacts.TRAINING_HISTORY), json.dumps(history, indent=2))
+    return TrainResult(model_dir=model_dir, best_epoch=best.best_epoch, epochs_run=len(history["loss"]),
+                       history=history, best_metrics=info.metrics)
+
+
+# ----------------------------------------------------------------- model
+def _build_model(config, options, backbone, image_size, num_classes, plan, base_dir) -> keras.Model:
+    if plan.start_from_base_model:
+        model = loading.load_keras_model(base_dir)
+        if plan.new_head:
+            model = classifier.add_head(classifier.cut_head(model), num_classes=num_classes,
+                                        config=config, seed=options.seed)
+        return model
+    extractor = backbones.build_feature_extractor(backbone, image_size=image_size,
+                                                  weights=options.pretrained_weights)
+    return classifier.build_new(extractor, image_size=image_size, num_classes=num_classes,
+                                config=config, seed=options.seed)
+
+
+# ------------------------------------------------------- loss and metrics
+def _loss(config: TrainingConfig) -> keras.losses.Loss:
+    if config.binary_mode:
+        return keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+
+
+def _metrics(config: TrainingConfig) -> list[keras.metrics.Metric]:
+    if not config.binary_mode:
+        return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    # The model emits a logit: threshold 0 is probability 0.5.
+    return [
+        keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
+        keras.metrics.Precision(thresholds=0.0, name="precision"),
+        keras.metrics.Recall(thresholds=0.0, name="recall"),
+        keras.metrics.AUC(from_logits=True, name="auc"),
+        keras.metrics.AUC(curve="PR", from_logits=True, name="prc"),
+        keras.metrics.TruePositives(thresholds=0.0, name="true_positives"),
+        keras.metrics.FalsePositives(thresholds=0.0, name="false_positives"),
+        keras.metrics.TrueNegatives(thresholds=0.0, name="true_negatives"),
+        keras.metrics.FalseNegatives(thresholds=0.0, name="false_negatives"),
+    ]
+
+
+# -------------------------------------------------------------- callbacks
+class Validation(keras.callbacks.Callback):
+    """Validates after each epoch, first recomputing batch-norm statistics for
+    the epoch's final weights (see kic.model.batch_norm), and adds the
+    ``val_*`` metrics to the epoch's logs for the callbacks after it."""
+
+    RECALIBRATION_BATCHES = 32
+
+    def __init__(self, validation: tf.data.Dataset, training: tf.data.Dataset):
+        super().__init__()
+        self.validation, self.training = validation, training
+
+    def on_epoch_end(self, epoch, logs=None):
+        batch_norm.recalibrate(self.model, self.training, self.RECALIBRATION_BATCHES)
+        results = self.model.evaluate(self.validation, verbose=0, return_dict=True)
+        if logs is not None:
+            logs.update({f"val_{name}": float(value) for name, value in results.items()})
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keeps the weights of the best epoch by the monitored metric and restores
+    them when training ends, so the saved model is the best, not the last."""
+
+    def __init__(self, monitor: str):
+        super().__init__()
+        self.monitor = monitor
+        self.best_value = -float("inf")
+        self.best_epoch = 0
+        self._best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"monitored metric {self.monitor!r} missing from {sorted(logs or {})}")
+        if value > self.best_value:
+            self.best_value, self.best_epoch = float(value), epoch + 1
+            self._best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch in the reference format (`- loss: 0.41 - accuracy: ...`),
+    which tuning jobs parse with regexes, plus throughput and time."""
+
+    def __init__(self, epochs: int, num_examples: int, log: Log):
+        super().__init__()
+        self.epochs, self.num_examples, self.log = epochs, num_examples, log
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start
+        logs = logs or {}
+        ordered = [key for key in logs if not key.startswith("val_")] + [key for key in logs if key.startswith("val_")]
+        values = " ".join(f"- {key}: {logs[key]:.4f}" for key in ordered if key != "learning_rate")
+        self.log(f"Epoch {epoch + 1}/{self.epochs} {values} - {self.num_examples / seconds:.1f} images/s "
+                 f"- {seconds:.1f}s")
+
+
+# ------------------------------------------------------------ environment
+def _seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    if not tf.config.list_physical_devices("GPU"):
+        # On CPU, deterministic kernels cost little and make a seeded run repeatable.
+        tf.config.experimental.enable_op_determinism()
+
+
+def _strategy() -> tf.distribute.Strategy:
+    """All local GPUs share one global batch; otherwise the default strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()

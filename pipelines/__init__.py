@@ -1,0 +1,1 @@
+"""Pipelines assembled from kic's components; ``kic compile`` writes pipeline.yaml."""

@@ -1,0 +1,57 @@
+"""kic: Kubeflow Pipelines components for transfer learning of image classifiers."""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "kic" / "__init__.py").read_text()).group(1)
+
+# The components and pipelines live at the repository root (the product's
+# layout) and install as kic.components and kic.pipelines.
+PACKAGE_DIRS = {
+    "kic": "kic",
+    "kic.data": "kic/data",
+    "kic.model": "kic/model",
+    "kic.evaluation": "kic/evaluation",
+    "kic.components": "components",
+    "kic.components.prepare": "components/prepare",
+    "kic.components.train": "components/train",
+    "kic.components.evaluate": "components/evaluate",
+    "kic.components.export": "components/export",
+    "kic.pipelines": "pipelines",
+}
+
+setup(
+    name="kic",
+    version=VERSION,
+    description="Transfer learning of pretrained TensorFlow image backbones as Kubeflow Pipelines components",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=list(PACKAGE_DIRS),
+    package_dir=PACKAGE_DIRS,
+    package_data={"kic.components": ["*/component.yaml"]},
+    install_requires=[
+        "kfp>=2.17.3,<2.18",  # the committed YAML is compiled by this minor version
+        "tensorflow>=2.20,<2.22",
+        "keras>=3.13.2",  # fixes unsafe-loading bugs of earlier Keras 3 releases
+        "tensorboard>=2.20",  # training curves; TensorFlow no longer pulls it in
+        "tensorflow-datasets>=4.9.9",
+        "google-cloud-storage>=2.18",
+        "pillow>=11.0",  # image validation and normalisation in prepare
+        "matplotlib>=3.9",  # plots of the evaluation report
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "scikit-learn>=1.5",  # independent reference for the evaluation metrics
+            "gcp-storage-emulator>=2026.7.19",  # a real GCS JSON API on loopback for tests
+            "tensorflow-serving-api>=2.20,<2.22",  # parses the exported TF Serving warm-up file in tests
+        ],
+    },
+    entry_points={"console_scripts": ["kic = kic.cli:main"]},
+)

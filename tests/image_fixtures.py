@@ -1,0 +1,214 @@
+"""Generates test images in memory: good files in every supported format and
+colour mode, and the kinds of bad file a real upload folder contains.
+
+Nothing here is committed as a binary; every fixture is built from code and is
+the same on every run. ``fixture_matrix()`` is the catalogue other tests use
+to build folder-per-class datasets with a mix of good and bad files.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+
+from PIL import Image
+
+RED = (255, 0, 0)
+GREEN = (0, 255, 0)
+BLUE = (0, 0, 255)
+WHITE = (255, 255, 255)
+
+HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>"
+             b"<body><h1>Not Found</h1><p>The requested image was not found.</p></body></html>\n")
+
+
+def encode(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def solid_jpeg(color=RED, size=(64, 48), quality: int = 95) -> bytes:
+    # 4:4:4 so that colours survive exactly enough for tight assertions.
+    return encode(Image.new("RGB", size, color), "JPEG", quality=quality, subsampling=0)
+
+
+def solid_png(color=RED, size=(64, 48), mode: str = "RGB") -> bytes:
+    return encode(Image.new(mode, size, color), "PNG")
+
+
+def noise_image(size=(160, 120), mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """Incompressible content, so that most of an encoded file is pixel data
+    (cutting such a file at half cuts the pixels, not the header)."""
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    data = random.Random(seed).randbytes(size[0] * size[1] * bands)
+    return Image.frombytes(mode, size, data)
+
+
+def noise_jpeg(size=(160, 120), seed: int = 0) -> bytes:
+    return encode(noise_image(size, seed=seed), "JPEG", quality=90)
+
+
+def two_colour_image(size, left=RED, right=BLUE) -> Image.Image:
+    """Left half one colour, right half another: survives any resize."""
+    image = Image.new("RGB", size, right)
+    image.paste(left, (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+def cmyk_jpeg(cmyk=(0, 255, 255, 0), size=(64, 48)) -> bytes:
+    """Defaults to pure red in CMYK."""
+    return encode(Image.new("CMYK", size, cmyk), "JPEG", quality=95)
+
+
+def grey16_png(value: int = 32768, size=(32, 24)) -> bytes:
+    return encode(Image.new("I;16", size, value), "PNG")
+
+
+def grey16_ramp_png() -> bytes:
+    """A 3x1 16-bit image: black, mid grey, white."""
+    image = Image.new("I;16", (3, 1))
+    for x, value in enumerate((0, 32768, 65535)):
+        image.putpixel((x, 0), value)
+    return encode(image, "PNG")
+
+
+def palette_png(size=(40, 30), transparent_left: bool = False) -> bytes:
+    """Palette image: index 0 red (left half), index 1 blue (right half).
+    With transparent_left, index 0 is the transparent entry."""
+    image = Image.new("P", size, 1)
+    image.putpalette([*RED, *BLUE] + [0, 0, 0] * 254)
+    image.paste(0, (0, 0, size[0] // 2, size[1]))
+    options = {"transparency": 0} if transparent_left else {}
+    return encode(image, "PNG", **options)
+
+
+def rgba_png(size=(40, 30)) -> bytes:
+    """Left half fully transparent (stored colour black), right half opaque
+    blue, and pixel (size[0]-1, 0) half-transparent red."""
+    image = Image.new("RGBA", size, (*BLUE, 255))
+    image.paste((0, 0, 0, 0), (0, 0, size[0] // 2, size[1]))
+    image.putpixel((size[0] - 1, 0), (*RED, 128))
+    return encode(image, "PNG")
+
+
+def grey_alpha_png(size=(40, 30)) -> bytes:
+    """Mode LA: black, alpha 0 everywhere but the right half (opaque black)."""
+    image = Image.new("LA", size, (0, 0))
+    image.paste((0, 255), (size[0] // 2, 0, size[0], size[1]))
+    return encode(image, "PNG")
+
+
+def one_bit_png(size=(40, 30)) -> bytes:
+    """Mode 1: left half black, right half white."""
+    image = Image.new("1", size, 1)
+    image.paste(0, (0, 0, size[0] // 2, size[1]))
+    return encode(image, "PNG")
+
+
+def animated_gif(colors=(RED, GREEN, BLUE), size=(40, 30)) -> bytes:
+    frames = [Image.new("RGB", size, color) for color in colors]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def animated_webp(colors=(RED, GREEN), size=(40, 30)) -> bytes:
+    frames = [Image.new("RGB", size, color) for color in colors]
+    return encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+
+
+def mpo_jpeg(size=(64, 48)) -> bytes:
+    """Multi-picture JPEG as phones write it: the first picture is green."""
+    first, second = Image.new("RGB", size, GREEN), Image.new("RGB", size, BLUE)
+    return encode(first, "MPO", save_all=True, append_images=[second], quality=95, subsampling=0)
+
+
+def exif_rotated_jpeg(orientation: int = 6, size=(40, 24)) -> bytes:
+    """White image with an 8x8 red marker in the stored top-left corner and
+    EXIF orientation set; orientation 6 displays it rotated 90 degrees
+    clockwise, moving the marker to the top-right corner."""
+    image = Image.new("RGB", size, WHITE)
+    image.paste(RED, (0, 0, 8, 8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())
+
+
+def truncated(raw: bytes, fraction: float = 0.5) -> bytes:
+    return raw[: int(len(raw) * fraction)]
+
+
+def jpeg_with_zeroed_huffman_tables(raw: bytes | None = None) -> bytes:
+    """Zeroes the body of every DHT segment: libjpeg then reports a bogus
+    Huffman table. (Zeroing entropy-coded data instead is NOT reliably
+    detected: libjpeg decodes zeros as valid, if wrong, pixels.)"""
+    data = bytearray(raw if raw is not None else noise_jpeg())
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        length = struct.unpack(">H", data[position + 2:position + 4])[0]
+        if marker == 0xC4:
+            data[position + 4:position + 2 + length] = bytes(length - 2)
+        if marker == 0xDA:  # start of scan: no more headers
+            break
+        position += 2 + length
+    return bytes(data)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height RGB pixels; its pixel
+    data is a few bytes, so decoding it would fail (or allocate width*height*4
+    bytes first): only a header check can reject it cheaply."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+
+
+def fake_heic() -> bytes:
+    """The leading box of an iPhone HEIC photo (enough to identify it)."""
+    return struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic" + bytes(64)
+
+
+def fixture_matrix() -> dict[str, tuple[bytes, str | None]]:
+    """File name -> (raw bytes, expected RejectReason value, or None if kept).
+
+    Names carry the extension a user would have given the file, which is
+    deliberately misleading for some (content decides, not the name). All
+    images are small, so a dataset built from this stays fast.
+    """
+    noise = noise_jpeg()
+    return {
+        "red.jpg": (solid_jpeg(RED), None),
+        "green.png": (solid_png(GREEN), None),
+        "cmyk.jpg": (cmyk_jpeg(), None),
+        "grey.png": (solid_png(128, mode="L"), None),
+        "grey16.png": (grey16_png(), None),
+        "palette.png": (palette_png(), None),
+        "palette_transparent.png": (palette_png(transparent_left=True), None),
+        "rgba.png": (rgba_png(), None),
+        "grey_alpha.png": (grey_alpha_png(), None),
+        "one_bit.png": (one_bit_png(), None),
+        "animated.gif": (animated_gif(), None),
+        "photo.webp": (encode(Image.new("RGB", (40, 30), BLUE), "WEBP", lossless=True), None),
+        "animated.webp": (animated_webp(), None),
+        "photo.bmp": (encode(Image.new("RGB", (40, 30), GREEN), "BMP"), None),
+        "photo.tiff": (encode(Image.new("RGB", (40, 30), RED), "TIFF", compression="tiff_lzw"), None),
+        "png_named_as.jpg": (solid_png(BLUE), None),
+        "exif_rotated.jpg": (exif_rotated_jpeg(), None),
+        "camera_mpo.jpg": (mpo_jpeg(), None),
+        "noise.jpg": (noise, None),
+        "truncated.jpg": (truncated(noise), "truncated"),
+        "zeroed_tables.jpg": (jpeg_with_zeroed_huffman_tables(noise), "corrupt"),
+        "damaged_header.png": (solid_png(RED)[:20], "corrupt"),
+        "empty.jpg": (b"", "empty"),
+        "error_page.jpg": (HTML_PAGE, "not_an_image"),
+        "notes.txt.png": (b"BMW and other notes, not a bitmap\n", "not_an_image"),
+        "dimension_bomb.png": (png_header_only(30000, 30000), "too_many_pixels"),
+        "favicon.ico": (encode(Image.new("RGB", (32, 32), RED), "ICO"), "unsupported_format"),
+        "iphone.jpg": (fake_heic(), "unsupported_format"),
+    }

@@ -1,0 +1,218 @@
+"""Training: optimizers, loss, augmentation, frozen backbone, best epoch, early
+stopping, batch-norm recalibration and the incremental-training truth table."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kic import artifacts
+from kic.config import HyperparameterError, TrainingConfig
+from kic.data import dataset_info, input_pipeline
+from kic.data.prepare import PrepareOptions, prepare_dataset
+from kic.demo_data import write_demo_dataset
+from kic.model import batch_norm, classifier, optimizers
+from kic.model.loading import load_keras_model
+from kic.model.model_info import ModelInfo
+from kic.train import BestEpoch, TrainOptions, _loss, train
+
+SMALL = TrainOptions(backbone="mobilenet_v3_small_100_224", pretrained_weights="none", image_size=32, seed=1)
+QUIET = dict(log=lambda _message: None)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    write_demo_dataset(str(root / "images"), images_per_class=16, size=40)
+    prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
+                                   validation_fraction=0.25, test_fraction=0.0, image_short_side=40, workers=1))
+    return str(root / "prepared")
+
+
+@pytest.fixture(scope="module")
+def binary_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("binary-data")
+    write_demo_dataset(str(root / "images"), images_per_class=12, size=40)
+    os.rename(root / "images" / "triangle", root / "triangle-moved")  # keep two classes
+    prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
+                                   validation_fraction=0.25, test_fraction=0.0, image_short_side=40, workers=1))
+    return str(root / "prepared")
+
+
+# ---------------------------------------------------------------- optimizers
+@pytest.mark.parametrize("name, expected", [
+    ("adam", {"beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-4}),
+    ("sgd", {"momentum": 0.7, "nesterov": False}),
+    ("nesterov", {"momentum": 0.7, "nesterov": True}),
+    ("rmsprop", {"rho": 0.85, "momentum": 0.7, "epsilon": 1e-4}),
+    ("adagrad", {"initial_accumulator_value": 0.01, "epsilon": 1e-4}),
+    ("adadelta", {"rho": 0.85, "epsilon": 1e-4}),
+])
+def test_each_optimizer_gets_its_own_parameters(name, expected):
+    config = TrainingConfig(optimizer=name, learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-4, momentum=0.7,
+                            rho=0.85, initial_accumulator_value=0.01)
+    optimizer = optimizers.build_optimizer(config)
+    settings = optimizer.get_config()
+    assert settings["learning_rate"] == pytest.approx(0.05)
+    for key, value in expected.items():
+        assert settings[key] == pytest.approx(value), key
+
+
+# ------------------------------------------------------------ loss and input
+@pytest.mark.parametrize("binary", [False, True])
+def test_label_smoothing_reaches_the_loss(binary):
+    loss = _loss(TrainingConfig(label_smoothing=0.3, binary_mode=binary))
+    assert loss.get_config()["label_smoothing"] == pytest.approx(0.3)
+    # A perfectly confident right answer still costs something when smoothing is on.
+    target = tf.constant([[1.0]]) if binary else tf.constant([[1.0, 0.0, 0.0]])
+    logits = tf.constant([[20.0]]) if binary else tf.constant([[20.0, -20.0, -20.0]])
+    assert float(loss(target, logits)) > 0.1
+    assert float(_loss(TrainingConfig(label_smoothing=0.0, binary_mode=binary))(target, logits)) < 1e-3
+
+
+def test_rotation_and_zoom_each_reach_their_own_layer():
+    augmentation = input_pipeline.Augmentation.from_config(TrainingConfig(
+        augmentation=True, augmentation_random_flip="vertical", augmentation_random_rotation=0.25,
+        augmentation_random_zoom=-0.05))
+    layers = {layer.name: layer.get_config() for layer in augmentation.layers(seed=0)}
+    assert layers["random_flip"]["mode"] == "vertical"
+    assert tuple(layers["random_rotation"]["factor"]) == pytest.approx((-0.25, 0.25))
+    assert tuple(layers["random_zoom"]["height_factor"]) == pytest.approx((-0.05, 0.05))
+    only_rotation = input_pipeline.Augmentation(flip="None", rotation=0.3, zoom=0.0).layers(seed=0)
+    assert [layer.name for layer in only_rotation] == ["random_rotation"]
+    assert input_pipeline.Augmentation.from_config(TrainingConfig(augmentation=False)) is None
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
+                                           "gaussian", "mitchellcubic"])
+def test_every_interpolation_feeds_the_model(dataset, interpolation):
+    info = dataset_info.load(dataset)
+    batches = input_pipeline.make_dataset(
+        info.shard_paths(dataset, "validation"), image_size=24, interpolation=interpolation, batch_size=8,
+        num_classes=3, binary_mode=False, training=False, num_examples=info.splits["validation"].num_examples)
+    pixels, targets = next(iter(batches))
+    assert pixels.shape[1:] == (24, 24, 3) and targets.shape[1:] == (3,)
+    assert 0.0 <= float(tf.reduce_min(pixels)) and float(tf.reduce_max(pixels)) <= 255.0
+
+
+# ------------------------------------------------------------- training runs
+def test_multiclass_training_writes_a_model_and_the_reference_log_lines(dataset, tmp_path):
+    lines = []
+    result = train(dataset, str(tmp_path / "model"), TrainingConfig(epochs=2, batch_size=8), SMALL, log=lines.append)
+    epoch_lines = [line for line in lines if line.startswith("Epoch ")]
+    assert len(epoch_lines) == 2
+    assert all(" - loss: " in line and " - val_accuracy: " in line for line in epoch_lines)
+    assert any("ignored for optimizer adam: initial_accumulator_value, momentum, rho" in line for line in lines)
+    info = json.loads((tmp_path / "model" / artifacts.MODEL_INFO).read_text())
+    assert info["class_names"] == ["circle", "square", "triangle"] and info["finetuned"] is True
+    assert info["hyperparameters"]["epochs"] == 2
+    assert result.history["val_accuracy"][result.best_epoch - 1] == max(result.history["val_accuracy"])
+    assert os.listdir(tmp_path / "model" / artifacts.TENSORBOARD_DIR)
+    assert load_keras_model(str(tmp_path / "model")).output.shape[-1] == 3
+
+
+def test_binary_mode_monitors_eval_metric(binary_dataset, tmp_path):
+    config = TrainingConfig(epochs=1, batch_size=8, binary_mode=True, eval_metric="auc")
+    result = train(binary_dataset, str(tmp_path / "model"), config, SMALL, **QUIET)
+    for name in ("val_auc", "val_prc", "val_precision", "val_recall", "val_true_positives"):
+        assert name in result.history
+    assert load_keras_model(str(tmp_path / "model")).output.shape[-1] == 1
+
+
+def test_binary_mode_on_three_classes_is_refused_before_training(dataset, tmp_path):
+    with pytest.raises(HyperparameterError, match="exactly 2 classes"):
+        train(dataset, str(tmp_path / "model"), TrainingConfig(binary_mode=True), SMALL, **QUIET)
+    assert not (tmp_path / "model").exists()
+
+
+def test_top_layer_only_training_leaves_the_backbone_untouched(dataset, tmp_path):
+    first = tmp_path / "first"
+    train(dataset, str(first), TrainingConfig(epochs=1, batch_size=8), SMALL, **QUIET)
+    before = [w.copy() for w in classifier.backbone_of(load_keras_model(str(first))).get_weights()]
+    config = TrainingConfig(epochs=2, batch_size=8, train_only_on_top_layer=True, learning_rate=0.05)
+    options = TrainOptions(**{**SMALL.__dict__, "base_model": str(first)})
+    train(dataset, str(tmp_path / "second"), config, options, **QUIET)
+    second = load_keras_model(str(tmp_path / "second"))
+    after = classifier.backbone_of(second).get_weights()
+    assert len(before) == len(after)  # weights and batch-norm statistics alike
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(old, new)
+    head_before = load_keras_model(str(first)).get_layer(classifier.DENSE_LAYER).get_weights()[0]
+    assert not np.array_equal(head_before, second.get_layer(classifier.DENSE_LAYER).get_weights()[0])
+
+
+def test_early_stopping_stops_when_nothing_improves(dataset, tmp_path):
+    config = TrainingConfig(epochs=6, batch_size=8, learning_rate=0.0, early_stopping=True, early_stopping_patience=1,
+                            early_stopping_min_delta=0.01)
+    result = train(dataset, str(tmp_path / "model"), config, SMALL, **QUIET)
+    assert result.epochs_run == 2
+
+
+def test_best_epoch_is_restored_not_the_last():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    best = BestEpoch("val_accuracy")
+    best.set_model(model)
+    for epoch, (value, weight) in enumerate([(0.5, 1.0), (0.9, 2.0), (0.7, 3.0)]):
+        model.set_weights([np.array([[weight]]), np.zeros(1)])
+        best.on_epoch_end(epoch, {"val_accuracy": value})
+    best.on_train_end()
+    assert best.best_epoch == 2 and model.get_weights()[0][0, 0] == 2.0
+
+
+# --------------------------------------------------------------- batch norm
+def test_recalibration_sets_exact_batch_statistics():
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.999)(inputs))
+    batches = tf.data.Dataset.from_tensor_slices(
+        (np.array([[[1.0, 10.0], [3.0, 30.0]], [[5.0, 50.0], [7.0, 70.0]]], dtype="float32"), np.zeros((2, 1))))
+    assert batch_norm.recalibrate(model, batches, max_batches=10) == 2
+    layer = model.layers[-1]
+    np.testing.assert_allclose(layer.moving_mean.numpy(), [4.0, 40.0], rtol=1e-6)  # mean of the batch means
+    np.testing.assert_allclose(layer.moving_variance.numpy(), [1.0, 100.0], rtol=1e-5)
+    assert layer.momentum == 0.999
+
+
+# ------------------------------------------------- incremental training table
+def _info(classes=("a", "b"), binary=False):
+    return ModelInfo(backbone="x", image_size=32, interpolation="bilinear", class_names=classes, binary_mode=binary)
+
+
+@pytest.mark.parametrize("choice, base, new_head", [
+    ("Auto", None, True), ("True", None, True),
+    ("Auto", "ours", False), ("True", "ours", True), ("False", "ours", False),
+])
+def test_reinitialize_top_layer_truth_table(choice, base, new_head):
+    plan = classifier.plan_head(TrainingConfig(reinitialize_top_layer=choice), _info() if base else None, ("a", "b"))
+    assert plan.new_head is new_head and plan.start_from_base_model is bool(base)
+
+
+def test_keeping_a_head_a_bare_backbone_does_not_have_is_an_error():
+    with pytest.raises(HyperparameterError, match="pretrained backbone has none"):
+        classifier.plan_head(TrainingConfig(reinitialize_top_layer="False"), None, ("a", "b"))
+
+
+def test_a_different_class_set_forces_a_new_head_or_is_an_error():
+    plan = classifier.plan_head(TrainingConfig(), _info(("a", "b")), ("a", "c"))
+    assert plan.new_head and "class set differs" in plan.reason
+    with pytest.raises(HyperparameterError, match="cannot be kept"):
+        classifier.plan_head(TrainingConfig(reinitialize_top_layer="False"), _info(("a", "b")), ("a", "c"))
+
+
+def test_continuing_from_our_model_keeps_or_replaces_the_head(dataset, tmp_path):
+    first = tmp_path / "first"
+    train(dataset, str(first), TrainingConfig(epochs=1, batch_size=8), SMALL, **QUIET)
+    head = load_keras_model(str(first)).get_layer(classifier.DENSE_LAYER).get_weights()[0]
+    continued = TrainOptions(**{**SMALL.__dict__, "base_model": str(first)})
+    # learning_rate 0 keeps every weight: the kept head must equal the earlier one.
+    train(dataset, str(tmp_path / "kept"), TrainingConfig(epochs=1, batch_size=8, learning_rate=0.0,
+                                                          reinitialize_top_layer="False"), continued, **QUIET)
+    kept = load_keras_model(str(tmp_path / "kept")).get_layer(classifier.DENSE_LAYER).get_weights()[0]
+    np.testing.assert_array_equal(head, kept)
+    train(dataset, str(tmp_path / "fresh"), TrainingConfig(epochs=1, batch_size=8, learning_rate=0.0,
+                                                           reinitialize_top_layer="True"),
+          TrainOptions(**{**continued.__dict__, "seed": 7}), **QUIET)
+    fresh = load_keras_model(str(tmp_path / "fresh")).get_layer(classifier.DENSE_LAYER).get_weights()[0]
+    assert not np.array_equal(head, fresh)
