@@ -20,6 +20,7 @@ PACKAGE_DIRS = {
     "kic.components.train": "components/train",
     "kic.components.evaluate": "components/evaluate",
     "kic.components.export": "components/export",
+    "kic.components.batch_predict": "components/batch_predict",
     "kic.pipelines": "pipelines",
 }
 

@@ -138,6 +138,8 @@ def _print_summary(summary: dict, output: str, seconds: float) -> None:
     for reason in blessing.get("reasons", []):
         print(f"gate:         {reason}")
     print(f"metrics:      {os.path.join(output, 'metrics.json')}")
+    if summary.get("predictions"):
+        print(f"predictions:  {summary['predictions']}")
     print(f"reports:      {os.path.join(output, 'data_report.html')}, "
           f"{os.path.join(output, 'evaluation_report.html')}")
     print(f"all steps:    {summary['run_dir']}")

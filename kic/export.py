@@ -53,7 +53,7 @@ TFLITE_MODEL = "model.tflite"
 TFLITE_PARITY_REPORT = "tflite_parity.json"
 # The reference algorithm's archive layout (plus labels.txt).
 TARBALL_MEMBERS = (artifacts.SAVED_MODEL_VERSION_DIR, artifacts.LABEL_MAP, artifacts.MODEL_INFO,
-                   artifacts.LABELS_TXT)
+                   artifacts.LABELS_TXT, artifacts.KERAS_MODEL)
 
 # Max abs difference of probabilities allowed between the reloaded SavedModel
 # and the in-memory Keras model (same pixels, same float32 maths).
@@ -120,6 +120,9 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
         storage.write_text(os.path.join(package, artifacts.LABEL_MAP),
                            json.dumps(info.label_map(), indent=2, ensure_ascii=False))
         storage.write_text(os.path.join(package, artifacts.LABELS_TXT), "\n".join(info.class_names) + "\n")
+        # The Keras model travels too: a package can then be the starting point of
+        # incremental training, or the baseline of a later quality gate.
+        storage.copy_file(storage.join(model_dir, artifacts.KERAS_MODEL), os.path.join(package, artifacts.KERAS_MODEL))
         _write_tarball(package, os.path.join(package, artifacts.MODEL_TARBALL))
 
         if storage.is_gcs(output_dir):
@@ -363,8 +366,8 @@ def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "evaluation_metrics": options.evaluation_metrics or {},
         "preprocessing": {
-            "decode": "tf.io.decode_image(channels=3, expand_animations=False): JPEG, PNG, GIF "
-                      "(first frame), BMP, WebP; alpha is dropped",
+            "decode": "JPEG, PNG, GIF (first frame), BMP, WebP to RGB; transparent pixels composited on white "
+                      "as in prepare; EXIF orientation is not applied (send upright images)",
             "resize": f"{info.image_size}x{info.image_size}, {info.interpolation}, aspect ratio not kept, "
                       "clipped to [0, 255]",
             "function": "kic.model.preprocessing.decode_and_resize",
@@ -393,7 +396,8 @@ def _plain(value: Any) -> Any:
 
 def _clear_previous_export(package: str) -> None:
     """Removes what an earlier export to the same directory left, marker first."""
-    for name in (artifacts.SUCCESS_MARKER, artifacts.MODEL_TARBALL, TFLITE_MODEL, TFLITE_PARITY_REPORT):
+    for name in (artifacts.SUCCESS_MARKER, artifacts.MODEL_TARBALL, artifacts.KERAS_MODEL, TFLITE_MODEL,
+                 TFLITE_PARITY_REPORT):
         path = os.path.join(package, name)
         if os.path.isfile(path):
             os.remove(path)

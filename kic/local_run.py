@@ -15,10 +15,18 @@ import tarfile
 import warnings
 
 from kic import artifacts
-from kic.pipelines.training_pipeline import EVALUATE_TASK, EXPORT_TASK, PIPELINE_NAME, PREPARE_TASK, TRAIN_TASK
+from kic.pipelines.training_pipeline import (
+    EVALUATE_TASK,
+    EXPORT_TASK,
+    PIPELINE_NAME,
+    PREDICT_TASK,
+    PREPARE_TASK,
+    TRAIN_TASK,
+)
 
 # Output keys of the components (the names in their signatures).
 EXAMPLES, MODEL, METRICS, BLESSING, PACKAGE = "examples", "model", "metrics", "blessing", "package"
+PREDICTIONS = "predictions"
 EVALUATION_REPORT = "report"
 
 
@@ -61,6 +69,8 @@ def collect_outputs(run_dir: str, output_dir: str) -> dict:
         shutil.copyfile(report, os.path.join(output_dir, "evaluation_report.html"))
     blessing_path = task_output(run_dir, EVALUATE_TASK, BLESSING)
     blessing = json.load(open(blessing_path)) if os.path.exists(blessing_path) else None
+    if blessing is not None:
+        shutil.copyfile(blessing_path, os.path.join(output_dir, artifacts.BLESSING_JSON))
 
     summary = {"metrics": metrics, "blessing": blessing, "run_dir": run_dir, "model": None}
     tarball = os.path.join(task_output(run_dir, EXPORT_TASK, PACKAGE), artifacts.MODEL_TARBALL)
@@ -71,6 +81,10 @@ def collect_outputs(run_dir: str, output_dir: str) -> dict:
         with tarfile.open(tarball) as tar:
             tar.extractall(unpacked, filter="data")
         summary["model"] = unpacked
+    predictions = task_output(run_dir, PREDICT_TASK, PREDICTIONS)
+    if os.path.exists(predictions):
+        summary["predictions"] = os.path.join(output_dir, "predictions.jsonl")
+        shutil.copyfile(predictions, summary["predictions"])
     summary["trained_model_dir"] = task_output(run_dir, TRAIN_TASK, MODEL)
     return summary
 

@@ -106,3 +106,16 @@ def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -
     if destination_uri:
         log(f"export: copied to {destination_uri}")
     sys.stdout.flush()
+
+
+# ------------------------------------------------------------ batch predict
+def batch_predict_step(*, package, inputs, predictions, prediction_summary, output_format, batch_size,
+                       top_k) -> None:
+    from kic.predict import format_summary, predict
+
+    summary = predict(package.path, inputs, predictions.path, batch_size=batch_size, top_k=top_k,
+                      output_format=output_format)
+    log(format_summary(summary))
+    _log_metrics(prediction_summary, {"total": summary.total, "succeeded": summary.succeeded,
+                                      "failed": summary.failed, "skipped_files": summary.skipped_files})
+    predictions.metadata.update({"format": output_format, "rows": summary.total})

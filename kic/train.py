@@ -67,13 +67,14 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
         log(f"train: ignored for optimizer {config.optimizer}: {', '.join(config.ignored_parameters())}")
     log(f"train: {plan.reason}")
 
+    decoded = tf.Variable(0, dtype=tf.int64, trainable=False)
     train_ds, val_ds = (
         input_pipeline.make_dataset(
             data.shard_paths(dataset_dir, split), image_size=image_size,
             interpolation=config.image_resize_interpolation, batch_size=config.batch_size,
             num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
             num_examples=data.splits[split].num_examples, augmentation=input_pipeline.Augmentation.from_config(config),
-            seed=options.seed)
+            seed=options.seed, decoded=decoded if split == "train" else None)
         for split in ("train", "validation"))
 
     with _strategy().scope():
@@ -83,7 +84,9 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
                       metrics=_metrics(config))
 
     best = BestEpoch(config.monitored_metric)
-    callbacks = [Validation(val_ds, train_ds), best, EpochLog(config.epochs, data.splits["train"].num_examples, log)]
+    skipped = SkippedRecords(decoded, data.splits["train"].num_examples, log)
+    callbacks = [skipped, Validation(val_ds, train_ds), best,
+                 EpochLog(config.epochs, data.splits["train"].num_examples, log)]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitored_metric, mode="max", patience=config.early_stopping_patience,
@@ -102,7 +105,8 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
                      interpolation=config.image_resize_interpolation, class_names=data.class_names,
                      binary_mode=config.binary_mode, finetuned=True, hyperparameters=config.to_dict(),
                      data_fingerprint=data.fingerprint,
-                     metrics={key: values[best.best_epoch - 1] for key, values in history.items()})
+                     metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
+                     skipped_records=skipped.count)
     os.makedirs(model_dir, exist_ok=True)
     model.save(os.path.join(model_dir, artifacts.KERAS_MODEL))
     model_info.save(model_dir, info)
@@ -150,6 +154,22 @@ def _metrics(config: TrainingConfig) -> list[keras.metrics.Metric]:
 
 
 # -------------------------------------------------------------- callbacks
+class SkippedRecords(keras.callbacks.Callback):
+    """Counts the training records that failed to decode in the first epoch
+    (the input skips them rather than ending the run) and says so."""
+
+    def __init__(self, decoded: tf.Variable, num_examples: int, log: Log):
+        super().__init__()
+        self.decoded, self.num_examples, self.log = decoded, num_examples, log
+        self.count = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.count = max(self.num_examples - int(self.decoded.numpy()), 0)
+            if self.count:
+                self.log(f"train: skipped {self.count} corrupt training record(s) of {self.num_examples}")
+
+
 class Validation(keras.callbacks.Callback):
     """Validates after each epoch, first recomputing batch-norm statistics for
     the epoch's final weights (see kic.model.batch_norm), and adds the

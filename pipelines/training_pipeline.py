@@ -3,6 +3,7 @@
 from kfp import dsl
 
 from kic.components import docs
+from kic.components.batch_predict.component import batch_predict
 from kic.components.evaluate.component import evaluate
 from kic.components.export.component import export
 from kic.components.prepare.component import prepare
@@ -12,7 +13,8 @@ from kic.config import TrainingConfig
 PIPELINE_NAME = "image-classification-training"
 
 # Task names, as they appear in the UI and in the local run's output folders.
-PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK = "prepare", "train", "evaluate", "export"
+PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK = (
+    "prepare", "train", "evaluate", "export", "batch-predict")
 
 
 def training_pipeline(
@@ -37,6 +39,7 @@ def training_pipeline(
     export_uri: str = "",
     tflite: str = "",
     top_k: int = 5,
+    batch_predict_source: str = "",
     augmentation: bool = False,
     augmentation_random_flip: str = "horizontal_and_vertical",
     augmentation_random_rotation: float = 0.2,
@@ -86,10 +89,13 @@ def training_pipeline(
     # The single output (not a named one): kfp.local resolves conditions only on
     # `<task>-Output` channels (kfp 2.17), and clusters read both alike.
     with dsl.If(evaluated.outputs["Output"] == True, name="model-blessed"):  # noqa: E712 (a KFP condition, not Python)
-        export(
+        exported = export(
             model=trained.outputs["model"], evaluation=evaluated.outputs["metrics"],
             destination_uri=export_uri, tflite=tflite, top_k=top_k,
         ).set_display_name(EXPORT_TASK)
+        with dsl.If(batch_predict_source != "", name="batch-prediction-requested"):
+            batch_predict(package=exported.outputs["package"], inputs=batch_predict_source,
+                          top_k=top_k).set_display_name(PREDICT_TASK)
 
 
 training_pipeline.__doc__ = docs.docstring(
@@ -118,6 +124,8 @@ training_pipeline.__doc__ = docs.docstring(
         "export_uri": "Optional local path or gs:// URI that also receives the exported package.",
         "tflite": "Also export TFLite: float32, float16, int8, or empty.",
         "top_k": "k of the top-k metrics and of the serving signature's top labels.",
+        "batch_predict_source": "Optional images (folder, manifest or gs:// prefix) to predict with the exported "
+                                "model; empty: no batch prediction.",
         **docs.hyperparameter_args(),
     },
 )

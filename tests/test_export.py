@@ -116,7 +116,7 @@ def test_tarball_has_the_reference_layout(multiclass):
     with tarfile.open(result.tarball) as archive:
         names = set(archive.getnames())
     assert {"1/saved_model.pb", "1/variables/variables.index", artifacts.LABEL_MAP, artifacts.MODEL_INFO,
-            f"1/{export.WARMUP_FILE}"} <= names
+            f"1/{export.WARMUP_FILE}", artifacts.KERAS_MODEL} <= names
     assert not any(name.startswith(("/", "..")) for name in names)
     assert artifacts.SUCCESS_MARKER not in names and export.TFLITE_MODEL not in names
 

@@ -37,7 +37,7 @@ def test_default_run_writes_every_output(default_run):
         assert (output / name).is_file(), name
     with tarfile.open(output / "model.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"1/saved_model.pb", "class_label_to_prediction_index.json", "model_info.json"} <= names
+    assert {"1/saved_model.pb", "class_label_to_prediction_index.json", "model_info.json", "model.keras"} <= names
     assert (output / "model" / "1" / "saved_model.pb").is_file()
     label_map = json.loads((output / "model" / "class_label_to_prediction_index.json").read_text())
     assert label_map == {"circle": 0, "square": 1, "triangle": 2}

@@ -216,3 +216,25 @@ def test_continuing_from_our_model_keeps_or_replaces_the_head(dataset, tmp_path)
           TrainOptions(**{**continued.__dict__, "seed": 7}), **QUIET)
     fresh = load_keras_model(str(tmp_path / "fresh")).get_layer(classifier.DENSE_LAYER).get_weights()[0]
     assert not np.array_equal(head, fresh)
+
+
+def test_a_corrupt_training_record_is_skipped_and_counted(dataset, tmp_path):
+    import dataclasses
+    import shutil
+
+    from kic.data import schema
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(dataset, copy)
+    info = dataset_info.load(str(copy))
+    with tf.io.TFRecordWriter(str(copy / "train-extra.tfrecord")) as writer:
+        writer.write(schema.make_example(encoded=b"\xff\xd8 not really a jpeg", height=8, width=8, label=0,
+                                         source="broken.jpg", sha256="0" * 64))
+    train_split = info.splits["train"]
+    splits = {**info.splits, "train": dataset_info.SplitInfo(train_split.num_examples + 1,
+                                                             (*train_split.shards, "train-extra.tfrecord"))}
+    dataset_info.save(str(copy), dataclasses.replace(info, splits=splits))
+    lines = []
+    train(str(copy), str(tmp_path / "model"), TrainingConfig(epochs=1, batch_size=8), SMALL, log=lines.append)
+    assert any("skipped 1 corrupt training record" in line for line in lines)
+    assert json.loads((tmp_path / "model" / artifacts.MODEL_INFO).read_text())["skipped_records"] == 1

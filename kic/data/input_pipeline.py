@@ -57,10 +57,13 @@ class Augmentation:
 def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str, batch_size: int,
                  num_classes: int, binary_mode: bool, training: bool, num_examples: int,
                  augmentation: Augmentation | None = None, seed: int = 0,
-                 with_source: bool = False) -> tf.data.Dataset:
+                 with_source: bool = False, decoded: tf.Variable | None = None) -> tf.data.Dataset:
     """Batches of (pixels float32 [0,255], target); targets are one-hot for
     multi-class and a float 0/1 column in binary mode. With ``with_source`` the
-    elements are (pixels, label index, source URI) for evaluation reports."""
+    elements are (pixels, label index, source URI) for evaluation reports.
+
+    ``decoded``, an int64 variable, counts the records that decoded; the
+    difference to the number of records is what was skipped as corrupt."""
     if not shard_paths:
         raise ValueError("no TFRecord shards to read")
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
@@ -79,6 +82,13 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # A record that fails to parse or decode is dropped instead of ending the run.
     dataset = dataset.ignore_errors(log_warning=True)
+    if decoded is not None:
+
+        def count(pixels, label, source):
+            with tf.control_dependencies([decoded.assign_add(1)]):
+                return tf.identity(pixels), label, source
+
+        dataset = dataset.map(count)
     if num_examples * image_size * image_size * 3 * 4 <= CACHE_BUDGET_BYTES:
         dataset = dataset.cache()
 

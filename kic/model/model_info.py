@@ -31,6 +31,7 @@ class ModelInfo:
     hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     data_fingerprint: str = ""
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    skipped_records: int = 0  # training records that failed to decode and were skipped
     kic_version: str = kic.__version__
     format_version: int = FORMAT_VERSION
 

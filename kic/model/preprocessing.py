@@ -14,11 +14,40 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos
                   "gaussian", "mitchellcubic")
 
 
+# Transparent pixels are composited onto this colour, as prepare does
+# (kic.data.images.ImageLimits.background), so a PNG with alpha looks the same
+# to a served model as it did in training.
+ALPHA_BACKGROUND = 255.0
+
+
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
     """Decodes JPEG, PNG, GIF (first frame), BMP or WebP bytes to uint8 [H, W, 3]."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+    def with_native_channels():
+        # PNG and WebP may carry alpha. They are decoded with their own channel
+        # count (grey, grey+alpha, RGB, RGBA), because asking TensorFlow for 4
+        # channels of a palette PNG without transparency yields alpha 1, not 255.
+        return _to_rgb(tf.io.decode_image(encoded, channels=0, expand_animations=False))
+
+    def without_alpha():  # JPEG, GIF and BMP
+        return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+    magic = tf.strings.substr(encoded, 0, 4)
+    may_have_alpha = tf.logical_or(tf.equal(magic, b"\x89PNG"), tf.equal(magic, b"RIFF"))
+    image = tf.cond(may_have_alpha, with_native_channels, without_alpha)
     image.set_shape([None, None, 3])
     return image
+
+
+def _to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 1..4] -> RGB, transparent pixels composited on the background."""
+    channels = tf.shape(image)[-1]
+    colour = tf.cond(channels < 3, lambda: tf.image.grayscale_to_rgb(image[..., :1]), lambda: image[..., :3])
+    has_alpha = tf.equal(channels % 2, 0)  # grey+alpha or RGBA
+    alpha = tf.cond(has_alpha, lambda: tf.cast(image[..., -1:], tf.float32) / 255.0,
+                    lambda: tf.ones_like(tf.cast(image[..., :1], tf.float32)))
+    blended = tf.cast(colour, tf.float32) * alpha + ALPHA_BACKGROUND * (1.0 - alpha)
+    return tf.cast(tf.round(blended), tf.uint8)
 
 
 def resize(image: tf.Tensor, size: int, interpolation: str) -> tf.Tensor:
