@@ -16,6 +16,7 @@ PACKAGE_DIRS = {
     "kic.model": "kic/model",
     "kic.evaluation": "kic/evaluation",
     "kic.components": "components",
+    "kic.components.validate": "components/validate",
     "kic.components.prepare": "components/prepare",
     "kic.components.train": "components/train",
     "kic.components.evaluate": "components/evaluate",

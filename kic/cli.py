@@ -117,7 +117,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"kic: using the built-in demo dataset ({len(demo_data.CLASSES)} classes) at {demo_dir}")
 
     print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}", flush=True)
-    run_dir = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"))
+    try:
+        run_dir = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"))
+    except RuntimeError as error:  # a step failed; its own log above says why
+        print(f"\nkic: the pipeline failed: {error}\nkic: each step's artifacts are under "
+              f"{os.path.join(output, 'runs')}", file=sys.stderr)
+        return 1
     summary = local_run.collect_outputs(run_dir, output)
     _print_summary(summary, output, time.perf_counter() - started)
     return 0

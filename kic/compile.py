@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 PIPELINE_YAML = "pipeline.yaml"
-COMPONENT_NAMES = ("prepare", "train", "evaluate", "export", "batch_predict")
+COMPONENT_NAMES = ("validate", "prepare", "train", "evaluate", "export", "batch_predict")
 
 
 def compile_pipeline(path: str = PIPELINE_YAML) -> str:

@@ -76,16 +76,23 @@ def resolve(parameters: Mapping[str, tuple[str, Any]], *layers: Mapping[str, Any
     return values
 
 
-def _other_checks(values: Mapping[str, Any]) -> list[Problem]:
+def check_training_choices(*, backbone: Any, image_size: Any) -> list[Problem]:
+    """The checks of train's non-hyperparameter inputs that need no data."""
     from kic.model import backbones
 
     problems = []
-    backbone = values.get("backbone")
     if isinstance(backbone, str):
         try:
             backbones.resolve(backbone)
         except ValueError as error:
             problems.append(Problem("backbone", backbone, str(error)))
+    if isinstance(image_size, int) and image_size != 0 and image_size < 32:
+        problems.append(Problem("image_size", image_size, "0 (the backbone's size) or at least 32"))
+    return problems
+
+
+def _other_checks(values: Mapping[str, Any]) -> list[Problem]:
+    problems = check_training_choices(backbone=values.get("backbone"), image_size=values.get("image_size"))
     for name in ("validation_fraction", "test_fraction", "max_rejected_fraction"):
         value = values.get(name)
         if isinstance(value, float) and not 0.0 <= value < 1.0:
@@ -94,9 +101,6 @@ def _other_checks(values: Mapping[str, Any]) -> list[Problem]:
     if all(isinstance(value, float) for value in fractions) and sum(fractions) >= 1.0:
         problems.append(Problem("validation_fraction+test_fraction", sum(fractions),
                                 "must leave training images: below 1"))
-    image_size = values.get("image_size")
-    if isinstance(image_size, int) and image_size != 0 and image_size < 32:
-        problems.append(Problem("image_size", image_size, "0 (the backbone's size) or at least 32"))
     if values.get("tflite") not in (None, *TFLITE_CHOICES):
         problems.append(Problem("tflite", values["tflite"], "one of: (empty), float32, float16, int8"))
     top_k = values.get("top_k")

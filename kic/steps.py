@@ -8,6 +8,7 @@ in kic depends on KFP.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -21,13 +22,57 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def fails_cleanly(step):
+    """Errors a user can cause (bad parameters, bad data, missing files) end
+    the step with their message and a non-zero exit, not a traceback through
+    KFP and TensorFlow. KIC_DEBUG=1 keeps the traceback."""
+
+    @functools.wraps(step)
+    def run(**arguments):
+        try:
+            return step(**arguments)
+        except Exception as error:
+            if os.environ.get("KIC_DEBUG") or not _caused_by_input(error):
+                raise
+            log(f"{step.__name__.removesuffix('_step')} failed: {type(error).__name__}: {error}")
+            raise SystemExit(1) from None
+
+    return run
+
+
+def _caused_by_input(error: Exception) -> bool:
+    from kic.data.dataset_info import IncompleteDatasetError
+    from kic.data.prepare import DataQualityError
+
+    return isinstance(error, (ValueError, OSError, DataQualityError, IncompleteDatasetError))
+
+
 def _log_metrics(target, values: dict) -> None:
     for name, value in values.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             target.log_metric(name, float(value))
 
 
+# ----------------------------------------------------------------- validate
+@fails_cleanly
+def validate_step(*, backbone, image_size, **hyperparameters) -> None:
+    from kic.config import ParameterError, TrainingConfig
+    from kic.parameters import check_training_choices
+
+    problems = check_training_choices(backbone=backbone, image_size=image_size)
+    try:
+        config = TrainingConfig.from_dict(hyperparameters)
+    except ParameterError as error:
+        problems = error.problems + problems
+    if problems:
+        raise ParameterError(problems)
+    log(f"validate: {len(hyperparameters)} hyperparameters and backbone {backbone!r} are valid")
+    if config.ignored_parameters():
+        log(f"validate: ignored for optimizer {config.optimizer}: {', '.join(config.ignored_parameters())}")
+
+
 # ------------------------------------------------------------------ prepare
+@fails_cleanly
 def prepare_step(*, source, examples, report, report_markdown, data_metrics, validation_source, test_source,
                  validation_fraction, test_fraction, seed, image_short_side, images_per_shard,
                  max_rejected_fraction, tfds_data_dir) -> None:
@@ -56,6 +101,7 @@ def _copy_if_exists(source: str, destination: str) -> None:
 
 
 # -------------------------------------------------------------------- train
+@fails_cleanly
 def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
                seed, **hyperparameters) -> None:
     from kic.config import TrainingConfig
@@ -72,6 +118,7 @@ def train_step(*, examples, model, training_metrics, backbone, pretrained_weight
 
 
 # ----------------------------------------------------------------- evaluate
+@fails_cleanly
 def evaluate_step(*, examples, model, metrics, classification_metrics, report, report_markdown, blessing,
                   gate_metric, gate_minimum, baseline_model_uri, max_regression, top_k) -> bool:
     from kic.evaluate import GateOptions, evaluate_model
@@ -95,6 +142,7 @@ def evaluate_step(*, examples, model, metrics, classification_metrics, report, r
 
 
 # ------------------------------------------------------------------- export
+@fails_cleanly
 def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -> None:
     from kic.export import ExportOptions, export_model
 
@@ -109,6 +157,7 @@ def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -
 
 
 # ------------------------------------------------------------ batch predict
+@fails_cleanly
 def batch_predict_step(*, package, inputs, predictions, prediction_summary, output_format, batch_size,
                        top_k) -> None:
     from kic.predict import format_summary, predict

@@ -8,13 +8,14 @@ from kic.components.evaluate.component import evaluate
 from kic.components.export.component import export
 from kic.components.prepare.component import prepare
 from kic.components.train.component import train
+from kic.components.validate.component import validate
 from kic.config import TrainingConfig
 
 PIPELINE_NAME = "image-classification-training"
 
 # Task names, as they appear in the UI and in the local run's output folders.
-PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK = (
-    "prepare", "train", "evaluate", "export", "batch-predict")
+VALIDATE_TASK, PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK = (
+    "validate", "prepare", "train", "evaluate", "export", "batch-predict")
 
 
 def training_pipeline(
@@ -68,12 +69,15 @@ def training_pipeline(
 ):
     hyperparameters = {name: value for name, value in locals().items() if name in TrainingConfig.field_names()}
 
+    # Bad hyperparameters fail here, in seconds, before prepare reads any image.
+    validated = validate(backbone=backbone, image_size=image_size, **hyperparameters).set_display_name(VALIDATE_TASK)
+
     prepared = prepare(
         source=data_source, validation_source=validation_source, test_source=test_source,
         validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed,
         image_short_side=image_short_side, tfds_data_dir=tfds_data_dir,
         max_rejected_fraction=max_rejected_fraction,
-    ).set_display_name(PREPARE_TASK)
+    ).set_display_name(PREPARE_TASK).after(validated)
 
     trained = train(
         examples=prepared.outputs["examples"], backbone=backbone, pretrained_weights=pretrained_weights,

@@ -46,16 +46,24 @@ def test_every_hyperparameter_is_a_typed_pipeline_parameter_with_the_contract_de
     _assert_hyperparameters(spec["root"]["inputDefinitions"]["parameters"])
 
 
-def test_every_hyperparameter_is_a_typed_input_of_train(fresh):
-    spec = _load(fresh[1]["train"])
+@pytest.mark.parametrize("component", ["validate", "train"])
+def test_every_hyperparameter_is_a_typed_input_of_validate_and_train(fresh, component):
+    spec = _load(fresh[1][component])
     _assert_hyperparameters(spec["root"]["inputDefinitions"]["parameters"])
 
 
-def test_pipeline_passes_each_hyperparameter_to_train(fresh):
+@pytest.mark.parametrize("task", ["validate", "train"])
+def test_pipeline_passes_each_hyperparameter_on(fresh, task):
     spec = _load(fresh[0])
-    train_inputs = spec["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    inputs = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
     for name in TrainingConfig.field_names():
-        assert train_inputs[name]["componentInputParameter"] == name
+        assert inputs[name]["componentInputParameter"] == name
+
+
+def test_validation_runs_before_any_data_is_read(fresh):
+    tasks = _load(fresh[0])["root"]["dag"]["tasks"]
+    assert tasks["prepare"]["dependentTasks"] == ["validate"]
+    assert "dependentTasks" not in tasks["validate"]
 
 
 def test_committed_pipeline_yaml_is_fresh(fresh):
