@@ -63,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--no-components", action="store_true", help="only write the pipeline")
     compile_.set_defaults(handler=_compile)
 
+    prepare = commands.add_parser("prepare", help="only the prepare step: images -> validated TFRecord splits")
+    prepare.add_argument("source", help="folder, gs:// prefix, manifest (.csv/.jsonl) or tfds:NAME[:CONFIG]")
+    prepare.add_argument("output", help="output folder or gs:// prefix")
+    prepare.add_argument("--validation-source", default="")
+    prepare.add_argument("--test-source", default="")
+    prepare.add_argument("--validation-fraction", type=float, default=0.2)
+    prepare.add_argument("--test-fraction", type=float, default=0.1)
+    prepare.add_argument("--seed", type=int, default=42)
+    prepare.add_argument("--image-short-side", type=int, default=600)
+    prepare.add_argument("--max-rejected-fraction", type=float, default=0.05)
+    prepare.add_argument("--tfds-data-dir", default="")
+    prepare.add_argument("--workers", type=int, default=0, help="0: all cores")
+    prepare.set_defaults(handler=_prepare)
+
     backbones = commands.add_parser("backbones", help="list the supported backbones")
     backbones.set_defaults(handler=_backbones)
 
@@ -149,6 +163,47 @@ def _print_summary(summary: dict, output: str, seconds: float) -> None:
           f"{os.path.join(output, 'evaluation_report.html')}")
     print(f"all steps:    {summary['run_dir']}")
     print("=" * 72)
+
+
+# --------------------------------------------------------------- prepare
+def _prepare(args: argparse.Namespace) -> int:
+    from kic.data.prepare import DataQualityError, PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(
+        source=args.source, output_dir=args.output, validation_source=args.validation_source,
+        test_source=args.test_source, validation_fraction=args.validation_fraction,
+        test_fraction=args.test_fraction, seed=args.seed, image_short_side=args.image_short_side,
+        max_rejected_fraction=args.max_rejected_fraction, tfds_data_dir=args.tfds_data_dir, workers=args.workers)
+    terminal = sys.stdout.isatty()
+    try:
+        result = prepare_dataset(options, progress=ProgressBar() if terminal else print,
+                                 progress_interval=0.2 if terminal else 5.0)
+    except DataQualityError as error:
+        print(f"\nkic: {error}\nkic: the data report is in {args.output}", file=sys.stderr)
+        return 1
+    metrics = result.report["metrics"]
+    print(f"\nprepared {result.info.num_classes} classes: {metrics['num_train']} train, "
+          f"{metrics['num_validation']} validation, {metrics['num_test']} test; {metrics['num_rejected']} rejected, "
+          f"{metrics['num_duplicates']} duplicates -> {args.output}")
+    return 0
+
+
+class ProgressBar:
+    """Draws prepare's "N/M images" progress as one bar that redraws in place."""
+
+    WIDTH = 30
+
+    def __call__(self, message: str) -> None:
+        counts = message.split(" ", 2)[1] if message.count("/") and " images " in message else ""
+        done, _, total = counts.partition("/")
+        if done.isdigit() and total.isdigit() and int(total):
+            filled = self.WIDTH * int(done) // int(total)
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            print(f"\r[{bar}] {message.removeprefix('prepare: ')}", end="", flush=True)
+            if done == total:
+                print()
+        else:
+            print(message, flush=True)
 
 
 # --------------------------------------------------------------- others

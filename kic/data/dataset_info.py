@@ -29,7 +29,7 @@ class SplitInfo:
 class DatasetInfo:
     class_names: tuple[str, ...]
     splits: dict[str, SplitInfo]
-    fingerprint: str  # sha256 over the sorted content hashes of all kept images
+    fingerprint: str  # sha256 over the sorted (split, label, content sha256) of every kept image
     source: str
     image_short_side: int
     format_version: int = FORMAT_VERSION

@@ -281,8 +281,10 @@ def _normalize_all(payloads: Iterable[tuple[int, object]], total: int, limits: I
 
 
 class _Progress:
-    def __init__(self, report: Callable[[str], None] | None, total: int) -> None:
+    def __init__(self, report: Callable[[str], None] | None, total: int,
+                 interval: float = PROGRESS_INTERVAL_S) -> None:
         self._report = report
+        self._interval = interval
         self.total = total
         self.done = 0
         self.rejected = 0
@@ -297,7 +299,7 @@ class _Progress:
         self.done += 1
         self.rejected += rejected
         now = time.monotonic()
-        if now - self._last >= PROGRESS_INTERVAL_S or self.done == self.total:
+        if now - self._last >= self._interval or self.done == self.total:
             self._last = now
             rate = self.done / max(now - self._start, 1e-9)
             self.say(f"prepare: {self.done}/{self.total} images ({rate:.0f}/s), {self.rejected} rejected")
@@ -428,7 +430,8 @@ def _fingerprint(kept: list[_Entry], split_of: dict[str, str]) -> str:
 # --------------------------------------------------------------------------- the step
 
 
-def prepare_dataset(options: PrepareOptions, progress: Callable[[str], None] | None = None) -> PrepareResult:
+def prepare_dataset(options: PrepareOptions, progress: Callable[[str], None] | None = None,
+                    progress_interval: float = PROGRESS_INTERVAL_S) -> PrepareResult:
     """Builds a prepared dataset in ``options.output_dir``; see the module docstring."""
     options.validate()
     started = time.monotonic()
@@ -447,7 +450,7 @@ def prepare_dataset(options: PrepareOptions, progress: Callable[[str], None] | N
     entries: list[_Entry] = [_Entry(item=item, channel=channel)
                              for channel, items in channels.items.items() for item in items]
     workers = options.workers or available_cores()
-    tracker = _Progress(progress, total)
+    tracker = _Progress(progress, total, progress_interval)
     with tempfile.TemporaryFile(prefix="kic-prepare-spool-") as spool:
 
         def on_result(index: int, result: object) -> None:
