@@ -18,7 +18,6 @@ DEMO_PARAMETERS = {
     "backbone": "mobilenet_v3_small_100_224",
     "pretrained_weights": "none",
     "image_size": 64,
-    "image_short_side": 96,
     "epochs": 12,
     "learning_rate": 0.002,
     "augmentation": True,

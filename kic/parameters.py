@@ -4,6 +4,7 @@ pipeline, validation from the contract, every problem reported at once."""
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,6 +90,19 @@ def check_training_choices(*, backbone: Any, image_size: Any) -> list[Problem]:
     if isinstance(image_size, int) and image_size != 0 and image_size < 32:
         problems.append(Problem("image_size", image_size, "0 (the backbone's size) or at least 32"))
     return problems
+
+
+def prepared_short_side(*, backbone: str, image_size: int, requested: int) -> int:
+    """The short side prepare stores: ``requested`` when set, else about 8/7
+    of the model's input size (room for zoom augmentation) rounded up to a
+    multiple of 32, so each training epoch decodes small JPEGs rather than
+    images sized for the largest backbone."""
+    if requested > 0:
+        return requested
+    from kic.model import backbones
+
+    size = image_size or backbones.resolve(backbone).input_size
+    return math.ceil(size * 8 / 7 / 32) * 32
 
 
 def _other_checks(values: Mapping[str, Any]) -> list[Problem]:

@@ -55,9 +55,10 @@ def _log_metrics(target, values: dict) -> None:
 
 # ----------------------------------------------------------------- validate
 @fails_cleanly
-def validate_step(*, backbone, image_size, **hyperparameters) -> None:
+def validate_step(*, backbone, image_size, image_short_side, **hyperparameters) -> int:
+    """Returns the short side prepare should store (see parameters.prepared_short_side)."""
     from kic.config import ParameterError, TrainingConfig
-    from kic.parameters import check_training_choices
+    from kic.parameters import check_training_choices, prepared_short_side
 
     problems = check_training_choices(backbone=backbone, image_size=image_size)
     try:
@@ -69,6 +70,9 @@ def validate_step(*, backbone, image_size, **hyperparameters) -> None:
     log(f"validate: {len(hyperparameters)} hyperparameters and backbone {backbone!r} are valid")
     if config.ignored_parameters():
         log(f"validate: ignored for optimizer {config.optimizer}: {', '.join(config.ignored_parameters())}")
+    short_side = prepared_short_side(backbone=backbone, image_size=image_size, requested=image_short_side)
+    log(f"validate: prepare will store images with a short side of at most {short_side} pixels")
+    return short_side
 
 
 # ------------------------------------------------------------------ prepare

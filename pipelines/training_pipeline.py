@@ -25,7 +25,7 @@ def training_pipeline(
     validation_fraction: float = 0.2,
     test_fraction: float = 0.1,
     split_seed: int = 42,
-    image_short_side: int = 600,
+    image_short_side: int = 0,
     tfds_data_dir: str = "",
     max_rejected_fraction: float = 0.05,
     backbone: str = "mobilenet_v2_100_224",
@@ -70,14 +70,15 @@ def training_pipeline(
     hyperparameters = {name: value for name, value in locals().items() if name in TrainingConfig.field_names()}
 
     # Bad hyperparameters fail here, in seconds, before prepare reads any image.
-    validated = validate(backbone=backbone, image_size=image_size, **hyperparameters).set_display_name(VALIDATE_TASK)
+    validated = validate(backbone=backbone, image_size=image_size, image_short_side=image_short_side,
+                         **hyperparameters).set_display_name(VALIDATE_TASK)
 
     prepared = prepare(
         source=data_source, validation_source=validation_source, test_source=test_source,
         validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed,
-        image_short_side=image_short_side, tfds_data_dir=tfds_data_dir,
+        image_short_side=validated.output, tfds_data_dir=tfds_data_dir,
         max_rejected_fraction=max_rejected_fraction,
-    ).set_display_name(PREPARE_TASK).after(validated)
+    ).set_display_name(PREPARE_TASK)
 
     trained = train(
         examples=prepared.outputs["examples"], backbone=backbone, pretrained_weights=pretrained_weights,
@@ -113,7 +114,8 @@ training_pipeline.__doc__ = docs.docstring(
         "validation_fraction": "Share of each class held out for validation when no validation_source.",
         "test_fraction": "Share of each class held out for testing when no test_source.",
         "split_seed": "Seed of the deterministic split.",
-        "image_short_side": "prepare downscales images so the short side is at most this.",
+        "image_short_side": "prepare downscales images so the short side is at most this; 0: about 8/7 of the "
+                            "model's input size, so training decodes small images.",
         "tfds_data_dir": "Directory of a pre-downloaded TFDS copy.",
         "max_rejected_fraction": "prepare fails when a larger share of files is rejected.",
         "backbone": "Backbone name (`kic backbones`) or a reference-algorithm model_id.",

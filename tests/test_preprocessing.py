@@ -69,3 +69,16 @@ def test_png_and_webp_colour_types_match_prepare(raw, expected):
     prepared = np.asarray(Image.open(io.BytesIO(normalize_image(raw).jpeg)).convert("RGB"))
     np.testing.assert_allclose(served[4, 4], expected, atol=1)
     np.testing.assert_allclose(served[4, 4], prepared[4, 4], atol=2)
+
+
+def test_large_jpegs_decode_at_reduced_scale_with_nearly_the_same_pixels():
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, 960)[None, :, None] * np.ones((720, 1, 3))
+    raw = _encode(Image.fromarray(np.clip(gradient + rng.normal(0, 8, (720, 960, 3)), 0, 255).astype(np.uint8)),
+                  "JPEG", quality=95)
+    assert preprocessing.decode_rgb(tf.constant(raw), min_size=224).shape == (360, 480, 3)  # 1/2 scale
+    assert preprocessing.decode_rgb(tf.constant(raw), min_size=90).shape == (90, 120, 3)  # 1/8 scale
+    assert preprocessing.decode_rgb(tf.constant(raw)).shape == (720, 960, 3)
+    fast = preprocessing.decode_and_resize(tf.constant(raw), 224, "bilinear").numpy()
+    full = preprocessing.resize(preprocessing.decode_rgb(tf.constant(raw)), 224, "bilinear").numpy()
+    assert np.abs(fast - full).mean() < 2.0

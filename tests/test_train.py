@@ -238,3 +238,21 @@ def test_a_corrupt_training_record_is_skipped_and_counted(dataset, tmp_path):
     train(str(copy), str(tmp_path / "model"), TrainingConfig(epochs=1, batch_size=8), SMALL, log=lines.append)
     assert any("skipped 1 corrupt training record" in line for line in lines)
     assert json.loads((tmp_path / "model" / artifacts.MODEL_INFO).read_text())["skipped_records"] == 1
+
+
+def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
+    inner_input = keras.Input((3,))
+    projected = keras.layers.Dense(2, kernel_initializer="ones", name="project")(inner_input)
+    backbone = keras.Model(inner_input, keras.layers.BatchNormalization(name="bn")(projected), name="backbone")
+    outer_input = keras.Input((3,))
+    model = keras.Model(outer_input, keras.layers.Dense(1)(backbone(outer_input)))
+    data = np.random.default_rng(0).normal(size=(3, 4, 3)).astype("float32")  # 3 batches of 4
+    batches = tf.data.Dataset.from_tensor_slices((data, np.zeros((3, 1))))
+    assert batch_norm.recalibrate(model, batches, max_batches=2) == 2
+    projections = data[:2].sum(axis=-1, keepdims=True) * np.ones(2)  # Dense with ones, no bias effect
+    bias = backbone.get_layer("project").get_weights()[1]
+    expected_mean = (projections + bias).mean(axis=1).mean(axis=0)
+    expected_variance = projections.var(axis=1).mean(axis=0)
+    layer = backbone.get_layer("bn")
+    np.testing.assert_allclose(layer.moving_mean.numpy(), expected_mean, rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), expected_variance, rtol=1e-5)

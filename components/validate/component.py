@@ -9,6 +9,7 @@ from kic.components.image import IMAGE
 def validate(
     backbone: str = "mobilenet_v2_100_224",
     image_size: int = 0,
+    image_short_side: int = 0,
     augmentation: bool = False,
     augmentation_random_flip: str = "horizontal_and_vertical",
     augmentation_random_rotation: float = 0.2,
@@ -34,11 +35,11 @@ def validate(
     reinitialize_top_layer: str = "Auto",
     rho: float = 0.95,
     train_only_on_top_layer: bool = False,
-):
+) -> int:
     arguments = dict(locals())
     from kic import steps
 
-    steps.validate_step(**arguments)
+    return steps.validate_step(**arguments)
 
 
 validate.__doc__ = docs.docstring(
@@ -47,7 +48,9 @@ validate.__doc__ = docs.docstring(
     {
         "backbone": "Backbone name or reference-algorithm model_id.",
         "image_size": "Input size; 0: the backbone's native size.",
+        "image_short_side": "Short side prepare stores; 0: derived from the model's input size (about 8/7 of it).",
         **docs.hyperparameter_args(),
     },
+    {"Output": "The short side, in pixels, that prepare should store."},
 )
 validate = dsl.component(base_image=IMAGE, install_kfp_package=False)(validate)

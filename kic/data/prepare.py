@@ -274,7 +274,9 @@ def _normalize_all(payloads: Iterable[tuple[int, object]], total: int, limits: I
                 drain(max_pending)
             drain(0)
         except concurrent.futures.process.BrokenProcessPool:
-            raise RuntimeError("an image worker process died (out of memory?); try fewer workers") from None
+            raise RuntimeError(
+                "an image worker process died: out of memory (try fewer workers), or a script started prepare "
+                "without an `if __name__ == \"__main__\":` guard, which worker processes need") from None
         finally:
             for future in pending:
                 future.cancel()

@@ -4,9 +4,9 @@ Keras Applications update their batch-norm moving averages with momentum
 0.99-0.999. While the weights change quickly (a backbone trained from scratch,
 or fine-tuned far from ImageNet, on a few hundred steps) the averages lag far
 behind them, and the model predicts at chance in inference mode while its
-training accuracy looks fine. Recomputing the statistics as a plain average
-over training batches before each validation removes the lag, whatever the
-dataset size.
+training accuracy looks fine. Setting the statistics to the average batch
+statistics of a few training batches before each validation removes the lag,
+whatever the dataset size.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ import tensorflow as tf
 
 
 def trainable_batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    found = []
-    for layer in _walk(model):
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
-            found.append(layer)
-    return found
+    return [layer for layer in _walk(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
 
 
 def _walk(model: keras.Model):
@@ -30,25 +27,74 @@ def _walk(model: keras.Model):
             yield from _walk(layer)
 
 
-def recalibrate(model: keras.Model, batches: tf.data.Dataset, max_batches: int) -> int:
+class Recalibrator:
     """Sets every trainable batch-norm layer's moving mean and variance to the
-    average of the batch statistics over up to ``max_batches`` batches of
-    ``(pixels, target)``. Weights are untouched. Returns the batches used."""
-    layers = trainable_batch_norm_layers(model)
-    if not layers:
-        return 0
-    momenta = [layer.momentum for layer in layers]
-    used = 0
-    try:
+    average of its batch statistics over a few batches of ``(pixels, target)``.
+    Weights are untouched. Build it once per model: the statistics function is
+    compiled on first use and reused.
+
+    The batch-norm layers must sit in the model itself or in a functional
+    sub-model that takes the model's input as is (kic's backbone does)."""
+
+    def __init__(self, model: keras.Model):
+        self._probes = [(_statistics_probe(owner, layers), layers) for owner, layers in _layers_by_owner(model)]
+
+    def __call__(self, batches: tf.data.Dataset, max_batches: int) -> int:
+        """Returns the number of batches used."""
+        if not self._probes or max_batches < 1:
+            return 0
+        totals: list[list[tf.Tensor]] = [[] for _ in self._probes]
+        used = 0
         for pixels, _ in batches.take(max_batches):
-            # With momentum k/(k+1) at the k-th batch the moving value becomes
-            # the running mean of the batch statistics. Momentum is read each
-            # call in eager mode, which is why this loop is not a tf.function.
-            for layer in layers:
-                layer.momentum = used / (used + 1)
-            model(pixels, training=True)
+            for index, (probe, _layers) in enumerate(self._probes):
+                statistics = probe(pixels)
+                totals[index] = statistics if not totals[index] else [
+                    total + value for total, value in zip(totals[index], statistics, strict=True)]
             used += 1
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-    return used
+        if not used:
+            return 0
+        for (_, layers), total in zip(self._probes, totals, strict=True):
+            for position, layer in enumerate(layers):
+                layer.moving_mean.assign(total[2 * position] / used)
+                layer.moving_variance.assign(total[2 * position + 1] / used)
+        return used
+
+
+def recalibrate(model: keras.Model, batches: tf.data.Dataset, max_batches: int) -> int:
+    """One-off use of Recalibrator; returns the number of batches used."""
+    return Recalibrator(model)(batches, max_batches)
+
+
+def _layers_by_owner(model: keras.Model) -> list[tuple[keras.Model, list]]:
+    groups = []
+    own = [layer for layer in model.layers
+           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    if own:
+        groups.append((model, own))
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and layer.trainable:
+            groups.extend(_layers_by_owner(layer))
+    return groups
+
+
+def _statistics_probe(owner: keras.Model, layers: list):
+    """A compiled function: pixels -> [mean, variance] of each layer's input,
+    computed as the layer itself does in training (biased variance), with
+    every batch-norm upstream also normalising by batch statistics."""
+    inputs_model = keras.Model(owner.inputs, [layer.input for layer in layers])
+
+    @tf.function(reduce_retracing=True)
+    def probe(pixels):
+        activations = inputs_model(pixels, training=True)
+        if not isinstance(activations, (list, tuple)):
+            activations = [activations]
+        statistics = []
+        for layer, activation in zip(layers, activations, strict=True):
+            activation = tf.cast(activation, tf.float32)
+            rank = len(activation.shape)
+            axes = [axis for axis in range(rank) if axis != layer.axis % rank]
+            mean, variance = tf.nn.moments(activation, axes=axes)
+            statistics += [mean, variance]
+        return statistics
+
+    return probe
