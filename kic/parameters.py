@@ -111,6 +111,9 @@ def _other_checks(values: Mapping[str, Any]) -> list[Problem]:
         value = values.get(name)
         if isinstance(value, float) and not 0.0 <= value < 1.0:
             problems.append(Problem(name, value, "a number in [0, 1)"))
+    if values.get("validation_fraction") == 0.0 and not values.get("validation_source"):
+        problems.append(Problem("validation_fraction", 0.0, "above 0 unless validation_source is given: training "
+                                                             "picks its best epoch on validation images"))
     fractions = [values.get(name) for name in ("validation_fraction", "test_fraction")]
     if all(isinstance(value, float) for value in fractions) and sum(fractions) >= 1.0:
         problems.append(Problem("validation_fraction+test_fraction", sum(fractions),

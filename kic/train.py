@@ -51,9 +51,10 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
           log: Log = print) -> TrainResult:
     data = dataset_info.load(dataset_dir)
     config.check_against_data(data.num_classes)
-    backbone = backbones.resolve(options.backbone)
     base_dir = loading.resolve_model_dir(options.base_model) if options.base_model else ""
     base_info = model_info.load(base_dir) if base_dir else None
+    # Continuing from an earlier model keeps its backbone and input size.
+    backbone = backbones.resolve(base_info.backbone if base_info else options.backbone)
     plan = classifier.plan_head(config, base_info, data.class_names)
     image_size = base_info.image_size if base_info else (options.image_size or backbone.input_size)
     if not data.splits.get("validation") or not data.splits["validation"].num_examples:

@@ -41,3 +41,22 @@ def test_backbones_command_lists_the_registry(capsys):
     assert cli.main(["backbones"]) == 0
     out = capsys.readouterr().out
     assert "mobilenet_v2_100_224" in out and "efficientnet_b0" in out
+
+
+def test_pipeline_parameters_are_typed_from_the_ir_and_checked_together():
+    import os
+
+    import pytest
+
+    from kic import parameters
+    from kic.config import ParameterError
+
+    known = parameters.pipeline_parameters(os.path.join(os.path.dirname(__file__), "..", "pipeline.yaml"))
+    values = parameters.resolve(known, {"data_source": "x", "epochs": "4", "augmentation": "true", "top_k": "3"})
+    assert values["epochs"] == 4 and values["augmentation"] is True and values["top_k"] == 3
+    with pytest.raises(ParameterError) as error:
+        parameters.resolve(known, {"data_source": "x", "validation_fraction": "0", "tflite": "int4"})
+    assert {problem.name for problem in error.value.problems} == {"validation_fraction", "tflite"}
+    with pytest.raises(ParameterError, match="must leave training images"):
+        parameters.resolve(known, {"data_source": "x", "validation_fraction": "0.5", "test_fraction": "0.6"})
+    parameters.resolve(known, {"data_source": "x", "validation_fraction": "0", "validation_source": "y"})

@@ -256,3 +256,13 @@ def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
     layer = backbone.get_layer("bn")
     np.testing.assert_allclose(layer.moving_mean.numpy(), expected_mean, rtol=1e-5)
     np.testing.assert_allclose(layer.moving_variance.numpy(), expected_variance, rtol=1e-5)
+
+
+def test_continuing_keeps_the_earlier_models_backbone_in_model_info(dataset, tmp_path):
+    first = tmp_path / "first"
+    train(dataset, str(first), TrainingConfig(epochs=1, batch_size=8), SMALL, **QUIET)
+    # The options name another backbone: the earlier model's own one must win.
+    options = TrainOptions(backbone="efficientnet_b0", pretrained_weights="none", base_model=str(first), seed=1)
+    train(dataset, str(tmp_path / "second"), TrainingConfig(epochs=1, batch_size=8), options, **QUIET)
+    info = json.loads((tmp_path / "second" / artifacts.MODEL_INFO).read_text())
+    assert info["backbone"] == "mobilenet_v3_small_100_224" and info["image_size"] == 32
