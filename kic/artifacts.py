@@ -25,7 +25,6 @@ TRAINING_HISTORY = "history.json"
 TENSORBOARD_DIR = "tensorboard"
 
 # --- Evaluation -----------------------------------------------------------
-EVALUATION_JSON = "evaluation.json"
 BLESSING_JSON = "blessing.json"
 
 # --- Export: the serving package -----------------------------------------

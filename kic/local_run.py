@@ -7,7 +7,6 @@ are then gathered from the local pipeline root into one tidy folder.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -88,7 +87,3 @@ def collect_outputs(run_dir: str, output_dir: str) -> dict:
     summary["trained_model_dir"] = task_output(run_dir, TRAIN_TASK, MODEL)
     return summary
 
-
-def latest_run(pipeline_root: str) -> str | None:
-    runs = sorted(glob.glob(os.path.join(pipeline_root, f"{PIPELINE_NAME}-*")))
-    return runs[-1] if runs else None

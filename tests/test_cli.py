@@ -60,3 +60,10 @@ def test_pipeline_parameters_are_typed_from_the_ir_and_checked_together():
     with pytest.raises(ParameterError, match="must leave training images"):
         parameters.resolve(known, {"data_source": "x", "validation_fraction": "0.5", "test_fraction": "0.6"})
     parameters.resolve(known, {"data_source": "x", "validation_fraction": "0", "validation_source": "y"})
+
+
+def test_the_demo_preset_uses_the_registrys_cpu_backbone():
+    from kic.model import backbones
+
+    assert cli.DEMO_PARAMETERS["backbone"] == backbones.CPU_DEMO_BACKBONE
+    assert cli.DEMO_PARAMETERS["pretrained_weights"] == "none"  # no download in the default run
