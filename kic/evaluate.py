@@ -22,7 +22,7 @@ from kic.data import dataset_info, input_pipeline
 from kic.evaluation import gate, report
 from kic.evaluation.metrics import EvaluationResult, evaluate_predictions
 from kic.model import model_info
-from kic.model.loading import load_keras_model, logits_to_probabilities, resolve_model_dir
+from kic.model.loading import load_keras_model, local_model_dir, logits_to_probabilities
 
 MISCLASSIFIED_SHOWN = 16
 BATCH_SIZE = 64
@@ -58,9 +58,9 @@ def evaluate_model(dataset_dir: str, model_dir: str, *, top_k: int = 5, gate_opt
 
     baseline_scalars = None
     if gate_options.baseline_model_uri:
-        baseline_dir = resolve_model_dir(gate_options.baseline_model_uri)
         log(f"evaluate: baseline {gate_options.baseline_model_uri} on the same split")
-        baseline_scalars = _evaluate_on(dataset_dir, data, split, baseline_dir, top_k)[0].scalars
+        with local_model_dir(gate_options.baseline_model_uri) as baseline_dir:
+            baseline_scalars = _evaluate_on(dataset_dir, data, split, baseline_dir, top_k)[0].scalars
 
     metric = gate_options.metric or _monitored_metric(info)
     blessing = gate.decide(result.scalars, metric=metric, minimum=gate_options.minimum,

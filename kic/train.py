@@ -7,6 +7,7 @@ restore and optional early stopping, save the model and what it is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -49,9 +50,15 @@ Log = Callable[[str], None]
 
 def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions = TrainOptions(),
           log: Log = print) -> TrainResult:
+    earlier_model = loading.local_model_dir(options.base_model) if options.base_model else contextlib.nullcontext("")
+    with earlier_model as base_dir:
+        return _train(dataset_dir, model_dir, config, options, log, base_dir)
+
+
+def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions, log: Log,
+           base_dir: str) -> TrainResult:
     data = dataset_info.load(dataset_dir)
     config.check_against_data(data.num_classes)
-    base_dir = loading.resolve_model_dir(options.base_model) if options.base_model else ""
     base_info = model_info.load(base_dir) if base_dir else None
     # Continuing from an earlier model keeps its backbone and input size.
     backbone = backbones.resolve(base_info.backbone if base_info else options.backbone)

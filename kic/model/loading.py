@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 import tempfile
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -12,23 +14,21 @@ import tensorflow as tf
 from kic import artifacts, storage
 
 
-def resolve_model_dir(uri: str) -> str:
-    """A local directory holding ``model.keras`` and ``model_info.json``, from a
-    train output or export package directory, or a ``model.tar.gz``, local or gs://."""
-    if not uri.endswith(".tar.gz") and not storage.is_gcs(uri):
-        _require_model(uri, uri)
-        return uri
-    local_dir = tempfile.mkdtemp(prefix="kic-model-")
-    if uri.endswith(".tar.gz"):
-        with storage.local_copy(uri) as archive, tarfile.open(archive) as tar:
-            tar.extractall(local_dir, filter="data")
-    else:
-        for name in (artifacts.KERAS_MODEL, artifacts.MODEL_INFO):
-            source = storage.join(uri, name)
-            if storage.exists(source):
-                storage.write_bytes(os.path.join(local_dir, name), storage.read_bytes(source))
-    _require_model(local_dir, uri)
-    return local_dir
+@contextlib.contextmanager
+def local_model_dir(uri: str) -> Iterator[str]:
+    """A local directory holding ``model.keras`` and ``model_info.json``, for as
+    long as the context lasts: from a train output or export package directory,
+    or a ``model.tar.gz``, local or gs:// (copied by ``storage.local_copy``)."""
+    with storage.local_copy(uri) as local:
+        if not os.path.isfile(local):
+            _require_model(local, uri)
+            yield local
+            return
+        with tempfile.TemporaryDirectory(prefix="kic-model-") as extracted:
+            with tarfile.open(local) as tar:
+                tar.extractall(extracted, filter="data")
+            _require_model(extracted, uri)
+            yield extracted
 
 
 def _require_model(local_dir: str, uri: str) -> None:
