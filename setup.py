@@ -3,25 +3,19 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "kic" / "__init__.py").read_text()).group(1)
 
 # The components and pipelines live at the repository root (the product's
-# layout) and install as kic.components and kic.pipelines.
+# layout) and install as kic.components and kic.pipelines. Every package is
+# found on disk, so a new one cannot be left out of the wheel.
 PACKAGE_DIRS = {
     "kic": "kic",
-    "kic.data": "kic/data",
-    "kic.model": "kic/model",
-    "kic.evaluation": "kic/evaluation",
+    **{f"kic.{name}": f"kic/{name.replace('.', '/')}" for name in find_packages("kic")},
     "kic.components": "components",
-    "kic.components.validate": "components/validate",
-    "kic.components.prepare": "components/prepare",
-    "kic.components.train": "components/train",
-    "kic.components.evaluate": "components/evaluate",
-    "kic.components.export": "components/export",
-    "kic.components.batch_predict": "components/batch_predict",
+    **{f"kic.components.{name}": f"components/{name}" for name in find_packages("components")},
     "kic.pipelines": "pipelines",
 }
 

@@ -5,7 +5,7 @@
 For each backbone (default: the CPU demo backbone and the default backbone)
 a classifier with random weights (``weights="none"``: the benchmark machine has
 no network, and speed does not depend on weight values) is saved as a trained
-model directory and exported with ``kic.export.export_model`` (float32 TFLite).
+model directory and exported with ``kic.serving.export.export_model`` (float32 TFLite).
 Then:
 
 * SavedModel: ``serving_default`` on 640x480 JPEG bytes, so JPEG decode and
@@ -29,9 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kic import artifacts, export  # noqa: E402
+from kic import artifacts  # noqa: E402
 from kic.model import backbones, model_info  # noqa: E402
 from kic.model.model_info import ModelInfo  # noqa: E402
+from kic.serving import contract, export, tflite  # noqa: E402
 
 NUM_CLASSES = 5
 
@@ -76,7 +77,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def bench_saved_model(package: str, calls: int, batch: int) -> dict[str, float]:
     serve = tf.saved_model.load(os.path.join(package, artifacts.SAVED_MODEL_VERSION_DIR)).signatures[
-        export.SIGNATURE_NAME]
+        contract.SIGNATURE_NAME]
     one = tf.constant([photo_jpeg(0)])
     many = tf.constant([photo_jpeg(seed) for seed in range(batch)])
     latency = timed(lambda: serve(image_bytes=one)["probabilities"].numpy(), calls)
@@ -118,11 +119,11 @@ def bench_backbone(name: str, calls: int, batch: int,
     print(f"{name}: export with float32 TFLite took {export_s:.1f} s; SavedModel max abs diff "
           f"{result.max_abs_diff:.2g}, TFLite {result.tflite_max_abs_diff:.2g}", flush=True)
     rows = [(name, "SavedModel (bytes in)", bench_saved_model(result.package_dir, calls, batch))]
-    with open(os.path.join(result.package_dir, export.TFLITE_MODEL), "rb") as handle:
+    with open(os.path.join(result.package_dir, artifacts.TFLITE_MODEL), "rb") as handle:
         float32 = handle.read()
     rows.append((name, "TFLite float32 (pixels in)", bench_tflite(float32, info.image_size, calls, batch)))
     saved_model_dir = os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR)
-    int8 = export.convert_to_tflite(saved_model_dir, "int8")
+    int8 = tflite.convert(saved_model_dir, "int8")
     rows.append((name, "TFLite int8-dr (pixels in)", bench_tflite(int8, info.image_size, calls, batch)))
     for label, flatbuffer in (("float32", float32), ("int8-dr", int8)):
         print(f"  TFLite {label}: {len(flatbuffer) / 1e6:.1f} MB", flush=True)

@@ -32,7 +32,7 @@ from bench_prepare import generate  # noqa: E402
 from kic.config import TrainingConfig  # noqa: E402
 from kic.data import dataset_info, input_pipeline  # noqa: E402
 from kic.data.prepare import PrepareOptions, prepare_dataset  # noqa: E402
-from kic.train import TrainOptions, train  # noqa: E402
+from kic.training import TrainOptions, train  # noqa: E402
 
 SIZE, BATCH = 224, 32
 

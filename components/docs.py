@@ -1,29 +1,26 @@
-"""Docstrings for components and the pipeline, with the hyperparameter
-descriptions taken from the one contract (``kic.config.TrainingConfig``), so
-the compiled YAML describes every input without a second copy to drift."""
+"""Docstrings for components and the pipeline, with parameter descriptions
+taken from the one definition of each (``kic.parameters``, which takes the
+hyperparameters' from ``kic.config.TrainingConfig``), so the compiled YAML
+describes every input without a second copy to drift."""
 
 from __future__ import annotations
 
-import dataclasses
 import textwrap
 
-from kic.config import TrainingConfig
+from kic import config, parameters
 
 
 def hyperparameter_args() -> dict[str, str]:
-    return {field.name: field.metadata["help"] + _valid_text(field)
-            for field in dataclasses.fields(TrainingConfig)}
+    return config.descriptions()
 
 
-def _valid_text(field: dataclasses.Field) -> str:
-    meta = field.metadata
-    if meta["choices"]:
-        return " One of: " + ", ".join(meta["choices"]) + "."
-    if meta["low"] is not None and meta["high"] is not None:
-        return f" Range [{meta['low']:g}, {meta['high']:g}]."
-    if meta["low"] is not None:
-        return f" At least {meta['low']:g}."
-    return ""
+def pipeline_parameter_args() -> dict[str, str]:
+    return {parameter.name: parameter.help for parameter in parameters.PIPELINE_PARAMETERS}
+
+
+def parameter_args(*names: str) -> dict[str, str]:
+    """The pipeline's description of each named parameter."""
+    return {name: parameters.PARAMETERS_BY_NAME[name].help for name in names}
 
 
 def docstring(summary: str, args: dict[str, str], returns: dict[str, str] | None = None) -> str:

@@ -1,8 +1,22 @@
-"""Names of the files that components hand to each other.
+"""Names of the artifacts that components hand to each other, and of the
+files inside them.
 
-Every component reads and writes artifacts through these constants, so a
-layout change happens in one place (the TFX habit of artifact-key constants).
+Every component reads and writes artifacts through these constants, and the
+pipeline and the local runner find outputs by these keys, so a layout change
+happens in one place (the TFX habit of artifact-key constants).
 """
+
+# --- Output keys: the output names in the component signatures ----------
+EXAMPLES_KEY = "examples"  # prepare
+DATA_REPORT_KEY = "report"  # prepare
+MODEL_KEY = "model"  # train
+METRICS_KEY = "metrics"  # evaluate: scalar metrics
+EVALUATION_KEY = "evaluation"  # evaluate: the whole evaluation as JSON
+EVALUATION_REPORT_KEY = "report"  # evaluate
+BLESSING_KEY = "blessing"  # evaluate: the gate's decision
+BLESSED_KEY = "Output"  # evaluate's single return value: blessed or not
+PACKAGE_KEY = "package"  # export
+PREDICTIONS_KEY = "predictions"  # batch_predict
 
 # --- Examples: the output of prepare -------------------------------------
 # A prepared dataset is a directory holding TFRecord shards per split, the
@@ -26,8 +40,12 @@ TENSORBOARD_DIR = "tensorboard"
 
 # --- Evaluation -----------------------------------------------------------
 BLESSING_JSON = "blessing.json"
+EVALUATION_JSON = "evaluation.json"  # every metric, per-class rows, confusion matrix and curves
 
 # --- Export: the serving package -----------------------------------------
 SAVED_MODEL_VERSION_DIR = "1"
 MODEL_TARBALL = "model.tar.gz"
 SUCCESS_MARKER = "_SUCCESS"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # inside the SavedModel directory
+TFLITE_MODEL = "model.tflite"
+TFLITE_PARITY_REPORT = "tflite_parity.json"

@@ -1,4 +1,10 @@
-"""The ``kic`` command: run the pipeline locally, compile it, list backbones, predict."""
+"""kic: run the pipeline locally, prepare, validate, predict, compile, list backbones.
+compile, list backbones.
+
+Every command checks its parameters through the one front door
+(``kic.parameters``) before it does any work. Listing and validating import
+neither TensorFlow nor KFP, so they answer in a second or two.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import os
 import sys
 import time
 
-from kic.config import ParameterError
+from kic.errors import ParameterError, UserError
 
 DEFAULT_OUTPUT = "kic-output"
 
@@ -35,13 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     except ParameterError as error:
         print(f"kic: {error}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as error:
+    except UserError as error:  # anything else keeps its traceback: it is a bug
         print(f"kic: error: {error}", file=sys.stderr)
-        return 2
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kic", description=__doc__)
+    from kic.data import images, prepare, splits
+    from kic.serving import contract
+
+    parser = argparse.ArgumentParser(prog="kic", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the whole pipeline on this machine (KFP local runner)")
@@ -62,73 +71,85 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--no-components", action="store_true", help="only write the pipeline")
     compile_.set_defaults(handler=_compile)
 
-    prepare = commands.add_parser("prepare", help="only the prepare step: images -> validated TFRecord splits")
-    prepare.add_argument("source", help="folder, gs:// prefix, manifest (.csv/.jsonl) or tfds:NAME[:CONFIG]")
-    prepare.add_argument("output", help="output folder or gs:// prefix")
-    prepare.add_argument("--validation-source", default="")
-    prepare.add_argument("--test-source", default="")
-    prepare.add_argument("--validation-fraction", type=float, default=0.2)
-    prepare.add_argument("--test-fraction", type=float, default=0.1)
-    prepare.add_argument("--seed", type=int, default=42)
-    prepare.add_argument("--image-short-side", type=int, default=600)
-    prepare.add_argument("--max-rejected-fraction", type=float, default=0.05)
-    prepare.add_argument("--tfds-data-dir", default="")
-    prepare.add_argument("--workers", type=int, default=0, help="0: all cores")
-    prepare.set_defaults(handler=_prepare)
+    prepare_ = commands.add_parser("prepare", help="only the prepare step: images -> validated TFRecord splits")
+    prepare_.add_argument("source", help="folder, gs:// prefix, manifest (.csv/.jsonl) or tfds:NAME[:CONFIG]")
+    prepare_.add_argument("output", help="output folder or gs:// prefix")
+    prepare_.add_argument("--validation-source", default="")
+    prepare_.add_argument("--test-source", default="")
+    prepare_.add_argument("--validation-fraction", type=float, default=splits.DEFAULT_VALIDATION_FRACTION)
+    prepare_.add_argument("--test-fraction", type=float, default=splits.DEFAULT_TEST_FRACTION)
+    prepare_.add_argument("--seed", type=int, default=splits.DEFAULT_SEED)
+    prepare_.add_argument("--image-short-side", type=int, default=images.DEFAULT_SHORT_SIDE)
+    prepare_.add_argument("--max-rejected-fraction", type=float, default=prepare.DEFAULT_MAX_REJECTED_FRACTION)
+    prepare_.add_argument("--tfds-data-dir", default="")
+    prepare_.add_argument("--workers", type=int, default=0, help="0: all cores")
+    prepare_.set_defaults(handler=_prepare)
 
     backbones = commands.add_parser("backbones", help="list the supported backbones")
     backbones.set_defaults(handler=_backbones)
 
-    validate = commands.add_parser("validate", help="check a hyperparameter JSON against the contract")
+    validate = commands.add_parser("validate", help="check a JSON file of hyperparameters (the reference "
+                                                    "algorithm's format) or of any pipeline parameters")
     validate.add_argument("hyperparameters", metavar="FILE.json")
+    validate.add_argument("--check-uris", action="store_true",
+                          help="also look up the sources, models and weights the file names (where the pipeline "
+                               "runs is where this matters; ImageNet weights are asked of Keras)")
     validate.set_defaults(handler=_validate)
 
     predict = commands.add_parser("predict", help="batch prediction with an exported model")
     predict.add_argument("model", help="package folder, SavedModel folder or model.tar.gz (local or gs://)")
     predict.add_argument("inputs", help="image folder, manifest or gs:// prefix")
-    predict.add_argument("--output", default="predictions.jsonl", help="output file (.jsonl or .csv)")
-    predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--output", default="predictions." + contract.PREDICTION_FORMATS[0],
+                         help="output file; its extension (" + ", ".join(contract.PREDICTION_FORMATS)
+                              + ") picks the format")
+    predict.add_argument("--batch-size", type=int, default=contract.DEFAULT_PREDICTION_BATCH_SIZE)
+    predict.add_argument("--top-k", type=int, default=contract.DEFAULT_TOP_K)
     predict.set_defaults(handler=_predict)
     return parser
 
 
 # ------------------------------------------------------------------- run
 def _run(args: argparse.Namespace) -> int:
-    from kic import compile as kic_compile
-    from kic import demo_data, local_run, parameters
-    from kic.config import from_reference_json
+    from kic import parameters
+    from kic.config import read_json_object
+
+    if args.list_params:
+        for parameter in parameters.PIPELINE_PARAMETERS:
+            default = "(required)" if parameter.required else repr(parameter.default)
+            print(f"{parameter.name:30} {parameter.type.__name__:6} {default:26} {parameter.help}")
+        return 0
 
     started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the steps inherit it: keep TensorFlow's C++ logs quiet
     output = os.path.abspath(args.output)
-    os.makedirs(output, exist_ok=True)
-    pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML))
-    known = parameters.pipeline_parameters(pipeline_yaml)
-    if args.list_params:
-        for name, (type_name, default) in known.items():
-            print(f"{name:32} {type_name:6} {default!r}")
-        return 0
-
-    layers: list[dict] = []
-    if not args.data:
-        layers.append(dict(DEMO_PARAMETERS))
-    if args.hyperparameters:
-        layers.append(from_reference_json(args.hyperparameters).to_dict())
-    layers.append(parameters.parse_assignments(args.param))
-    if args.data:
-        layers.append({"data_source": args.data})
+    assigned, malformed = _assignments(args.param)
+    data = args.data or assigned.get("data_source", "")
+    layers: list[dict] = [] if data else [dict(DEMO_PARAMETERS)]
+    if args.hyperparameters:  # only what the file sets: the rest keeps the layers below it
+        layers.append(read_json_object(args.hyperparameters))
+    layers.append(assigned)
+    if data:
+        layers.append({"data_source": data})
     else:
-        layers.append({"data_source": "(built-in demo data)"})
-    values = parameters.resolve(known, *layers)  # every problem, in seconds, before any heavy work
-    if args.data and not args.data.startswith(("gs://", "tfds:")) and not os.path.exists(args.data):
-        raise FileNotFoundError(f"--data {args.data}: no such file or folder")
-    if not args.data:
+        # The demo data is the default source, made first: the check below looks for it.
+        from kic import demo_data
+
         demo_dir = os.path.join(output, "demo-data")
         demo_data.write_demo_dataset(demo_dir)
-        values["data_source"] = demo_dir
+        layers.append({"data_source": demo_dir})
         print(f"kic: using the built-in demo dataset ({len(demo_data.CLASSES)} classes) at {demo_dir}")
+    try:  # every problem, in seconds, before any step starts
+        values = parameters.resolve(*layers)
+    except ParameterError as error:
+        raise ParameterError(malformed + error.problems) from None
+    if malformed:
+        raise ParameterError(malformed)
 
+    from kic.orchestration import compile as kic_compile
+    from kic.orchestration import local_run
+
+    os.makedirs(output, exist_ok=True)
+    pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML))
     print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}", flush=True)
     try:
         run_dir = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"))
@@ -136,38 +157,59 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nkic: the pipeline failed: {error}\nkic: each step's artifacts are under "
               f"{os.path.join(output, 'runs')}", file=sys.stderr)
         return 1
-    summary = local_run.collect_outputs(run_dir, output)
-    _print_summary(summary, output, time.perf_counter() - started)
+    outputs = local_run.collect_outputs(run_dir, output, prediction_format=values["batch_predict_format"])
+    _print_summary(outputs, output, time.perf_counter() - started)
     return 0
 
 
-def _print_summary(summary: dict, output: str, seconds: float) -> None:
-    metrics = summary["metrics"]
+def _assignments(assignments: list[str]) -> tuple[dict[str, str], list]:
+    """``--param NAME=VALUE`` options as a dict, and a problem for each malformed one."""
+    from kic.errors import Problem
+
+    values, problems = {}, []
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name.strip():
+            problems.append(Problem("--param", assignment, "expected NAME=VALUE"))
+            continue
+        values[name.strip()] = value
+    return values, problems
+
+
+def _print_summary(outputs, output: str, seconds: float) -> None:
+    from kic.orchestration import local_run
+
+    metrics = outputs.metrics
     headline = [name for name in ("accuracy", "top_5_accuracy", "precision", "recall", "auc", "prc", "log_loss")
                 if name in metrics]
     print("\n" + "=" * 72)
     print(f"kic run finished in {seconds / 60:.1f} min")
     print("test metrics: " + ", ".join(f"{name} {metrics[name]:.4f}" for name in headline))
-    blessing = summary["blessing"] or {}
-    if summary["model"]:
-        print(f"model:        {os.path.join(output, 'model.tar.gz')} (unpacked in {summary['model']})")
+    if outputs.model:
+        print(f"model:        {os.path.join(output, 'model.tar.gz')} (unpacked in {outputs.model})")
     else:
         print("model:        not exported: the quality gate did not bless it")
-    for reason in blessing.get("reasons", []):
+    for reason in (outputs.blessing or {}).get("reasons", []):
         print(f"gate:         {reason}")
-    print(f"metrics:      {os.path.join(output, 'metrics.json')}")
-    if summary.get("predictions"):
-        print(f"predictions:  {summary['predictions']}")
+    print(f"metrics:      {os.path.join(output, local_run.METRICS_JSON)}")
+    if outputs.predictions:
+        print(f"predictions:  {outputs.predictions}")
     print(f"reports:      {os.path.join(output, 'data_report.html')}, "
-          f"{os.path.join(output, 'evaluation_report.html')}")
-    print(f"all steps:    {summary['run_dir']}")
+          f"{os.path.join(output, local_run.EVALUATION_REPORT_HTML)}")
+    print(f"all steps:    {outputs.run_dir}")
     print("=" * 72)
 
 
 # --------------------------------------------------------------- prepare
 def _prepare(args: argparse.Namespace) -> int:
+    from kic import parameters
     from kic.data.prepare import DataQualityError, PrepareOptions, prepare_dataset
 
+    parameters.validate({
+        "data_source": args.source, "validation_source": args.validation_source, "test_source": args.test_source,
+        "validation_fraction": args.validation_fraction, "test_fraction": args.test_fraction,
+        "split_seed": args.seed, "image_short_side": args.image_short_side,
+        "max_rejected_fraction": args.max_rejected_fraction, "tfds_data_dir": args.tfds_data_dir})
     options = PrepareOptions(
         source=args.source, output_dir=args.output, validation_source=args.validation_source,
         test_source=args.test_source, validation_fraction=args.validation_fraction,
@@ -209,7 +251,7 @@ class ProgressBar:
 def _compile(args: argparse.Namespace) -> int:
     if args.image:
         os.environ["KIC_IMAGE"] = args.image  # read when the components are imported, just below
-    from kic import compile as kic_compile
+    from kic.orchestration import compile as kic_compile
 
     print(f"wrote {kic_compile.compile_pipeline(args.output)}")
     if not args.no_components:
@@ -226,17 +268,34 @@ def _backbones(_args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from kic.config import from_reference_json
+    """The reference's hyperparameter JSON, or a JSON object of any pipeline
+    parameters; prints the hyperparameters (defaults filled in) and the other
+    parameters given, typed. Values and their combinations are checked; URIs
+    only with --check-uris, since whether they can be reached depends on
+    where the pipeline will run."""
+    from kic import parameters
+    from kic.config import TrainingConfig, read_json_object
 
-    config = from_reference_json(args.hyperparameters)
-    print(json.dumps(config.to_dict(), indent=2))
+    typed = parameters.validate(read_json_object(args.hyperparameters), reachability=args.check_uris)
+    hyperparameters = TrainingConfig.from_dict({name: value for name, value in typed.items()
+                                                if name in parameters.HYPERPARAMETERS})
+    others = {name: value for name, value in typed.items() if name not in parameters.HYPERPARAMETERS}
+    print(json.dumps({**hyperparameters.to_dict(), **others}, indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from kic import predict
+    from kic import parameters
+    from kic.serving import contract
 
-    summary = predict.predict(args.model, args.inputs, args.output, batch_size=args.batch_size, top_k=args.top_k)
+    extension = os.path.splitext(args.output)[1].lstrip(".").lower()
+    output_format = extension if extension in contract.PREDICTION_FORMATS else contract.PREDICTION_FORMATS[0]
+    parameters.validate({"batch_predict_source": args.inputs, "batch_predict_format": output_format,
+                         "top_k": args.top_k})
+    from kic.serving import predict
+
+    summary = predict.predict(args.model, args.inputs, args.output, batch_size=args.batch_size, top_k=args.top_k,
+                              output_format=output_format)
     print(predict.format_summary(summary))
     return 0
 

@@ -21,6 +21,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from kic.errors import ParameterError, Problem
+
+__all__ = ["HyperparameterError", "ParameterError", "Problem", "TrainingConfig", "coerce", "from_reference_json"]
+
 FLIP_MODES = ("horizontal_and_vertical", "horizontal", "vertical", "None")
 EVAL_METRICS = ("accuracy", "precision", "recall", "auc", "prc")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
@@ -43,33 +47,14 @@ OPTIMIZER_SPECIFIC = frozenset(p for params in OPTIMIZER_PARAMETERS.values() for
 # The reference training script's own spellings.
 ALIASES = {"train_only_top_layer": "train_only_on_top_layer", "eps": "epsilon"}
 
+# The seed of initialisation, shuffling and augmentation (not one of the 25).
+DEFAULT_SEED = 42
+
 
 def _param(default: Any, help: str, *, low: float | None = None, high: float | None = None,
            choices: tuple[str, ...] | None = None):
     return dataclasses.field(default=default, metadata={
         "help": help, "low": low, "high": high, "choices": choices})
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    name: str
-    value: Any
-    expected: str
-
-    def __str__(self) -> str:
-        return f"{self.name}={self.value!r}: {self.expected}"
-
-
-class ParameterError(ValueError):
-    """Every problem found in a set of parameters, reported at once."""
-
-    what = "parameters"
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {problem}" for problem in self.problems)
-        noun = "problem" if len(self.problems) == 1 else "problems"
-        super().__init__(f"invalid {self.what} ({len(self.problems)} {noun}):\n{lines}")
 
 
 class HyperparameterError(ParameterError):
@@ -191,26 +176,44 @@ class TrainingConfig:
         return cls(**typed)
 
 
+def descriptions() -> dict[str, str]:
+    """Each hyperparameter's help text with what is valid, for docstrings and listings."""
+    return {field.name: field.metadata["help"] + _valid_text(field) for field in dataclasses.fields(TrainingConfig)}
+
+
+def _valid_text(field: dataclasses.Field) -> str:
+    meta = field.metadata
+    if meta["choices"]:
+        return " One of: " + ", ".join(meta["choices"]) + "."
+    if meta["low"] is not None and meta["high"] is not None:
+        return f" Range [{meta['low']:g}, {meta['high']:g}]."
+    if meta["low"] is not None:
+        return f" At least {meta['low']:g}."
+    return ""
+
+
 def from_reference_json(source: str | os.PathLike | Mapping[str, Any]) -> TrainingConfig:
     """Reads the reference algorithm's hyperparameter JSON: a dict, a JSON
     string or a path to a JSON file; values may all be strings."""
-    if isinstance(source, Mapping):
-        payload = source
-    else:
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            from kic import storage
+    return TrainingConfig.from_dict(source if isinstance(source, Mapping) else read_json_object(source))
 
-            text = storage.read_text(text)
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise HyperparameterError([Problem("hyperparameters", str(source)[:80],
-                                               f"not valid JSON ({error})")]) from None
-        if not isinstance(payload, dict):
-            raise HyperparameterError([Problem("hyperparameters", type(payload).__name__,
-                                               "expected a JSON object of name -> value")])
-    return TrainingConfig.from_dict(payload)
+
+def read_json_object(source: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object of name -> value, from a JSON string or a file (local or
+    gs://), as it is: no names checked, no values converted."""
+    text = str(source)
+    if not text.lstrip().startswith("{"):
+        from kic import storage
+
+        text = storage.read_text(text)
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ParameterError([Problem("hyperparameters", str(source)[:80], f"not valid JSON ({error})")]) from None
+    if not isinstance(payload, dict):
+        raise ParameterError([Problem("hyperparameters", type(payload).__name__,
+                                      "expected a JSON object of name -> value")])
+    return payload
 
 
 # --------------------------------------------------------------- internals

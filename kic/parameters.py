@@ -1,126 +1,322 @@
-"""Pipeline parameters from the command line: types from the compiled
-pipeline, validation from the contract, every problem reported at once."""
+"""Every pipeline parameter, and the one front door that validates them.
+
+``PIPELINE_PARAMETERS`` names each parameter with its type, default and help;
+the pipeline's signature is generated from it. ``validate`` (typed values) and
+``resolve`` (defaults plus overrides given as strings) check any set of them
+and raise one ``ParameterError`` listing every problem. The validate
+component, ``kic run`` and every other ``kic`` command check through here, so a
+bad value fails in seconds, before any step reads data.
+
+The rules themselves live with what they are about (the hyperparameter
+contract, the backbone registry, the split fractions, the quality gate, the
+serving contract); this module decides which apply to which parameters. It
+needs neither KFP nor TensorFlow, with one exception: whether ImageNet weights
+can be had is asked of Keras (see ``kic.model.weights``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import yaml
+from kic import artifacts, config, storage
+from kic.data import manifest, prepare, splits
+from kic.data.sources import TFDS_PREFIX
+from kic.errors import ParameterError, Problem
+from kic.evaluation import gate
+from kic.model import backbones, weights
+from kic.serving import contract
 
-from kic.config import ParameterError, Problem, TrainingConfig, coerce
-
-# Parameter types in KFP's pipeline IR -> the contract's type names.
-IR_TYPES = {"STRING": "str", "NUMBER_INTEGER": "int", "NUMBER_DOUBLE": "float", "BOOLEAN": "bool"}
-TFLITE_CHOICES = ("", "float32", "float16", "int8")
-
-
-def pipeline_parameters(pipeline_yaml: str) -> dict[str, tuple[str, Any]]:
-    """name -> (type name, default or None when required), read from the compiled IR."""
-    with open(pipeline_yaml, encoding="utf-8") as handle:
-        spec = yaml.safe_load(handle)
-    parameters = {}
-    for name, definition in spec["root"]["inputDefinitions"]["parameters"].items():
-        type_name = IR_TYPES[definition["parameterType"]]
-        default = definition.get("defaultValue")
-        if default is not None:
-            default = coerce(default, type_name)
-        parameters[name] = (type_name, default)
-    return parameters
+__all__ = ["PIPELINE_PARAMETERS", "Parameter", "ParameterError", "Problem", "defaults", "derive_short_side",
+           "problems", "resolve", "validate"]
 
 
-def parse_assignments(assignments: list[str]) -> dict[str, str]:
-    values, problems = {}, []
-    for assignment in assignments:
-        name, sep, value = assignment.partition("=")
-        if not sep or not name.strip():
-            problems.append(Problem("--param", assignment, "expected NAME=VALUE"))
-            continue
-        values[name.strip()] = value
-    if problems:
-        raise ParameterError(problems)
-    return values
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: type  # str, int, float or bool
+    default: Any  # None when required
+    help: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
 
 
-def resolve(parameters: Mapping[str, tuple[str, Any]], *layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Merges override layers (later wins) over the defaults, converts types and
-    validates: hyperparameters through the contract, the rest by type and by
-    the checks that can run without data. Raises ParameterError."""
+def _hyperparameters() -> tuple[Parameter, ...]:
+    help_texts = config.descriptions()
+    types = {"bool": bool, "int": int, "float": float, "str": str}
+    return tuple(Parameter(field.name, types[field.type], field.default, help_texts[field.name])
+                 for field in dataclasses.fields(config.TrainingConfig))
+
+
+PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
+    # --- prepare
+    Parameter("data_source", str, None,
+              "Training images: a local folder or gs:// prefix laid out as <root>/<class>/<file>, a manifest "
+              "(.csv with uri,label columns, or .jsonl), or tfds:NAME[:CONFIG]."),
+    Parameter("validation_source", str, "", "Optional separate validation images (same kinds of source); empty: "
+                                            "validation_fraction of each class is held out."),
+    Parameter("test_source", str, "", "Optional separate test images; empty: test_fraction of each class is "
+                                      "held out."),
+    Parameter("validation_fraction", float, splits.DEFAULT_VALIDATION_FRACTION,
+              "Share of each class held out for validation when there is no validation_source."),
+    Parameter("test_fraction", float, splits.DEFAULT_TEST_FRACTION,
+              "Share of each class held out for testing when there is no test_source (0: no test split)."),
+    Parameter("split_seed", int, splits.DEFAULT_SEED, "Seed of the split; the same seed and images always give "
+                                                      "the same splits."),
+    Parameter("image_short_side", int, 0, "prepare downscales images so their short side is at most this many "
+                                          "pixels; 0: about 8/7 of the model's input size, so that training "
+                                          "decodes small images."),
+    Parameter("tfds_data_dir", str, "", "Folder of an already prepared TFDS copy, for tfds: sources."),
+    Parameter("max_rejected_fraction", float, prepare.DEFAULT_MAX_REJECTED_FRACTION,
+              "prepare fails (after writing its report) when a larger share of files is rejected."),
+    # --- train
+    Parameter("backbone", str, backbones.DEFAULT_BACKBONE,
+              "Backbone name (`kic backbones`) or a reference-algorithm model_id."),
+    Parameter("pretrained_weights", str, weights.DEFAULT,
+              "imagenet (Keras' download and cache), none (from scratch), or the path or gs:// URI of a "
+              ".weights.h5 file for the backbone."),
+    Parameter("image_size", int, 0, "Input size in pixels; 0: the backbone's native size."),
+    Parameter("base_model_uri", str, "", "An earlier kic model (folder or model.tar.gz, local or gs://) to "
+                                         "continue training from (incremental training)."),
+    Parameter("seed", int, config.DEFAULT_SEED, "Seed of initialisation, shuffling and augmentation; makes a "
+                                                "CPU run repeatable."),
+    # --- evaluate
+    Parameter("gate_metric", str, "", "Metric of the quality gate; empty: the monitored metric (accuracy, or "
+                                      "eval_metric in binary mode)."),
+    Parameter("gate_minimum", float, 0.0, "Smallest acceptable gate_metric (the largest, for log_loss and "
+                                          "false positive/negative counts)."),
+    Parameter("baseline_model_uri", str, "", "Optional model to compare with (for example the one deployed "
+                                             "now); evaluated on the same test images."),
+    Parameter("max_regression", float, 0.0, "Largest allowed shortfall of gate_metric against the baseline's."),
+    # --- export and batch prediction
+    Parameter("export_uri", str, "", "Optional local path or gs:// URI that also receives the exported package "
+                                     "(a _SUCCESS marker is written last)."),
+    Parameter("tflite", str, "", "Also export TFLite: " + ", ".join(contract.TFLITE_QUANTIZATIONS)
+              + "; empty: none."),
+    Parameter("top_k", int, contract.DEFAULT_TOP_K, "k of the top-k metrics and of the labels the serving "
+                                                    "signature and batch prediction return."),
+    Parameter("batch_predict_source", str, "", "Optional images (folder, manifest or gs:// prefix) to predict "
+                                               "with the exported model; empty: no batch prediction."),
+    Parameter("batch_predict_format", str, contract.PREDICTION_FORMATS[0],
+              "Format of the batch predictions: " + ", ".join(contract.PREDICTION_FORMATS) + "."),
+    # --- the 25 hyperparameters of the reference algorithm
+    *_hyperparameters(),
+)
+PARAMETERS_BY_NAME: Mapping[str, Parameter] = {parameter.name: parameter for parameter in PIPELINE_PARAMETERS}
+HYPERPARAMETERS = config.TrainingConfig.field_names()
+
+
+def defaults() -> dict[str, Any]:
+    return {parameter.name: parameter.default for parameter in PIPELINE_PARAMETERS}
+
+
+# --------------------------------------------------------------------------- the front door
+
+
+def resolve(*layers: Mapping[str, Any], reachability: bool = True) -> dict[str, Any]:
+    """Every pipeline parameter's value: the defaults, then each layer over
+    the one before (values may be strings, as command lines and the
+    reference's JSON give them; the reference's aliases are accepted), typed
+    and validated. Raises ParameterError with every problem."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged.update(layer)
-    problems: list[Problem] = []
-    values = {name: default for name, (_, default) in parameters.items()}
-    for name, raw in merged.items():
-        if name not in parameters:
-            close = difflib.get_close_matches(name, list(parameters), n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else "see `kic run --list-params`"
-            problems.append(Problem(name, raw, f"unknown pipeline parameter; {hint}"))
-            continue
-        try:
-            values[name] = coerce(raw, parameters[name][0])
-        except ValueError as error:
-            problems.append(Problem(name, raw, str(error)))
-    hyperparameter_names = set(TrainingConfig.field_names())
-    if not any(problem.name in hyperparameter_names for problem in problems):
-        try:
-            TrainingConfig.from_dict({name: values[name] for name in hyperparameter_names})
-        except ParameterError as error:
-            problems.extend(error.problems)
-    problems.extend(_other_checks(values))
-    missing = [name for name, value in values.items() if value is None]
-    problems.extend(Problem(name, None, "required") for name in missing)
-    if problems:
-        raise ParameterError(problems)
+        merged.update({config.ALIASES.get(name, name): value for name, value in layer.items()})
+    values, found = _typed(merged)  # a value of the wrong type is left out of the rules below
+    values = {**defaults(), **values}
+    found += problems(values, reachability=reachability)
+    if found:
+        raise ParameterError(found)
     return values
 
 
-def check_training_choices(*, backbone: Any, image_size: Any) -> list[Problem]:
-    """The checks of train's non-hyperparameter inputs that need no data."""
-    from kic.model import backbones
-
-    problems = []
-    if isinstance(backbone, str):
-        try:
-            backbones.resolve(backbone)
-        except ValueError as error:
-            problems.append(Problem("backbone", backbone, str(error)))
-    if isinstance(image_size, int) and image_size != 0 and image_size < 32:
-        problems.append(Problem("image_size", image_size, "0 (the backbone's size) or at least 32"))
-    return problems
+def validate(values: Mapping[str, Any], *, reachability: bool = True) -> dict[str, Any]:
+    """Checks any subset of the pipeline parameters (values may be strings;
+    the reference's aliases are accepted) and returns them typed; raises
+    ParameterError with every problem."""
+    typed, found = _typed({config.ALIASES.get(name, name): value for name, value in values.items()})
+    found += problems(typed, reachability=reachability)
+    if found:
+        raise ParameterError(found)
+    return typed
 
 
-def prepared_short_side(*, backbone: str, image_size: int, requested: int) -> int:
+def problems(values: Mapping[str, Any], *, reachability: bool = True) -> list[Problem]:
+    """Every problem with ``values``, a subset of the pipeline parameters.
+    Each rule runs when one of its parameters is given (the others take their
+    defaults); with ``reachability`` off, URIs and weights are checked for
+    form, not looked up."""
+    unknown = [name for name in values if name not in PARAMETERS_BY_NAME]
+    found = [Problem(name, values[name], _unknown_hint(name)) for name in unknown]
+    given = set(values) - set(unknown)
+    merged = {**defaults(), **{name: values[name] for name in given}}
+    for names, rule in _RULES:
+        if given.intersection(names):
+            found.extend(rule(merged, reachability))
+    return found
+
+
+def derive_short_side(*, backbone: str, image_size: int, requested: int) -> int:
     """The short side prepare stores: ``requested`` when set, else about 8/7
     of the model's input size (room for zoom augmentation) rounded up to a
     multiple of 32, so each training epoch decodes small JPEGs rather than
     images sized for the largest backbone."""
     if requested > 0:
         return requested
-    from kic.model import backbones
-
     size = image_size or backbones.resolve(backbone).input_size
     return math.ceil(size * 8 / 7 / 32) * 32
 
 
-def _other_checks(values: Mapping[str, Any]) -> list[Problem]:
-    problems = check_training_choices(backbone=values.get("backbone"), image_size=values.get("image_size"))
-    for name in ("validation_fraction", "test_fraction", "max_rejected_fraction"):
-        value = values.get(name)
-        if isinstance(value, float) and not 0.0 <= value < 1.0:
-            problems.append(Problem(name, value, "a number in [0, 1)"))
-    if values.get("validation_fraction") == 0.0 and not values.get("validation_source"):
-        problems.append(Problem("validation_fraction", 0.0, "above 0 unless validation_source is given: training "
-                                                             "picks its best epoch on validation images"))
-    fractions = [values.get(name) for name in ("validation_fraction", "test_fraction")]
-    if all(isinstance(value, float) for value in fractions) and sum(fractions) >= 1.0:
-        problems.append(Problem("validation_fraction+test_fraction", sum(fractions),
-                                "must leave training images: below 1"))
-    if values.get("tflite") not in (None, *TFLITE_CHOICES):
-        problems.append(Problem("tflite", values["tflite"], "one of: (empty), float32, float16, int8"))
-    top_k = values.get("top_k")
-    if isinstance(top_k, int) and top_k < 1:
-        problems.append(Problem("top_k", top_k, "an int >= 1"))
-    return problems
+# --------------------------------------------------------------------------- the rules
+
+Values = Mapping[str, Any]
+_RULES: list[tuple[tuple[str, ...], Callable[[Values, bool], list[Problem]]]] = []
+
+
+def _rule(*names: str):
+    def register(function: Callable[[Values, bool], list[Problem]]):
+        _RULES.append((names, function))
+        return function
+    return register
+
+
+@_rule(*HYPERPARAMETERS)
+def _hyperparameter_rules(values: Values, _reachability: bool) -> list[Problem]:
+    try:
+        config.TrainingConfig.from_dict({name: values[name] for name in HYPERPARAMETERS})
+    except ParameterError as error:
+        return error.problems
+    return []
+
+
+@_rule("backbone", "image_size", "pretrained_weights")
+def _model_rules(values: Values, reachability: bool) -> list[Problem]:
+    if values["image_size"] < 0:
+        return [Problem("image_size", values["image_size"], "0 (the backbone's native size) or a positive int")]
+    try:
+        backbone = backbones.resolve(values["backbone"])
+    except ParameterError as error:
+        return error.problems
+    found = backbones.image_size_problems(backbone, values["image_size"])
+    if not found:
+        found += weights.problems(values["pretrained_weights"], backbone, values["image_size"],
+                                  reachability=reachability)
+    return found
+
+
+@_rule("image_short_side")
+def _short_side_rule(values: Values, _reachability: bool) -> list[Problem]:
+    if values["image_short_side"] < 0:
+        return [Problem("image_short_side", values["image_short_side"],
+                        "0 (derived from the model's input size) or a positive number of pixels")]
+    return []
+
+
+@_rule("data_source", "validation_source", "test_source", "tfds_data_dir")
+def _source_rules(values: Values, reachability: bool) -> list[Problem]:
+    found = []
+    if not values["data_source"]:
+        found.append(Problem("data_source", values["data_source"], "required: the training images"))
+    for name in ("data_source", "validation_source", "test_source"):
+        found += _source_problems(name, values[name], reachability)
+    if values["tfds_data_dir"] and reachability and not _exists(values["tfds_data_dir"]):
+        found.append(Problem("tfds_data_dir", values["tfds_data_dir"], "no such folder"))
+    return found
+
+
+@_rule("validation_fraction", "test_fraction", "validation_source", "test_source", "max_rejected_fraction")
+def _split_rules(values: Values, _reachability: bool) -> list[Problem]:
+    return (splits.fraction_problems(validation_fraction=values["validation_fraction"],
+                                     test_fraction=values["test_fraction"],
+                                     validation_source=values["validation_source"],
+                                     test_source=values["test_source"])
+            + prepare.rejected_fraction_problems(values["max_rejected_fraction"]))
+
+
+@_rule("base_model_uri", "baseline_model_uri")
+def _model_uri_rules(values: Values, reachability: bool) -> list[Problem]:
+    found = []
+    for name in ("base_model_uri", "baseline_model_uri"):
+        uri = values[name]
+        if not uri or not reachability:
+            continue
+        marker = uri if uri.endswith((".tar.gz", ".tgz")) else storage.join(uri, artifacts.MODEL_INFO)
+        try:
+            if not storage.exists(marker):
+                found.append(Problem(name, uri, "not a kic model: expected a train output or export folder "
+                                                f"(with {artifacts.MODEL_INFO}) or a {artifacts.MODEL_TARBALL}"))
+        except storage.StorageError as error:
+            found.append(Problem(name, uri, f"cannot be read: {error}"))
+    return found
+
+
+@_rule("gate_metric", "gate_minimum", "max_regression", "binary_mode", "top_k")
+def _gate_rules(values: Values, _reachability: bool) -> list[Problem]:
+    return gate.option_problems(metric=values["gate_metric"], minimum=values["gate_minimum"],
+                                max_regression=values["max_regression"], binary_mode=values["binary_mode"],
+                                top_k=values["top_k"])
+
+
+@_rule("tflite", "top_k", "export_uri", "batch_predict_source", "batch_predict_format")
+def _serving_rules(values: Values, reachability: bool) -> list[Problem]:
+    found = contract.export_problems(tflite=values["tflite"], top_k=values["top_k"])
+    found += [problem for problem in contract.prediction_problems(
+        output_format=values["batch_predict_format"], batch_size=contract.DEFAULT_PREDICTION_BATCH_SIZE,
+        top_k=values["top_k"]) if problem.name != "top_k"]
+    if storage.is_gcs(values["export_uri"]) and not values["export_uri"][len(storage.GCS_SCHEME):].strip("/"):
+        found.append(Problem("export_uri", values["export_uri"], "a gs://BUCKET/PATH URI"))
+    found += _source_problems("batch_predict_source", values["batch_predict_source"], reachability)
+    return found
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _source_problems(name: str, source: str, reachability: bool) -> list[Problem]:
+    if not source:
+        return []
+    if source.startswith(TFDS_PREFIX):
+        if not source[len(TFDS_PREFIX):].partition(":")[0]:
+            return [Problem(name, source, "tfds:NAME or tfds:NAME:CONFIG")]
+        return []
+    if not reachability:
+        return []
+    try:
+        found = storage.exists(source)
+    except storage.StorageError as error:
+        return [Problem(name, source, f"cannot be read: {error}")]
+    if not found:
+        kind = "manifest" if manifest.is_manifest(source) else "folder or gs:// prefix"
+        return [Problem(name, source, f"no such {kind}")]
+    return []
+
+
+def _exists(uri: str) -> bool:
+    try:
+        return storage.exists(uri)
+    except storage.StorageError:
+        return False
+
+
+def _typed(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    typed, found = {}, []
+    for name, value in values.items():
+        parameter = PARAMETERS_BY_NAME.get(name)
+        if parameter is None:
+            found.append(Problem(name, value, _unknown_hint(name)))
+            continue
+        try:
+            typed[name] = config.coerce(value, parameter.type)
+        except ValueError as error:
+            found.append(Problem(name, value, str(error)))
+    return typed, found
+
+
+def _unknown_hint(name: str) -> str:
+    close = difflib.get_close_matches(name, list(PARAMETERS_BY_NAME), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else "see `kic run --list-params`"
+    return f"unknown pipeline parameter; {hint}"

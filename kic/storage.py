@@ -18,7 +18,8 @@ Semantics worth knowing:
   retries those by default since 3.x, and we pass the policy explicitly), so a
   retried upload simply rewrites the same bytes; kic never has two writers per object.
 * Failures a user can cause (missing bucket/object/file, no permission, no
-  credentials) raise :class:`StorageError` (an ``OSError``) naming the URI.
+  credentials) raise :class:`StorageError` naming the URI: an ``OSError`` and a
+  ``kic.errors.UserError``, so commands and steps show its message alone.
   ``StorageNotFoundError`` is also a ``FileNotFoundError`` and
   ``StoragePermissionError`` also a ``PermissionError``.
 * GCS credentials come from Application Default Credentials. When
@@ -40,6 +41,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
+from kic.errors import NotFoundError, UnreachableError, UserError
+
 if TYPE_CHECKING:
     from google.cloud.storage import Blob, Client
 
@@ -51,7 +54,7 @@ DEFAULT_WORKERS = 16
 _T = TypeVar("_T")
 
 
-class StorageError(OSError):
+class StorageError(UserError, OSError):
     """A storage operation failed for a reason worth showing to the user as is.
 
     ``uri`` is the path or URI concerned; GCS failures keep the original client
@@ -64,11 +67,11 @@ class StorageError(OSError):
         self.gcs_error: BaseException | None = None
 
 
-class StorageNotFoundError(StorageError, FileNotFoundError):
+class StorageNotFoundError(StorageError, NotFoundError):
     """The file, object, directory or bucket does not exist."""
 
 
-class StoragePermissionError(StorageError, PermissionError):
+class StoragePermissionError(StorageError, UnreachableError, PermissionError):
     """The credentials in use may not perform the operation."""
 
 
@@ -514,6 +517,24 @@ def local_copy(uri: str) -> Iterator[str]:
         elif not download_dir(uri, local):
             raise _error(StorageNotFoundError, _not_found_message(uri), uri)
         yield local
+
+
+def extract_tarball(path: str, destination: str) -> str:
+    """Unpacks the local archive ``path`` (.tar, .tar.gz) into ``destination``
+    and returns it. tarfile's "data" filter refuses absolute names, names and
+    links that lead out of ``destination``, and device files."""
+    import tarfile
+
+    from kic.errors import DataError
+
+    if not tarfile.is_tarfile(path):
+        raise DataError(f"{path} is not a tar archive")
+    with tarfile.open(path) as archive:
+        try:
+            archive.extractall(destination, filter="data")
+        except tarfile.FilterError as error:
+            raise DataError(f"{path}: refusing an unsafe archive member: {error}") from None
+    return destination
 
 
 def remove_tree(uri: str, workers: int = DEFAULT_WORKERS) -> None:

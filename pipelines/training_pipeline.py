@@ -1,7 +1,16 @@
-"""prepare -> train -> evaluate -> export (only when the quality gate blesses the model)."""
+"""validate -> prepare -> train -> evaluate -> export (only when the quality
+gate blesses the model) -> batch prediction (only when asked for).
+
+The pipeline's parameters are ``kic.parameters.PIPELINE_PARAMETERS``: its
+signature is generated from that list, so every parameter has one name, type,
+default and description.
+"""
+
+import inspect
 
 from kfp import dsl
 
+from kic import artifacts, parameters
 from kic.components import docs
 from kic.components.batch_predict.component import batch_predict
 from kic.components.evaluate.component import evaluate
@@ -9,7 +18,6 @@ from kic.components.export.component import export
 from kic.components.prepare.component import prepare
 from kic.components.train.component import train
 from kic.components.validate.component import validate
-from kic.config import TrainingConfig
 
 PIPELINE_NAME = "image-classification-training"
 
@@ -18,121 +26,65 @@ VALIDATE_TASK, PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TAS
     "validate", "prepare", "train", "evaluate", "export", "batch-predict")
 
 
-def training_pipeline(
-    data_source: str,
-    validation_source: str = "",
-    test_source: str = "",
-    validation_fraction: float = 0.2,
-    test_fraction: float = 0.1,
-    split_seed: int = 42,
-    image_short_side: int = 0,
-    tfds_data_dir: str = "",
-    max_rejected_fraction: float = 0.05,
-    backbone: str = "mobilenet_v2_100_224",
-    pretrained_weights: str = "imagenet",
-    image_size: int = 0,
-    base_model_uri: str = "",
-    seed: int = 42,
-    gate_metric: str = "",
-    gate_minimum: float = 0.0,
-    baseline_model_uri: str = "",
-    max_regression: float = 0.0,
-    export_uri: str = "",
-    tflite: str = "",
-    top_k: int = 5,
-    batch_predict_source: str = "",
-    augmentation: bool = False,
-    augmentation_random_flip: str = "horizontal_and_vertical",
-    augmentation_random_rotation: float = 0.2,
-    augmentation_random_zoom: float = 0.1,
-    batch_size: int = 32,
-    beta_1: float = 0.9,
-    beta_2: float = 0.999,
-    binary_mode: bool = False,
-    dropout_rate: float = 0.2,
-    early_stopping: bool = False,
-    early_stopping_min_delta: float = 0.0,
-    early_stopping_patience: int = 5,
-    epochs: int = 3,
-    epsilon: float = 1e-7,
-    eval_metric: str = "accuracy",
-    image_resize_interpolation: str = "bilinear",
-    initial_accumulator_value: float = 0.0001,
-    label_smoothing: float = 0.1,
-    learning_rate: float = 0.001,
-    momentum: float = 0.9,
-    optimizer: str = "adam",
-    regularizers_l2: float = 0.0001,
-    reinitialize_top_layer: str = "Auto",
-    rho: float = 0.95,
-    train_only_on_top_layer: bool = False,
-):
-    hyperparameters = {name: value for name, value in locals().items() if name in TrainingConfig.field_names()}
+def _training_pipeline(**p):
+    hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
 
-    # Bad hyperparameters fail here, in seconds, before prepare reads any image.
-    validated = validate(backbone=backbone, image_size=image_size, image_short_side=image_short_side,
-                         **hyperparameters).set_display_name(VALIDATE_TASK)
+    # Every parameter is checked here, in seconds, before prepare reads any image.
+    validated = validate(**p).set_display_name(VALIDATE_TASK)
 
     prepared = prepare(
-        source=data_source, validation_source=validation_source, test_source=test_source,
-        validation_fraction=validation_fraction, test_fraction=test_fraction, seed=split_seed,
-        image_short_side=validated.output, tfds_data_dir=tfds_data_dir,
-        max_rejected_fraction=max_rejected_fraction,
+        source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
+        validation_fraction=p["validation_fraction"], test_fraction=p["test_fraction"], seed=p["split_seed"],
+        image_short_side=validated.output, tfds_data_dir=p["tfds_data_dir"],
+        max_rejected_fraction=p["max_rejected_fraction"],
     ).set_display_name(PREPARE_TASK)
 
     trained = train(
-        examples=prepared.outputs["examples"], backbone=backbone, pretrained_weights=pretrained_weights,
-        image_size=image_size, base_model_uri=base_model_uri, seed=seed, **hyperparameters,
+        examples=prepared.outputs[artifacts.EXAMPLES_KEY], backbone=p["backbone"],
+        pretrained_weights=p["pretrained_weights"], image_size=p["image_size"],
+        base_model_uri=p["base_model_uri"], seed=p["seed"], **hyperparameters,
     ).set_display_name(TRAIN_TASK)
 
     evaluated = evaluate(
-        examples=prepared.outputs["examples"], model=trained.outputs["model"], gate_metric=gate_metric,
-        gate_minimum=gate_minimum, baseline_model_uri=baseline_model_uri, max_regression=max_regression,
-        top_k=top_k,
+        examples=prepared.outputs[artifacts.EXAMPLES_KEY], model=trained.outputs[artifacts.MODEL_KEY],
+        gate_metric=p["gate_metric"], gate_minimum=p["gate_minimum"], baseline_model_uri=p["baseline_model_uri"],
+        max_regression=p["max_regression"], top_k=p["top_k"],
     ).set_display_name(EVALUATE_TASK)
 
     # The single output (not a named one): kfp.local resolves conditions only on
     # `<task>-Output` channels (kfp 2.17), and clusters read both alike.
-    with dsl.If(evaluated.outputs["Output"] == True, name="model-blessed"):  # noqa: E712 (a KFP condition, not Python)
+    with dsl.If(evaluated.outputs[artifacts.BLESSED_KEY] == True, name="model-blessed"):  # noqa: E712 (KFP condition)
         exported = export(
-            model=trained.outputs["model"], evaluation=evaluated.outputs["metrics"],
-            destination_uri=export_uri, tflite=tflite, top_k=top_k,
+            model=trained.outputs[artifacts.MODEL_KEY], evaluation=evaluated.outputs[artifacts.METRICS_KEY],
+            destination_uri=p["export_uri"], tflite=p["tflite"], top_k=p["top_k"],
         ).set_display_name(EXPORT_TASK)
-        with dsl.If(batch_predict_source != "", name="batch-prediction-requested"):
-            batch_predict(package=exported.outputs["package"], inputs=batch_predict_source,
-                          top_k=top_k).set_display_name(PREDICT_TASK)
+        with dsl.If(p["batch_predict_source"] != "", name="batch-prediction-requested"):
+            batch_predict(package=exported.outputs[artifacts.PACKAGE_KEY], inputs=p["batch_predict_source"],
+                          output_format=p["batch_predict_format"], top_k=p["top_k"]).set_display_name(PREDICT_TASK)
 
 
+def _with_parameters(body, name: str):
+    """``body(**values)`` as a function whose signature is the pipeline's
+    parameters, which is what KFP reads (it calls it with one channel per
+    parameter, in order)."""
+    signature = inspect.Signature([
+        inspect.Parameter(parameter.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=parameter.type,
+                          default=inspect.Parameter.empty if parameter.required else parameter.default)
+        for parameter in parameters.PIPELINE_PARAMETERS])
+
+    def pipeline(*args, **kwargs):
+        return body(**signature.bind(*args, **kwargs).arguments)
+
+    pipeline.__signature__ = signature
+    pipeline.__name__ = pipeline.__qualname__ = name
+    pipeline.__module__ = __name__
+    return pipeline
+
+
+training_pipeline = _with_parameters(_training_pipeline, "training_pipeline")
 training_pipeline.__doc__ = docs.docstring(
-    "Transfer learning of a pretrained image backbone: prepare, train, evaluate, and export when the "
-    "quality gate passes.",
-    {
-        "data_source": "Training images: local folder or gs:// prefix (<root>/<class>/<file>), a manifest "
-                       "(.csv/.jsonl), or tfds:NAME[:CONFIG].",
-        "validation_source": "Optional separate validation images.",
-        "test_source": "Optional separate test images.",
-        "validation_fraction": "Share of each class held out for validation when no validation_source.",
-        "test_fraction": "Share of each class held out for testing when no test_source.",
-        "split_seed": "Seed of the deterministic split.",
-        "image_short_side": "prepare downscales images so the short side is at most this; 0: about 8/7 of the "
-                            "model's input size, so training decodes small images.",
-        "tfds_data_dir": "Directory of a pre-downloaded TFDS copy.",
-        "max_rejected_fraction": "prepare fails when a larger share of files is rejected.",
-        "backbone": "Backbone name (`kic backbones`) or a reference-algorithm model_id.",
-        "pretrained_weights": "imagenet, none, or a .weights.h5 path / gs:// URI.",
-        "image_size": "Input size; 0: the backbone's native size.",
-        "base_model_uri": "An earlier kic model to continue from (incremental training).",
-        "seed": "Training seed.",
-        "gate_metric": "Metric of the quality gate; empty: the monitored metric.",
-        "gate_minimum": "Smallest acceptable gate_metric.",
-        "baseline_model_uri": "Optional model to compare with; export needs no regression beyond max_regression.",
-        "max_regression": "Largest allowed drop of gate_metric below the baseline's.",
-        "export_uri": "Optional local path or gs:// URI that also receives the exported package.",
-        "tflite": "Also export TFLite: float32, float16, int8, or empty.",
-        "top_k": "k of the top-k metrics and of the serving signature's top labels.",
-        "batch_predict_source": "Optional images (folder, manifest or gs:// prefix) to predict with the exported "
-                                "model; empty: no batch prediction.",
-        **docs.hyperparameter_args(),
-    },
+    "Transfer learning of a pretrained image backbone: validate every parameter, prepare the images, train, "
+    "evaluate, and export when the quality gate passes.",
+    docs.pipeline_parameter_args(),
 )
 training_pipeline = dsl.pipeline(name=PIPELINE_NAME)(training_pipeline)

@@ -33,7 +33,8 @@ Registered for all tests by ``pytest_plugins = ["gcs_emulator"]`` in conftest.py
     ``.fail_every`` (0 pauses failures, e.g. while seeding; 1 fails everything) and
     ``.fail_status`` (e.g. 403 to see how permission errors surface; keep 5xx with
     ``fail_every=1`` out of tests: the client retries those for two minutes);
-    ``.fail_next(n)`` fails the next n requests, to aim at one call. Buckets made with
+    ``.fail_next(n)`` fails the next n requests, to aim at one call. kic's retries
+    wait no time between tries while it runs. Buckets made with
     ``gcs_emulator.new_bucket()`` are reachable through it. The ``kic.storage`` client
     cache is reset on entry and exit.
 
@@ -205,17 +206,30 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def flaky_gcs(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyProxy]:
     proxy = FlakyProxy(gcs_emulator.endpoint)
-    thread = threading.Thread(target=proxy.serve_forever, name="flaky-gcs-proxy", daemon=True)
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, name="flaky-gcs-proxy",
+                              daemon=True)
     thread.start()
     try:
         monkeypatch.setenv(EMULATOR_ENV, proxy.endpoint)
         _reset_kic_client()
+        _retry_at_once(monkeypatch)
         yield proxy
     finally:
         proxy.shutdown()
         proxy.server_close()
         thread.join(timeout=10)
         _reset_kic_client()
+
+
+def _retry_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kic's retry policy as is, but without the waits between tries: the
+    failures here are injected, so backing off only slows the tests down."""
+    try:
+        from kic import storage
+    except ImportError:
+        return
+    policy = storage._retry()
+    monkeypatch.setattr(storage, "_retry", lambda: policy.with_delay(initial=0.0, maximum=0.0, multiplier=1.0))
 
 
 def _reset_kic_client() -> None:

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from kic import storage
+from kic.errors import ParameterError
 from kic.model import backbones
-from kic.model.backbones import BackboneWeightsError, UnknownBackboneError, build_feature_extractor, resolve
+from kic.model.backbones import UnknownBackboneError, build_feature_extractor, resolve
 from kic.model.pixel_scaling import MODES, PixelScaling
+from kic.model.weights import BackboneWeightsError
 
 SMALL = "mobilenet_v2_035_96"
 
@@ -172,7 +174,7 @@ def test_build_small_backbones_random_init(name, features):
 
 
 def test_image_size_below_architecture_minimum_is_rejected():
-    with pytest.raises(ValueError, match="inception_v3 needs image_size >= 75"):
+    with pytest.raises(ParameterError, match="at least 75, the smallest input backbone inception_v3 takes"):
         build_feature_extractor(resolve("inception_v3"), image_size=64, weights="none")
 
 

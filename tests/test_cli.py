@@ -1,9 +1,41 @@
-"""The kic command besides `run` (tested in test_local_run.py)."""
+"""The kic command, in process (the whole `kic run` is in test_local_run.py)."""
 
 import json
+import subprocess
+import sys
 
-from kic import artifacts, cli
+import pytest
+
+from kic import artifacts, cli, parameters
 from kic.demo_data import write_demo_dataset
+
+# A new Python per command: what each imports is what a user's shell pays for.
+LIGHT_COMMANDS = [["--help"], ["backbones"], ["run", "--list-params"], ["validate", "{hyperparameters}"]]
+
+
+@pytest.mark.parametrize("command", LIGHT_COMMANDS, ids=lambda command: " ".join(command))
+def test_listing_and_validating_import_neither_tensorflow_nor_kfp(command, tmp_path):
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps({"epochs": "7", "eps": "1e-6", "backbone": "efficientnet_b0"}))
+    argv = [part.format(hyperparameters=path) for part in command]
+    probe = "\n".join([
+        "import sys",
+        "from kic import cli",
+        "try:",
+        f"    code = cli.main({argv!r})",
+        "except SystemExit as stop:",
+        "    code = stop.code",
+        "heavy = sorted(name for name in ('tensorflow', 'keras', 'kfp') if name in sys.modules)",
+        "print('HEAVY', heavy, 'CODE', code)"])
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "HEAVY [] CODE 0" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_list_params_shows_every_pipeline_parameter(capsys):
+    assert cli.main(["run", "--list-params"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [parameter.name for parameter in parameters.PIPELINE_PARAMETERS]
+    assert lines[0].split()[:3] == ["data_source", "str", "(required)"]
 
 
 def test_prepare_command_writes_a_finished_dataset(tmp_path, capsys):
@@ -14,6 +46,15 @@ def test_prepare_command_writes_a_finished_dataset(tmp_path, capsys):
     info = json.loads((tmp_path / "prepared" / artifacts.DATASET_INFO).read_text())
     assert info["class_names"] == ["circle", "square", "triangle"]
     assert "prepared 3 classes" in capsys.readouterr().out
+
+
+def test_prepare_command_checks_through_the_front_door_before_reading(tmp_path, capsys):
+    code = cli.main(["prepare", str(tmp_path / "nowhere"), str(tmp_path / "prepared"), "--validation-fraction", "0",
+                     "--test-fraction", "1.5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "data_source" in err and "no such folder" in err and "test_fraction=1.5" in err
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_progress_bar_redraws_one_line(capsys):
@@ -27,14 +68,20 @@ def test_progress_bar_redraws_one_line(capsys):
     assert out.endswith("\r[" + "#" * 30 + "] 10/10 images (60/s), 1 rejected\n")
 
 
-def test_validate_command_reads_the_reference_json(tmp_path, capsys):
+def test_validate_command_reads_the_reference_json_and_other_parameters(tmp_path, capsys):
     path = tmp_path / "hp.json"
-    path.write_text(json.dumps({"epochs": "7", "eps": "1e-6"}))
+    path.write_text(json.dumps({"epochs": "7", "eps": "1e-6", "train_only_top_layer": "True", "top_k": "3"}))
     assert cli.main(["validate", str(path)]) == 0
-    assert json.loads(capsys.readouterr().out)["epochs"] == 7
-    path.write_text(json.dumps({"epochs": "0"}))
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["epochs"] == 7 and printed["epsilon"] == 1e-6 and printed["train_only_on_top_layer"] is True
+    assert printed["top_k"] == 3 and printed["optimizer"] == "adam"  # defaults filled in
+    path.write_text(json.dumps({"epochs": "0", "tflite": "int4", "batch_siz": 8}))
     assert cli.main(["validate", str(path)]) == 2
-    assert "epochs=0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "epochs=0" in err and "tflite='int4'" in err and "did you mean 'batch_size'" in err
+    path.write_text("{not json")
+    assert cli.main(["validate", str(path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_backbones_command_lists_the_registry(capsys):
@@ -43,23 +90,62 @@ def test_backbones_command_lists_the_registry(capsys):
     assert "mobilenet_v2_100_224" in out and "efficientnet_b0" in out
 
 
-def test_pipeline_parameters_are_typed_from_the_ir_and_checked_together():
-    import os
+def test_run_refuses_bad_parameters_before_any_step_with_every_problem(tmp_path, capsys):
+    code = cli.main(["run", "--output", str(tmp_path / "out"), "--param", "epochs=0", "--param", "learning_rate=2",
+                     "--param", "optimizer=lbfgs", "--param", "eval_metric=auc", "--param", "backbone=resnet5O",
+                     "--param", "batch_siz=8", "--param", "gate_metric=auc", "--param", "tflite=int4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    for expected in ("epochs=0", "learning_rate=2", "lbfgs", "binary_mode", "resnet5O", "did you mean 'batch_size'"):
+        assert expected in err, expected
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "runs").exists()  # rejected before any step started
 
-    import pytest
 
-    from kic import parameters
-    from kic.config import ParameterError
+def test_run_refuses_a_bad_typed_value_and_a_malformed_param(tmp_path, capsys):
+    code = cli.main(["run", "--output", str(tmp_path / "out"), "--param", "epochs=three", "--param", "novalue"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "epochs='three': expected an integer" in err and "--param='novalue': expected NAME=VALUE" in err
 
-    known = parameters.pipeline_parameters(os.path.join(os.path.dirname(__file__), "..", "pipeline.yaml"))
-    values = parameters.resolve(known, {"data_source": "x", "epochs": "4", "augmentation": "true", "top_k": "3"})
-    assert values["epochs"] == 4 and values["augmentation"] is True and values["top_k"] == 3
-    with pytest.raises(ParameterError) as error:
-        parameters.resolve(known, {"data_source": "x", "validation_fraction": "0", "tflite": "int4"})
-    assert {problem.name for problem in error.value.problems} == {"validation_fraction", "tflite"}
-    with pytest.raises(ParameterError, match="must leave training images"):
-        parameters.resolve(known, {"data_source": "x", "validation_fraction": "0.5", "test_fraction": "0.6"})
-    parameters.resolve(known, {"data_source": "x", "validation_fraction": "0", "validation_source": "y"})
+
+def test_run_validates_the_reference_hyperparameter_json(tmp_path, capsys):
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps({"epochs": "zero", "train_only_top_layer": "True", "eps": "2"}))
+    assert cli.main(["run", "--output", str(tmp_path / "out"), "--hyperparameters", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "epochs='zero'" in err and "epsilon" in err
+
+
+def test_run_layers_the_demo_preset_a_hyperparameter_file_and_params(tmp_path, monkeypatch):
+    """What reaches the pipeline: the demo preset, under the file's values, under --param."""
+    from kic.orchestration import local_run
+
+    seen = {}
+
+    def stop_before_running(pipeline_yaml, values, pipeline_root):
+        seen.update(values)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(local_run, "run_compiled_pipeline", stop_before_running)
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps({"optimizer": "sgd", "learning_rate": "0.05", "eps": "1e-6"}))
+    assert cli.main(["run", "--output", str(tmp_path / "out"), "--hyperparameters", str(path),
+                     "--param", "learning_rate=0.01"]) == 1
+    assert seen["epochs"] == cli.DEMO_PARAMETERS["epochs"] and seen["backbone"] == cli.DEMO_PARAMETERS["backbone"]
+    assert (seen["optimizer"], seen["epsilon"], seen["learning_rate"]) == ("sgd", 1e-6, 0.01)
+    assert seen["data_source"] == str(tmp_path / "out" / "demo-data")
+
+
+def test_run_names_a_missing_data_folder(tmp_path, capsys):
+    assert cli.main(["run", "--output", str(tmp_path / "out"), "--data", str(tmp_path / "nope")]) == 2
+    assert "data_source" in (err := capsys.readouterr().err) and "no such folder" in err
+
+
+def test_predict_command_checks_its_inputs_first(tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path / "model"), str(tmp_path / "nowhere"), "--top-k", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_predict_source" in err and "top_k=0" in err
 
 
 def test_the_demo_preset_uses_the_registrys_cpu_backbone():
@@ -67,3 +153,4 @@ def test_the_demo_preset_uses_the_registrys_cpu_backbone():
 
     assert cli.DEMO_PARAMETERS["backbone"] == backbones.CPU_DEMO_BACKBONE
     assert cli.DEMO_PARAMETERS["pretrained_weights"] == "none"  # no download in the default run
+    parameters.resolve(cli.DEMO_PARAMETERS, {"data_source": "x"}, reachability=False)

@@ -13,6 +13,7 @@ from kic.config import (
     OPTIMIZERS,
     REINITIALIZE_CHOICES,
     HyperparameterError,
+    ParameterError,
     TrainingConfig,
     from_reference_json,
 )
@@ -161,7 +162,7 @@ def test_string_conversion_problems_and_range_problems_come_together():
 def test_bad_json_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{not json")
-    with pytest.raises(HyperparameterError, match="not valid JSON"):
+    with pytest.raises(ParameterError, match="not valid JSON"):
         from_reference_json(str(path))
 
 

@@ -13,9 +13,11 @@ import pytest
 import tensorflow as tf
 from image_fixtures import encode, noise_image, noise_jpeg, solid_png
 
-from kic import artifacts, export, storage
+from kic import artifacts, storage
 from kic.model import model_info, preprocessing
+from kic.model.loading import load_trained_model
 from kic.model.model_info import ModelInfo
+from kic.serving import contract, export, tflite, verify
 
 IMAGE_SIZE = 32
 CLASSES = ("daisy", "rose", "tulip")
@@ -55,11 +57,11 @@ def all_formats() -> dict[str, bytes]:
 
 def serving_fn(package_dir: str):
     return tf.saved_model.load(os.path.join(package_dir, artifacts.SAVED_MODEL_VERSION_DIR)).signatures[
-        export.SIGNATURE_NAME]
+        contract.SIGNATURE_NAME]
 
 
 def keras_probabilities(model_dir: str, images: list[bytes], interpolation: str | None = None) -> np.ndarray:
-    model, info = export.load_trained_model(model_dir)
+    model, info = load_trained_model(model_dir)
     pixels = np.stack([preprocessing.decode_and_resize(tf.constant(raw), IMAGE_SIZE,
                                                        interpolation or info.interpolation).numpy()
                        for raw in images])
@@ -92,7 +94,7 @@ def binary(tmp_path_factory):
 def test_package_layout_and_model_info(multiclass):
     _, result = multiclass
     package = result.package_dir
-    assert result.max_abs_diff <= export.SAVED_MODEL_TOLERANCE
+    assert result.max_abs_diff <= verify.SAVED_MODEL_TOLERANCE
     assert os.path.isfile(os.path.join(package, "1", "saved_model.pb"))
     assert os.path.isfile(os.path.join(package, artifacts.SUCCESS_MARKER))
     with open(os.path.join(package, artifacts.LABEL_MAP)) as handle:
@@ -104,7 +106,7 @@ def test_package_layout_and_model_info(multiclass):
     assert info["data_fingerprint"] == "abc123"
     assert info["serving"]["input"].startswith("image_bytes")
     assert info["serving"]["top_k"] == 3
-    assert info["tflite"]["file"] == export.TFLITE_MODEL
+    assert info["tflite"]["file"] == artifacts.TFLITE_MODEL
     assert "bilinear" in info["preprocessing"]["resize"]
     # Still a ModelInfo, so incremental training can read its finetuned flag from a package.
     assert model_info.load(package).class_names == CLASSES
@@ -116,16 +118,16 @@ def test_tarball_has_the_reference_layout(multiclass):
     with tarfile.open(result.tarball) as archive:
         names = set(archive.getnames())
     assert {"1/saved_model.pb", "1/variables/variables.index", artifacts.LABEL_MAP, artifacts.MODEL_INFO,
-            f"1/{export.WARMUP_FILE}", artifacts.KERAS_MODEL} <= names
+            f"1/{artifacts.WARMUP_FILE}", artifacts.KERAS_MODEL} <= names
     assert not any(name.startswith(("/", "..")) for name in names)
-    assert artifacts.SUCCESS_MARKER not in names and export.TFLITE_MODEL not in names
+    assert artifacts.SUCCESS_MARKER not in names and artifacts.TFLITE_MODEL not in names
 
 
 def test_signature_takes_every_format_and_matches_keras(multiclass):
     model_dir, result = multiclass
     images = all_formats()
     serve = serving_fn(result.package_dir)
-    assert list(serve.structured_input_signature[1]) == [export.INPUT_NAME]
+    assert list(serve.structured_input_signature[1]) == [contract.INPUT_NAME]
     outputs = serve(image_bytes=tf.constant(list(images.values())))
     probabilities = outputs["probabilities"].numpy()
     assert probabilities.shape == (5, 3)
@@ -144,10 +146,10 @@ def test_signature_takes_every_format_and_matches_keras(multiclass):
 def test_pixels_signature_matches_keras(multiclass):
     model_dir, result = multiclass
     images = list(all_formats().values())
-    _, info = export.load_trained_model(model_dir)
+    _, info = load_trained_model(model_dir)
     loaded = tf.saved_model.load(os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR))
-    from_pixels = loaded.signatures[export.PIXELS_SIGNATURE_NAME](
-        pixels=tf.constant(export.decoded_pixels(images, info)))["probabilities"].numpy()
+    from_pixels = loaded.signatures[contract.PIXELS_SIGNATURE_NAME](
+        pixels=tf.constant(verify.decoded_pixels(images, info)))["probabilities"].numpy()
     np.testing.assert_allclose(from_pixels, keras_probabilities(model_dir, images), atol=1e-5)
 
 
@@ -198,7 +200,7 @@ def test_saved_model_runs_as_tf_serving_loads_it(multiclass):
         meta_graph = tf.compat.v1.saved_model.loader.load(
             session, ["serve"], os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR))
         signature = meta_graph.signature_def["serving_default"]
-        assert set(signature.outputs) == set(export.OUTPUT_NAMES)
+        assert set(signature.outputs) == set(contract.OUTPUT_NAMES)
         probabilities = session.run(signature.outputs["probabilities"].name,
                                     {signature.inputs["image_bytes"].name: images})
     np.testing.assert_allclose(probabilities, keras_probabilities(model_dir, images), atol=1e-5)
@@ -207,7 +209,7 @@ def test_saved_model_runs_as_tf_serving_loads_it(multiclass):
 def test_warmup_file_holds_a_predict_request_the_model_accepts(multiclass):
     prediction_log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
     _, result = multiclass
-    path = os.path.join(result.package_dir, "1", export.WARMUP_FILE)
+    path = os.path.join(result.package_dir, "1", artifacts.WARMUP_FILE)
     records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
     assert len(records) == 1
     log = prediction_log_pb2.PredictionLog.FromString(records[0])
@@ -223,38 +225,51 @@ def test_tflite_float32_matches_keras_on_decoded_pixels(multiclass):
     model_dir, result = multiclass
     assert result.tflite_max_abs_diff is not None and result.tflite_max_abs_diff <= 1e-4
     images = list(all_formats().values())
-    _, info = export.load_trained_model(model_dir)
-    with open(os.path.join(result.package_dir, export.TFLITE_MODEL), "rb") as handle:
-        lite = export.tflite_probabilities(handle.read(), export.decoded_pixels(images, info))
+    _, info = load_trained_model(model_dir)
+    with open(os.path.join(result.package_dir, artifacts.TFLITE_MODEL), "rb") as handle:
+        lite = tflite.probabilities(handle.read(), verify.decoded_pixels(images, info))
     np.testing.assert_allclose(lite, keras_probabilities(model_dir, images), atol=1e-4)
 
 
+def _tflite_parity(package_dir: str, model_dir: str) -> tuple[float, float]:
+    """Max abs difference and top-1 agreement of the package's TFLite model
+    against the Keras model, on the sample images export verifies with."""
+    images = verify.generated_sample_images()
+    _, info = load_trained_model(model_dir)
+    with open(os.path.join(package_dir, artifacts.TFLITE_MODEL), "rb") as handle:
+        lite = tflite.probabilities(handle.read(), verify.decoded_pixels(images, info))
+    keras_side = keras_probabilities(model_dir, images)
+    return float(np.abs(lite - keras_side).max()), float(np.mean(lite.argmax(axis=1) == keras_side.argmax(axis=1)))
+
+
 def test_tflite_float16_parity_report(binary):
-    _, result = binary
-    assert result.tflite_max_abs_diff is not None and result.tflite_max_abs_diff <= 1e-2
-    with open(os.path.join(result.package_dir, export.TFLITE_PARITY_REPORT)) as handle:
+    model_dir, result = binary
+    with open(os.path.join(result.package_dir, artifacts.TFLITE_PARITY_REPORT)) as handle:
         report = json.load(handle)
-    assert report["quantization"] == "float16" and report["passed"] is True
-    assert report["max_abs_diff"] == pytest.approx(result.tflite_max_abs_diff)
-    assert 0 <= report["top1_agreement"] <= 1
+    max_abs_diff, agreement = _tflite_parity(result.package_dir, model_dir)
+    assert report["quantization"] == "float16" and report["tolerance"] == 1e-2
+    assert report["max_abs_diff"] == pytest.approx(max_abs_diff, abs=1e-6) == result.tflite_max_abs_diff
+    assert report["top1_agreement"] == agreement
+    assert report["passed"] is (max_abs_diff <= 1e-2)
 
 
 def test_int8_writes_a_parity_report_without_a_gate(tmp_path):
     model_dir = build_model_dir(str(tmp_path / "model"))
     result = export.export_model(model_dir, str(tmp_path / "package"), export.ExportOptions(tflite="int8"))
-    with open(os.path.join(result.package_dir, export.TFLITE_PARITY_REPORT)) as handle:
+    with open(os.path.join(result.package_dir, artifacts.TFLITE_PARITY_REPORT)) as handle:
         report = json.load(handle)
-    assert report["tolerance"] is None and report["passed"] is True
-    assert report["max_abs_diff"] == pytest.approx(result.tflite_max_abs_diff)
-    assert set(report) >= {"max_abs_diff", "mean_abs_diff", "top1_agreement"}
-    assert os.path.getsize(os.path.join(result.package_dir, export.TFLITE_MODEL)) > 0
+    max_abs_diff, agreement = _tflite_parity(result.package_dir, model_dir)
+    assert report["quantization"] == "int8 (dynamic range)" and report["tolerance"] is None
+    assert report["max_abs_diff"] == pytest.approx(max_abs_diff, abs=1e-6) == result.tflite_max_abs_diff
+    assert report["top1_agreement"] == agreement
+    assert report["mean_abs_diff"] <= report["max_abs_diff"]
 
 
 def test_verification_failure_fails_the_export(multiclass, tmp_path, monkeypatch):
     model_dir, _ = multiclass
-    monkeypatch.setattr(export, "SAVED_MODEL_TOLERANCE", -1.0)
+    monkeypatch.setattr(verify, "SAVED_MODEL_TOLERANCE", -1.0)
     package = tmp_path / "package"
-    with pytest.raises(export.ExportVerificationError, match="differ from the trained Keras model"):
+    with pytest.raises(verify.ExportVerificationError, match="differ from the trained Keras model"):
         export.export_model(model_dir, str(package))
     assert not (package / artifacts.SUCCESS_MARKER).exists()
     assert not (package / artifacts.MODEL_TARBALL).exists()
@@ -264,12 +279,12 @@ def test_verification_catches_a_serving_model_that_disagrees(multiclass, tmp_pat
     """A real skew (the signature resizing differently from training) is caught."""
     model_dir, _ = multiclass
     # What training saw (bilinear), computed before the serving path is skewed to nearest.
-    reference = keras_probabilities(model_dir, export.generated_sample_images())
-    monkeypatch.setattr(export, "_keras_probabilities", lambda *args: reference)
+    reference = keras_probabilities(model_dir, verify.generated_sample_images())
+    monkeypatch.setattr(verify, "keras_probabilities", lambda *args: reference)
     original = preprocessing.decode_and_resize
     monkeypatch.setattr(preprocessing, "decode_and_resize",
                         lambda encoded, size, interpolation: original(encoded, size, "nearest"))
-    with pytest.raises(export.ExportVerificationError, match="differ"):
+    with pytest.raises(verify.ExportVerificationError, match="differ"):
         export.export_model(model_dir, str(tmp_path / "package"))
 
 

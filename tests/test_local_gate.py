@@ -1,5 +1,6 @@
-"""The quality gate in real local pipeline runs: a gate that passes (and the
-optional batch prediction after export), one that blocks, one against a baseline."""
+"""The quality gate in real local pipeline runs: a model that passes is exported
+and predicts in batch; a model that falls short of its baseline is evaluated on
+the same images, blocked, and neither exported nor used for predictions."""
 
 import json
 import subprocess
@@ -10,9 +11,13 @@ from PIL import Image
 
 from kic.demo_data import write_demo_dataset
 
+pytestmark = pytest.mark.slow
+
+# Enough to learn the demo shapes from scratch in seconds (the first epoch is
+# mostly tracing). On CPU a seeded run is repeatable, so the outcome is too.
 FAST = ["--param", "backbone=mobilenet_v3_small_100_224", "--param", "pretrained_weights=none",
-        "--param", "image_size=32", "--param", "image_short_side=48", "--param", "epochs=3",
-        "--param", "batch_size=8", "--param", "learning_rate=0.003"]
+        "--param", "image_size=32", "--param", "image_short_side=48", "--param", "epochs=20",
+        "--param", "batch_size=8", "--param", "learning_rate=0.01"]
 
 
 def _run(data, output, *params):
@@ -42,7 +47,6 @@ def passing_run(data):
     return output, log
 
 
-@pytest.mark.slow
 def test_a_passing_gate_exports_and_runs_the_batch_prediction(passing_run):
     output, log = passing_run
     blessing = json.loads((output / "blessing.json").read_text())
@@ -56,28 +60,21 @@ def test_a_passing_gate_exports_and_runs_the_batch_prediction(passing_run):
     assert set(by_file["green.jpg"]["probabilities"]) == {"circle", "square", "triangle"}
 
 
-@pytest.mark.slow
-def test_a_blocking_gate_stops_the_export(data):
-    output = data / "block"
-    log = _run(data / "images", output, "--param", "gate_minimum=1.01")
-    blessing = json.loads((output / "blessing.json").read_text())
-    assert blessing["blessed"] is False and "1.01" in " ".join(blessing["reasons"])
-    assert not (output / "model.tar.gz").exists() and not (output / "model").exists()
-    assert "not exported" in log
-
-
-@pytest.mark.slow
-def test_a_gate_against_a_baseline_compares_on_the_same_data(data, passing_run):
+def test_a_model_worse_than_its_baseline_is_blocked_on_the_same_images(data, passing_run):
     baseline_output, _ = passing_run
     baseline_accuracy = json.loads((baseline_output / "metrics.json").read_text())["accuracy"]
-    output = data / "baseline"
-    # A model that cannot learn (learning rate 0) against the trained baseline.
-    _run(data / "images", output, "--param", f"baseline_model_uri={baseline_output / 'model.tar.gz'}",
-         "--param", "learning_rate=0", "--param", "max_regression=0.0")
+    assert baseline_accuracy >= 0.6  # the premise: a baseline that learned
+    output = data / "worse"
+    # learning_rate 0: the model stays at its random initialisation.
+    log = _run(data / "images", output, "--param", f"baseline_model_uri={baseline_output / 'model.tar.gz'}",
+               "--param", "learning_rate=0", "--param", "max_regression=0.0",
+               "--param", f"batch_predict_source={data / 'to-predict'}")
     blessing = json.loads((output / "blessing.json").read_text())
     accuracy = json.loads((output / "metrics.json").read_text())["accuracy"]
-    assert blessing["baseline_value"] == pytest.approx(baseline_accuracy)  # same split, same metric
-    assert blessing["value"] == pytest.approx(accuracy)
-    assert blessing["blessed"] is (accuracy >= baseline_accuracy)
-    assert any("baseline" in reason for reason in blessing["reasons"])
-    assert (output / "model.tar.gz").exists() is blessing["blessed"]
+    assert blessing["baseline_value"] == pytest.approx(baseline_accuracy)  # the baseline, on this run's test images
+    assert blessing["value"] == pytest.approx(accuracy) and accuracy < baseline_accuracy
+    assert blessing["blessed"] is False
+    assert any("worse than the baseline" in reason for reason in blessing["reasons"])
+    assert not (output / "model.tar.gz").exists() and not (output / "model").exists()
+    assert not (output / "predictions.jsonl").exists()
+    assert "not exported" in log

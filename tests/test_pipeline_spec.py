@@ -1,18 +1,21 @@
-"""The compiled pipeline and components: every hyperparameter typed with the
-contract's default, committed YAML files fresh, one versioned image."""
+"""The compiled pipeline and components: every parameter typed with the one
+default it has (kic.parameters), every remaining literal copy in a component
+signature checked against it, committed YAML files fresh, one versioned image."""
 
-import dataclasses
 import os
 
 import pytest
 import yaml
 
 import kic
-from kic import compile as kic_compile
-from kic.config import TrainingConfig
+from kic import artifacts, parameters
+from kic.data import images
+from kic.orchestration import compile as kic_compile
+from kic.serving import contract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IR_TYPE = {"bool": "BOOLEAN", "int": "NUMBER_INTEGER", "float": "NUMBER_DOUBLE", "str": "STRING"}
+IR_TYPE = {bool: "BOOLEAN", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", str: "STRING"}
+FRONT_DOOR = parameters.PARAMETERS_BY_NAME
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,7 @@ def fresh(tmp_path_factory):
     out = tmp_path_factory.mktemp("compiled")
     pipeline = kic_compile.compile_pipeline(str(out / "pipeline.yaml"))
     components = kic_compile.compile_components(str(out / "components"))
-    return pipeline, {os.path.basename(os.path.dirname(path)): path for path in components}
+    return _load(pipeline), {os.path.basename(os.path.dirname(path)): _load(path) for path in components}
 
 
 def _load(path):
@@ -28,59 +31,107 @@ def _load(path):
         return yaml.safe_load(handle)
 
 
-def _assert_hyperparameters(parameters):
-    for field in dataclasses.fields(TrainingConfig):
-        assert field.name in parameters, field.name
-        spec = parameters[field.name]
-        assert spec["parameterType"] == IR_TYPE[field.type], field.name
+def _inputs(spec) -> dict:
+    return spec["root"]["inputDefinitions"]["parameters"]
+
+
+def _assert_matches_front_door(inputs: dict, names, *, renamed=None) -> None:
+    """Each named input has the front door's type and default (``renamed``: component name -> pipeline name)."""
+    renamed = renamed or {}
+    for name in names:
+        parameter = FRONT_DOOR[renamed.get(name, name)]
+        spec = inputs[name]
+        assert spec["parameterType"] == IR_TYPE[parameter.type], name
+        if parameter.required:
+            assert "defaultValue" not in spec and not spec.get("isOptional"), name
+            continue
         default = spec["defaultValue"]
-        expected = field.default
-        if field.type == "int":
+        if parameter.type is int:
             default = int(default)  # the IR stores integers as JSON numbers
-        assert default == expected and type(default) is type(expected), (field.name, default, expected)
-        assert spec.get("description"), f"{field.name} has no description"
+        assert default == parameter.default and type(default) is parameter.type, (name, default, parameter.default)
+        assert spec.get("description"), f"{name} has no description"
 
 
-def test_every_hyperparameter_is_a_typed_pipeline_parameter_with_the_contract_default(fresh):
-    spec = _load(fresh[0])
-    _assert_hyperparameters(spec["root"]["inputDefinitions"]["parameters"])
+def test_the_pipeline_parameters_are_the_front_doors(fresh):
+    inputs = _inputs(fresh[0])
+    assert list(inputs) == sorted(FRONT_DOOR)  # the IR sorts them
+    _assert_matches_front_door(inputs, FRONT_DOOR)
+    for name, spec in inputs.items():
+        assert " ".join(spec["description"].split()) == FRONT_DOOR[name].help, name
 
 
-@pytest.mark.parametrize("component", ["validate", "train"])
-def test_every_hyperparameter_is_a_typed_input_of_validate_and_train(fresh, component):
-    spec = _load(fresh[1][component])
-    _assert_hyperparameters(spec["root"]["inputDefinitions"]["parameters"])
+def test_validate_takes_every_pipeline_parameter(fresh):
+    inputs = _inputs(fresh[1]["validate"])
+    assert set(inputs) == set(FRONT_DOOR)
+    _assert_matches_front_door(inputs, FRONT_DOOR)
+    tasks = fresh[0]["root"]["dag"]["tasks"]
+    passed = tasks["validate"]["inputs"]["parameters"]
+    assert {name: spec["componentInputParameter"] for name, spec in passed.items()} == {name: name for name in
+                                                                                         FRONT_DOOR}
 
 
-@pytest.mark.parametrize("task", ["validate", "train"])
-def test_pipeline_passes_each_hyperparameter_on(fresh, task):
-    spec = _load(fresh[0])
-    inputs = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
-    for name in TrainingConfig.field_names():
-        assert inputs[name]["componentInputParameter"] == name
+def test_train_takes_every_hyperparameter_and_the_front_doors_defaults(fresh):
+    inputs = _inputs(fresh[1]["train"])
+    _assert_matches_front_door(inputs, [*parameters.HYPERPARAMETERS, "backbone", "pretrained_weights", "image_size",
+                                        "base_model_uri", "seed"])
+    passed = fresh[0]["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    for name in parameters.HYPERPARAMETERS:
+        assert passed[name]["componentInputParameter"] == name
+
+
+def test_the_other_components_defaults_are_the_front_doors(fresh):
+    components = fresh[1]
+    _assert_matches_front_door(_inputs(components["prepare"]), [
+        "validation_source", "test_source", "validation_fraction", "test_fraction", "seed", "max_rejected_fraction",
+        "tfds_data_dir"], renamed={"seed": "split_seed"})
+    # prepare on its own has no model to size images from: it keeps the standalone default.
+    assert _inputs(components["prepare"])["image_short_side"]["defaultValue"] == images.DEFAULT_SHORT_SIDE
+    _assert_matches_front_door(_inputs(components["evaluate"]), [
+        "gate_metric", "gate_minimum", "baseline_model_uri", "max_regression", "top_k"])
+    _assert_matches_front_door(_inputs(components["export"]), ["destination_uri", "tflite", "top_k"],
+                               renamed={"destination_uri": "export_uri"})
+    predict = _inputs(components["batch_predict"])
+    _assert_matches_front_door(predict, ["output_format", "top_k"], renamed={"output_format": "batch_predict_format"})
+    assert predict["batch_size"]["defaultValue"] == contract.DEFAULT_PREDICTION_BATCH_SIZE
+
+
+def test_the_output_keys_are_the_components_outputs(fresh):
+    components = fresh[1]
+
+    def outputs(name):
+        definitions = components[name]["root"].get("outputDefinitions", {})
+        return set(definitions.get("artifacts", {})) | set(definitions.get("parameters", {}))
+
+    assert {artifacts.EXAMPLES_KEY, artifacts.DATA_REPORT_KEY} <= outputs("prepare")
+    assert artifacts.MODEL_KEY in outputs("train")
+    assert {artifacts.METRICS_KEY, artifacts.EVALUATION_KEY, artifacts.EVALUATION_REPORT_KEY, artifacts.BLESSING_KEY,
+            artifacts.BLESSED_KEY} <= outputs("evaluate")
+    assert artifacts.PACKAGE_KEY in outputs("export")
+    assert artifacts.PREDICTIONS_KEY in outputs("batch_predict")
 
 
 def test_validation_runs_before_any_data_is_read(fresh):
-    tasks = _load(fresh[0])["root"]["dag"]["tasks"]
+    tasks = fresh[0]["root"]["dag"]["tasks"]
     assert tasks["prepare"]["dependentTasks"] == ["validate"]
     assert "dependentTasks" not in tasks["validate"]
 
 
-def test_committed_pipeline_yaml_is_fresh(fresh):
-    with open(os.path.join(ROOT, "pipeline.yaml"), encoding="utf-8") as committed, open(fresh[0]) as new:
+def test_committed_pipeline_yaml_is_fresh(tmp_path):
+    path = kic_compile.compile_pipeline(str(tmp_path / "pipeline.yaml"))
+    with open(os.path.join(ROOT, "pipeline.yaml"), encoding="utf-8") as committed, open(path) as new:
         assert committed.read() == new.read(), "pipeline.yaml is stale: run `kic compile`"
 
 
 @pytest.mark.parametrize("name", kic_compile.COMPONENT_NAMES)
-def test_committed_component_yaml_is_fresh(fresh, name):
+def test_committed_component_yaml_is_fresh(name, tmp_path):
+    path = [path for path in kic_compile.compile_components(str(tmp_path)) if f"/{name}/" in path][0]
     committed_path = os.path.join(ROOT, "components", name, "component.yaml")
-    with open(committed_path, encoding="utf-8") as committed, open(fresh[1][name]) as new:
+    with open(committed_path, encoding="utf-8") as committed, open(path) as new:
         assert committed.read() == new.read(), f"{committed_path} is stale: run `kic compile`"
 
 
 def test_every_step_runs_the_versioned_image_without_installing_kfp(fresh):
-    spec = _load(fresh[0])
-    executors = spec["deploymentSpec"]["executors"]
+    executors = fresh[0]["deploymentSpec"]["executors"]
     assert len(executors) == len(kic_compile.COMPONENT_NAMES)
     for executor in executors.values():
         container = executor["container"]
@@ -89,18 +140,17 @@ def test_every_step_runs_the_versioned_image_without_installing_kfp(fresh):
 
 
 def test_export_runs_only_when_the_gate_blesses_the_model(fresh):
-    spec = _load(fresh[0])
+    spec = fresh[0]
     tasks = spec["root"]["dag"]["tasks"]
     condition_task = next(task for task in tasks.values() if "triggerPolicy" in task)
-    assert "evaluate-Output" in condition_task["triggerPolicy"]["condition"]
+    assert f"evaluate-{artifacts.BLESSED_KEY}" in condition_task["triggerPolicy"]["condition"]
     assert "export" not in tasks  # it lives inside the condition's sub-DAG
     sub_dag = spec["components"][condition_task["componentRef"]["name"]]["dag"]
     assert "export" in sub_dag["tasks"]
 
 
 def test_component_descriptions_reach_the_yaml(fresh):
-    spec = _load(fresh[1]["prepare"])
-    parameters = spec["root"]["inputDefinitions"]["parameters"]
-    assert parameters["source"]["description"].startswith("Training images")
+    spec = fresh[1]["prepare"]
+    assert _inputs(spec)["source"]["description"].startswith("Training images")
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
     assert outputs["examples"]["description"].startswith("The prepared dataset")

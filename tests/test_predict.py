@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from image_fixtures import HTML_PAGE, encode, noise_image, noise_jpeg, png_header_only, solid_jpeg, truncated
-from test_export import CLASSES, build_model_dir
 
-from kic import artifacts, export, predict, storage
+from kic import artifacts, storage
+from kic.errors import DataError, ParameterError
+from kic.serving import predict
+
+CLASSES = ("circle", "square", "triangle")
 
 GOOD = {
     "a/red.jpg": solid_jpeg(),
@@ -30,10 +33,9 @@ BAD = {
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("predict")
-    model_dir = build_model_dir(str(root / "model"))
-    return export.export_model(model_dir, str(root / "package")).package_dir
+def package(exported) -> str:
+    """The session's exported package (conftest.py), trained on the demo shapes."""
+    return exported.package_dir
 
 
 @pytest.fixture
@@ -46,9 +48,11 @@ def images(tmp_path) -> str:
     return str(folder)
 
 
-def signature_probabilities(package: str, content: bytes) -> np.ndarray:
+@pytest.fixture(scope="module")
+def signature_probabilities(package):
+    """The package's own signature, loaded once: content -> probabilities."""
     serve = tf.saved_model.load(os.path.join(package, "1")).signatures["serving_default"]
-    return serve(image_bytes=tf.constant([content]))["probabilities"].numpy()[0]
+    return lambda content: serve(image_bytes=tf.constant([content]))["probabilities"].numpy()[0]
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -56,7 +60,7 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
-def test_folder_to_jsonl_with_bad_files(package, images, tmp_path):
+def test_folder_to_jsonl_with_bad_files(package, images, tmp_path, signature_probabilities):
     output = str(tmp_path / "out" / "predictions.jsonl")
     # batch_size 3 puts good and bad files in the same batch.
     summary = predict.predict(package, images, output, batch_size=3, top_k=2)
@@ -69,7 +73,7 @@ def test_folder_to_jsonl_with_bad_files(package, images, tmp_path):
         assert row["status"] == "ok"
         assert list(row["probabilities"]) == list(CLASSES)
         np.testing.assert_allclose(list(row["probabilities"].values()),
-                                   signature_probabilities(package, content), atol=1e-5)
+                                   signature_probabilities(content), atol=1e-5)
         assert row["predicted_label"] == max(row["probabilities"], key=row["probabilities"].get)
         assert len(row["top_k"]) == 2 and row["top_k"][0]["label"] == row["predicted_label"]
     assert by_name["bad/empty.png"]["error"] == "empty file"
@@ -148,7 +152,7 @@ def test_unreadable_manifest_entry_is_an_error_row(package, images, tmp_path):
     assert rows[1]["status"] == "error" and rows[1]["error"].startswith("unreadable")
 
 
-def test_gcs_model_inputs_and_output(package, images, gcs_emulator):
+def test_gcs_model_inputs_and_output(package, images, gcs_emulator, signature_probabilities):
     bucket = gcs_emulator.new_bucket()
     storage.copy_file(os.path.join(package, artifacts.MODEL_TARBALL), f"{bucket}/models/model.tar.gz")
     storage.upload_dir(os.path.join(images, "a"), f"{bucket}/images")
@@ -157,11 +161,11 @@ def test_gcs_model_inputs_and_output(package, images, gcs_emulator):
     assert [row["file"] for row in rows] == [f"{bucket}/images/b/noise.png", f"{bucket}/images/red.jpg"]
     assert summary.succeeded == 2
     np.testing.assert_allclose(list(rows[1]["probabilities"].values()),
-                               signature_probabilities(package, GOOD["a/red.jpg"]), atol=1e-5)
+                               signature_probabilities(GOOD["a/red.jpg"]), atol=1e-5)
 
 
 def test_bad_arguments_are_clear(package, images, tmp_path):
-    with pytest.raises(predict.PredictInputError, match="output_format"):
+    with pytest.raises(ParameterError, match="output_format"):
         predict.predict(package, images, str(tmp_path / "x"), output_format="parquet")
     with pytest.raises(predict.PredictInputError, match="inputs not found"):
         predict.predict(package, str(tmp_path / "nowhere"), str(tmp_path / "x"))
@@ -175,7 +179,7 @@ def test_bad_arguments_are_clear(package, images, tmp_path):
         predict.predict(images, images, str(tmp_path / "x"))
     not_a_tarball = tmp_path / "model.tar.gz"
     not_a_tarball.write_bytes(b"junk")
-    with pytest.raises(predict.PredictInputError, match="model.tar.gz"):
+    with pytest.raises(DataError, match="not a tar archive"):
         predict.predict(str(not_a_tarball), images, str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x")
 

@@ -12,21 +12,24 @@ def _digests(prefix: str, count: int) -> list[str]:
     return [hashlib.sha256(f"{prefix}{index}".encode()).hexdigest() for index in range(count)]
 
 
-@pytest.mark.parametrize("count", range(3, 60))
-@pytest.mark.parametrize("fractions", [
+FRACTIONS = [
     {"train": 0.7, "validation": 0.2, "test": 0.1},
     {"train": 0.8, "validation": 0.2},
     {"train": 0.5, "validation": 0.25, "test": 0.25},
     {"train": 0.71, "validation": 0.29},
-])
-def test_allocation_sums_and_stays_within_one_image(count, fractions):
-    counts = splits.allocate(count, fractions)
-    assert sum(counts.values()) == count
-    assert all(counts[split] >= 1 for split in fractions)
-    if all(count * share >= 1 for share in fractions.values()):
-        # Largest remainder: every split within one image of its exact share.
-        for split, share in fractions.items():
-            assert abs(counts[split] - count * share) < 1 + 1e-9, (split, counts)
+]
+
+
+@pytest.mark.parametrize("fractions", FRACTIONS, ids=lambda fractions: "/".join(map(str, fractions.values())))
+def test_allocation_sums_and_stays_within_one_image(fractions):
+    for count in range(3, 60):
+        counts = splits.allocate(count, fractions)
+        assert sum(counts.values()) == count, count
+        assert all(counts[split] >= 1 for split in fractions), count
+        if all(count * share >= 1 for share in fractions.values()):
+            # Largest remainder: every split within one image of its exact share.
+            for split, share in fractions.items():
+                assert abs(counts[split] - count * share) < 1 + 1e-9, (count, split, counts)
 
 
 def test_allocation_exact_shares_are_exact():

@@ -1,45 +1,49 @@
 """Training: optimizers, loss, augmentation, frozen backbone, best epoch, early
-stopping, batch-norm recalibration and the incremental-training truth table."""
+stopping, batch-norm recalibration and the incremental-training truth table.
 
+Training runs use the tiny test backbone and the session's shared prepared
+dataset and trained model (conftest.py)."""
+
+import dataclasses
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_backbone import IMAGE_SIZE, train_options
 
 from kic import artifacts
-from kic.config import HyperparameterError, TrainingConfig
-from kic.data import dataset_info, input_pipeline
-from kic.data.prepare import PrepareOptions, prepare_dataset
-from kic.demo_data import write_demo_dataset
-from kic.model import batch_norm, classifier, optimizers
+from kic.config import INTERPOLATIONS, HyperparameterError, TrainingConfig
+from kic.data import dataset_info, input_pipeline, schema
+from kic.model import classifier
 from kic.model.loading import load_keras_model
 from kic.model.model_info import ModelInfo
-from kic.train import BestEpoch, TrainOptions, _loss, train
+from kic.training import batch_norm, optimizers, train
+from kic.training.callbacks import BestEpoch
+from kic.training.loop import _loss
 
-SMALL = TrainOptions(backbone="mobilenet_v3_small_100_224", pretrained_weights="none", image_size=32, seed=1)
 QUIET = dict(log=lambda _message: None)
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train-data")
-    write_demo_dataset(str(root / "images"), images_per_class=16, size=40)
-    prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
-                                   validation_fraction=0.25, test_fraction=0.0, image_short_side=40, workers=1))
-    return str(root / "prepared")
+def binary_prepared(tmp_path_factory, prepared):
+    """The shared dataset without its third class."""
+    root = tmp_path_factory.mktemp("binary")
+    from kic.data.prepare import PrepareOptions, prepare_dataset
+    from kic.demo_data import write_demo_dataset
 
-
-@pytest.fixture(scope="module")
-def binary_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("binary-data")
     write_demo_dataset(str(root / "images"), images_per_class=12, size=40)
-    os.rename(root / "images" / "triangle", root / "triangle-moved")  # keep two classes
+    shutil.rmtree(root / "images" / "triangle")
     prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
                                    validation_fraction=0.25, test_fraction=0.0, image_short_side=40, workers=1))
     return str(root / "prepared")
+
+
+def _head(model_dir) -> np.ndarray:
+    return load_keras_model(str(model_dir)).get_layer(classifier.DENSE_LAYER).get_weights()[0]
 
 
 # ---------------------------------------------------------------- optimizers
@@ -86,68 +90,78 @@ def test_rotation_and_zoom_each_reach_their_own_layer():
     assert input_pipeline.Augmentation.from_config(TrainingConfig(augmentation=False)) is None
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
-                                           "gaussian", "mitchellcubic"])
-def test_every_interpolation_feeds_the_model(dataset, interpolation):
-    info = dataset_info.load(dataset)
-    batches = input_pipeline.make_dataset(
-        info.shard_paths(dataset, "validation"), image_size=24, interpolation=interpolation, batch_size=8,
-        num_classes=3, binary_mode=False, training=False, num_examples=info.splits["validation"].num_examples)
-    pixels, targets = next(iter(batches))
-    assert pixels.shape[1:] == (24, 24, 3) and targets.shape[1:] == (3,)
-    assert 0.0 <= float(tf.reduce_min(pixels)) and float(tf.reduce_max(pixels)) <= 255.0
+def test_each_interpolation_reaches_the_resize(prepared):
+    """The input pipeline's pixels are the stored JPEG resized with the chosen
+    method (antialiased where TensorFlow offers it), and the methods differ."""
+    info = dataset_info.load(prepared)
+    shards = info.shard_paths(prepared, "validation")
+    record = next(iter(tf.data.TFRecordDataset(shards)))
+    encoded = tf.io.parse_single_example(record, schema.feature_spec())[schema.IMAGE_ENCODED]
+    decoded = tf.cast(tf.io.decode_jpeg(encoded, channels=3), tf.float32)
+    size = 24  # a downscale from the stored 40 px
+    seen = []
+    for interpolation in INTERPOLATIONS:
+        batches = input_pipeline.make_dataset(
+            shards, image_size=size, interpolation=interpolation, batch_size=1, num_classes=3, binary_mode=False,
+            training=False, num_examples=info.splits["validation"].num_examples)
+        pixels = next(iter(batches))[0][0].numpy()
+        expected = tf.clip_by_value(tf.image.resize(decoded, [size, size], method=interpolation,
+                                                    antialias=interpolation not in ("nearest", "area")), 0, 255)
+        np.testing.assert_allclose(pixels, expected.numpy(), atol=1e-3, err_msg=interpolation)
+        seen.append(pixels)
+    distinct = {tuple(np.round(pixels, 2).ravel()) for pixels in seen}
+    assert len(distinct) >= 6  # the methods really differ on a downscale (a few may coincide)
 
 
 # ------------------------------------------------------------- training runs
-def test_multiclass_training_writes_a_model_and_the_reference_log_lines(dataset, tmp_path):
-    lines = []
-    result = train(dataset, str(tmp_path / "model"), TrainingConfig(epochs=2, batch_size=8), SMALL, log=lines.append)
-    epoch_lines = [line for line in lines if line.startswith("Epoch ")]
+def test_multiclass_training_writes_a_model_and_the_reference_log_lines(trained):
+    epoch_lines = [line for line in trained.log if line.startswith("Epoch ")]
     assert len(epoch_lines) == 2
-    assert all(" - loss: " in line and " - val_accuracy: " in line for line in epoch_lines)
-    assert any("ignored for optimizer adam: initial_accumulator_value, momentum, rho" in line for line in lines)
-    info = json.loads((tmp_path / "model" / artifacts.MODEL_INFO).read_text())
-    assert info["class_names"] == ["circle", "square", "triangle"] and info["finetuned"] is True
-    assert info["hyperparameters"]["epochs"] == 2
-    assert result.history["val_accuracy"][result.best_epoch - 1] == max(result.history["val_accuracy"])
-    assert os.listdir(tmp_path / "model" / artifacts.TENSORBOARD_DIR)
-    assert load_keras_model(str(tmp_path / "model")).output.shape[-1] == 3
+    assert all(" - loss: " in line and " - val_accuracy: " in line and "images/s" in line for line in epoch_lines)
+    assert any("ignored for optimizer adam: initial_accumulator_value, momentum, rho" in line for line in trained.log)
+    info = json.loads(open(os.path.join(trained.model_dir, artifacts.MODEL_INFO)).read())
+    assert info["class_names"] == ["circle", "square", "triangle"] and info["backbone"] == "tiny_test_net"
+    assert info["hyperparameters"]["epochs"] == 2 and info["image_size"] == IMAGE_SIZE
+    history = trained.result.history
+    assert history["val_accuracy"][trained.result.best_epoch - 1] == max(history["val_accuracy"])
+    assert info["metrics"]["val_accuracy"] == max(history["val_accuracy"])
+    assert os.listdir(os.path.join(trained.model_dir, artifacts.TENSORBOARD_DIR))
+    assert load_keras_model(trained.model_dir).output.shape[-1] == 3
 
 
-def test_binary_mode_monitors_eval_metric(binary_dataset, tmp_path):
+def test_binary_mode_monitors_eval_metric(binary_prepared, tiny_backbone, tmp_path):
     config = TrainingConfig(epochs=1, batch_size=8, binary_mode=True, eval_metric="auc")
-    result = train(binary_dataset, str(tmp_path / "model"), config, SMALL, **QUIET)
+    result = train(binary_prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), **QUIET)
     for name in ("val_auc", "val_prc", "val_precision", "val_recall", "val_true_positives"):
         assert name in result.history
+    assert result.best_metrics["val_auc"] == result.history["val_auc"][0]
     assert load_keras_model(str(tmp_path / "model")).output.shape[-1] == 1
 
 
-def test_binary_mode_on_three_classes_is_refused_before_training(dataset, tmp_path):
+def test_binary_mode_on_three_classes_is_refused_before_training(prepared, tiny_backbone, tmp_path):
     with pytest.raises(HyperparameterError, match="exactly 2 classes"):
-        train(dataset, str(tmp_path / "model"), TrainingConfig(binary_mode=True), SMALL, **QUIET)
+        train(prepared, str(tmp_path / "model"), TrainingConfig(binary_mode=True), train_options(tiny_backbone),
+              **QUIET)
     assert not (tmp_path / "model").exists()
 
 
-def test_top_layer_only_training_leaves_the_backbone_untouched(dataset, tmp_path):
-    first = tmp_path / "first"
-    train(dataset, str(first), TrainingConfig(epochs=1, batch_size=8), SMALL, **QUIET)
-    before = [w.copy() for w in classifier.backbone_of(load_keras_model(str(first))).get_weights()]
+def test_top_layer_only_training_leaves_the_backbone_untouched(prepared, trained, tiny_backbone, tmp_path):
+    before = classifier.backbone_of(load_keras_model(trained.model_dir)).get_weights()
     config = TrainingConfig(epochs=2, batch_size=8, train_only_on_top_layer=True, learning_rate=0.05)
-    options = TrainOptions(**{**SMALL.__dict__, "base_model": str(first)})
-    train(dataset, str(tmp_path / "second"), config, options, **QUIET)
+    train(prepared, str(tmp_path / "second"), config, train_options(tiny_backbone, base_model=trained.model_dir),
+          **QUIET)
     second = load_keras_model(str(tmp_path / "second"))
     after = classifier.backbone_of(second).get_weights()
-    assert len(before) == len(after)  # weights and batch-norm statistics alike
+    assert len(before) == len(after) == 10  # weights and batch-norm statistics alike
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(old, new)
-    head_before = load_keras_model(str(first)).get_layer(classifier.DENSE_LAYER).get_weights()[0]
-    assert not np.array_equal(head_before, second.get_layer(classifier.DENSE_LAYER).get_weights()[0])
+    assert not np.array_equal(_head(trained.model_dir), _head(tmp_path / "second"))
 
 
-def test_early_stopping_stops_when_nothing_improves(dataset, tmp_path):
+def test_early_stopping_stops_when_nothing_improves(prepared, tiny_backbone, tmp_path):
     config = TrainingConfig(epochs=6, batch_size=8, learning_rate=0.0, early_stopping=True, early_stopping_patience=1,
                             early_stopping_min_delta=0.01)
-    result = train(dataset, str(tmp_path / "model"), config, SMALL, **QUIET)
+    result = train(prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), **QUIET)
     assert result.epochs_run == 2
 
 
@@ -173,6 +187,24 @@ def test_recalibration_sets_exact_batch_statistics():
     np.testing.assert_allclose(layer.moving_mean.numpy(), [4.0, 40.0], rtol=1e-6)  # mean of the batch means
     np.testing.assert_allclose(layer.moving_variance.numpy(), [1.0, 100.0], rtol=1e-5)
     assert layer.momentum == 0.999
+
+
+def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
+    inner_input = keras.Input((3,))
+    projected = keras.layers.Dense(2, kernel_initializer="ones", name="project")(inner_input)
+    backbone = keras.Model(inner_input, keras.layers.BatchNormalization(name="bn")(projected), name="backbone")
+    outer_input = keras.Input((3,))
+    model = keras.Model(outer_input, keras.layers.Dense(1)(backbone(outer_input)))
+    data = np.random.default_rng(0).normal(size=(3, 4, 3)).astype("float32")  # 3 batches of 4
+    batches = tf.data.Dataset.from_tensor_slices((data, np.zeros((3, 1))))
+    assert batch_norm.recalibrate(model, batches, max_batches=2) == 2
+    projections = data[:2].sum(axis=-1, keepdims=True) * np.ones(2)  # Dense with ones, no bias effect
+    bias = backbone.get_layer("project").get_weights()[1]
+    expected_mean = (projections + bias).mean(axis=1).mean(axis=0)
+    expected_variance = projections.var(axis=1).mean(axis=0)
+    layer = backbone.get_layer("bn")
+    np.testing.assert_allclose(layer.moving_mean.numpy(), expected_mean, rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), expected_variance, rtol=1e-5)
 
 
 # ------------------------------------------------- incremental training table
@@ -201,31 +233,25 @@ def test_a_different_class_set_forces_a_new_head_or_is_an_error():
         classifier.plan_head(TrainingConfig(reinitialize_top_layer="False"), _info(("a", "b")), ("a", "c"))
 
 
-def test_continuing_from_our_model_keeps_or_replaces_the_head(dataset, tmp_path):
-    first = tmp_path / "first"
-    train(dataset, str(first), TrainingConfig(epochs=1, batch_size=8), SMALL, **QUIET)
-    head = load_keras_model(str(first)).get_layer(classifier.DENSE_LAYER).get_weights()[0]
-    continued = TrainOptions(**{**SMALL.__dict__, "base_model": str(first)})
-    # learning_rate 0 keeps every weight: the kept head must equal the earlier one.
-    train(dataset, str(tmp_path / "kept"), TrainingConfig(epochs=1, batch_size=8, learning_rate=0.0,
-                                                          reinitialize_top_layer="False"), continued, **QUIET)
-    kept = load_keras_model(str(tmp_path / "kept")).get_layer(classifier.DENSE_LAYER).get_weights()[0]
-    np.testing.assert_array_equal(head, kept)
-    train(dataset, str(tmp_path / "fresh"), TrainingConfig(epochs=1, batch_size=8, learning_rate=0.0,
-                                                           reinitialize_top_layer="True"),
-          TrainOptions(**{**continued.__dict__, "seed": 7}), **QUIET)
-    fresh = load_keras_model(str(tmp_path / "fresh")).get_layer(classifier.DENSE_LAYER).get_weights()[0]
-    assert not np.array_equal(head, fresh)
+def test_continuing_from_our_model_keeps_or_replaces_the_head_and_keeps_its_backbone(prepared, trained, tiny_backbone,
+                                                                                    tmp_path):
+    # learning_rate 0 keeps every weight: a kept head must equal the earlier one. The options name
+    # another backbone and size: the earlier model's own must win.
+    continued = train_options("efficientnet_b0", image_size=64, base_model=trained.model_dir)
+    frozen = dict(epochs=1, batch_size=8, learning_rate=0.0)
+    train(prepared, str(tmp_path / "kept"), TrainingConfig(**frozen, reinitialize_top_layer="False"), continued,
+          **QUIET)
+    np.testing.assert_array_equal(_head(trained.model_dir), _head(tmp_path / "kept"))
+    info = json.loads((tmp_path / "kept" / artifacts.MODEL_INFO).read_text())
+    assert info["backbone"] == tiny_backbone and info["image_size"] == IMAGE_SIZE
+    train(prepared, str(tmp_path / "fresh"), TrainingConfig(**frozen, reinitialize_top_layer="True"),
+          dataclasses.replace(continued, seed=7), **QUIET)
+    assert not np.array_equal(_head(trained.model_dir), _head(tmp_path / "fresh"))
 
 
-def test_a_corrupt_training_record_is_skipped_and_counted(dataset, tmp_path):
-    import dataclasses
-    import shutil
-
-    from kic.data import schema
-
+def test_a_corrupt_training_record_is_skipped_and_counted(prepared, tiny_backbone, tmp_path):
     copy = tmp_path / "prepared"
-    shutil.copytree(dataset, copy)
+    shutil.copytree(prepared, copy)
     info = dataset_info.load(str(copy))
     with tf.io.TFRecordWriter(str(copy / "train-extra.tfrecord")) as writer:
         writer.write(schema.make_example(encoded=b"\xff\xd8 not really a jpeg", height=8, width=8, label=0,
@@ -235,34 +261,7 @@ def test_a_corrupt_training_record_is_skipped_and_counted(dataset, tmp_path):
                                                              (*train_split.shards, "train-extra.tfrecord"))}
     dataset_info.save(str(copy), dataclasses.replace(info, splits=splits))
     lines = []
-    train(str(copy), str(tmp_path / "model"), TrainingConfig(epochs=1, batch_size=8), SMALL, log=lines.append)
+    train(str(copy), str(tmp_path / "model"), TrainingConfig(epochs=1, batch_size=8), train_options(tiny_backbone),
+          log=lines.append)
     assert any("skipped 1 corrupt training record" in line for line in lines)
     assert json.loads((tmp_path / "model" / artifacts.MODEL_INFO).read_text())["skipped_records"] == 1
-
-
-def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
-    inner_input = keras.Input((3,))
-    projected = keras.layers.Dense(2, kernel_initializer="ones", name="project")(inner_input)
-    backbone = keras.Model(inner_input, keras.layers.BatchNormalization(name="bn")(projected), name="backbone")
-    outer_input = keras.Input((3,))
-    model = keras.Model(outer_input, keras.layers.Dense(1)(backbone(outer_input)))
-    data = np.random.default_rng(0).normal(size=(3, 4, 3)).astype("float32")  # 3 batches of 4
-    batches = tf.data.Dataset.from_tensor_slices((data, np.zeros((3, 1))))
-    assert batch_norm.recalibrate(model, batches, max_batches=2) == 2
-    projections = data[:2].sum(axis=-1, keepdims=True) * np.ones(2)  # Dense with ones, no bias effect
-    bias = backbone.get_layer("project").get_weights()[1]
-    expected_mean = (projections + bias).mean(axis=1).mean(axis=0)
-    expected_variance = projections.var(axis=1).mean(axis=0)
-    layer = backbone.get_layer("bn")
-    np.testing.assert_allclose(layer.moving_mean.numpy(), expected_mean, rtol=1e-5)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), expected_variance, rtol=1e-5)
-
-
-def test_continuing_keeps_the_earlier_models_backbone_in_model_info(dataset, tmp_path):
-    first = tmp_path / "first"
-    train(dataset, str(first), TrainingConfig(epochs=1, batch_size=8), SMALL, **QUIET)
-    # The options name another backbone: the earlier model's own one must win.
-    options = TrainOptions(backbone="efficientnet_b0", pretrained_weights="none", base_model=str(first), seed=1)
-    train(dataset, str(tmp_path / "second"), TrainingConfig(epochs=1, batch_size=8), options, **QUIET)
-    info = json.loads((tmp_path / "second" / artifacts.MODEL_INFO).read_text())
-    assert info["backbone"] == "mobilenet_v3_small_100_224" and info["image_size"] == 32

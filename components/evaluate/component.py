@@ -12,6 +12,7 @@ def evaluate(
     model: Input[Model],
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
+    evaluation: Output[Artifact],
     report: Output[HTML],
     report_markdown: Output[Markdown],
     blessing: Output[Artifact],
@@ -22,7 +23,7 @@ def evaluate(
     top_k: int = 5,
 ) -> bool:
     arguments = dict(locals())
-    from kic import steps
+    from kic.orchestration import steps
 
     return steps.evaluate_step(**arguments)
 
@@ -33,17 +34,14 @@ evaluate.__doc__ = docs.docstring(
     {
         "examples": "The prepared dataset from prepare.",
         "model": "The trained model from train.",
-        "gate_metric": "Metric the quality gate checks; empty: the monitored metric (accuracy, or "
-                       "eval_metric in binary mode).",
-        "gate_minimum": "Smallest acceptable value of gate_metric.",
-        "baseline_model_uri": "Optional model to compare with (for example the one deployed now); it is "
-                              "evaluated on the same data.",
-        "max_regression": "Largest allowed drop of gate_metric below the baseline's.",
+        **docs.parameter_args("gate_metric", "gate_minimum", "baseline_model_uri", "max_regression"),
         "top_k": "k of the top-k accuracy (reported when there are more than k classes).",
     },
     {
         "metrics": "Scalar metrics (accuracy, top-k, per-class, binary precision/recall/auc/prc).",
         "classification_metrics": "Confusion matrix and, in binary mode, the ROC curve.",
+        "evaluation": "The whole evaluation as JSON: every metric, per-class rows, the confusion matrix and "
+                      "the curves.",
         "report": "Self-contained HTML evaluation report.",
         "report_markdown": "Markdown summary of the evaluation.",
         "blessing": "The gate's decision and reasons (blessed: true/false in its metadata).",

@@ -16,7 +16,7 @@ def export(
     top_k: int = 5,
 ):
     arguments = dict(locals())
-    from kic import steps
+    from kic.orchestration import steps
 
     steps.export_step(**arguments)
 
@@ -29,7 +29,7 @@ export.__doc__ = docs.docstring(
         "evaluation": "Evaluation metrics, recorded in the package's model info.",
         "destination_uri": "Optional local path or gs:// URI that also receives the package (a _SUCCESS "
                            "marker is written last).",
-        "tflite": "Also write a TFLite model: float32, float16 or int8 (dynamic range); empty: none.",
+        **docs.parameter_args("tflite"),
         "top_k": "Number of top labels the serving signature returns.",
     },
     {"package": "The serving package: 1/ (SavedModel), label map, model info, and model.tar.gz."},

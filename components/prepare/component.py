@@ -24,7 +24,7 @@ def prepare(
     tfds_data_dir: str = "",
 ):
     arguments = dict(locals())
-    from kic import steps
+    from kic.orchestration import steps
 
     steps.prepare_step(**arguments)
 
@@ -32,18 +32,12 @@ def prepare(
 prepare.__doc__ = docs.docstring(
     "Validates a folder-per-class image set and writes deterministic, stratified splits.",
     {
-        "source": "Training images: a local folder or gs:// prefix laid out as <root>/<class>/<file>, a "
-                  "manifest (.csv with uri,label or .jsonl), or tfds:NAME[:CONFIG].",
-        "validation_source": "Optional separate validation images (same kinds of source); empty: split "
-                             "validation_fraction off the training source.",
-        "test_source": "Optional separate test images; empty: split test_fraction off the training source.",
-        "validation_fraction": "Share of each class held out for validation when no validation_source.",
-        "test_fraction": "Share of each class held out for testing when no test_source (0: no test split).",
-        "seed": "Seed of the split; the same seed and files always give the same splits.",
+        "source": docs.parameter_args("data_source")["data_source"],
+        **docs.parameter_args("validation_source", "test_source", "validation_fraction", "test_fraction"),
+        "seed": docs.parameter_args("split_seed")["split_seed"],
         "image_short_side": "Images are downscaled so their short side is at most this many pixels.",
         "images_per_shard": "Records per TFRecord shard.",
-        "max_rejected_fraction": "Fail (after writing the report) when a larger share of files is rejected.",
-        "tfds_data_dir": "Directory of a pre-downloaded TFDS copy, for tfds: sources.",
+        **docs.parameter_args("max_rejected_fraction", "tfds_data_dir"),
     },
     {
         "examples": "The prepared dataset: TFRecord shards per split, the label map and dataset_info.json.",

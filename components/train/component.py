@@ -43,7 +43,7 @@ def train(
     train_only_on_top_layer: bool = False,
 ):
     arguments = dict(locals())
-    from kic import steps
+    from kic.orchestration import steps
 
     steps.train_step(**arguments)
 
@@ -53,13 +53,7 @@ train.__doc__ = docs.docstring(
     "Hyperparameters are validated (all problems at once) before any data is read.",
     {
         "examples": "The prepared dataset from prepare.",
-        "backbone": "Backbone name from `kic backbones`, or a reference-algorithm model_id.",
-        "pretrained_weights": "imagenet (Keras' download and cache), none (from scratch), or the path or "
-                              "gs:// URI of a .weights.h5 file for the backbone.",
-        "image_size": "Input size in pixels; 0 uses the backbone's native size.",
-        "base_model_uri": "An earlier kic model (directory or model.tar.gz) to continue training from "
-                          "(incremental training); empty starts from the backbone.",
-        "seed": "Seed of initialisation, shuffling and augmentation; makes a CPU run repeatable.",
+        **docs.parameter_args("backbone", "pretrained_weights", "image_size", "base_model_uri", "seed"),
         **docs.hyperparameter_args(),
     },
     {

@@ -1,4 +1,4 @@
-"""validate: reject bad hyperparameters before any step does work."""
+"""validate: reject bad values of any pipeline parameter before any step does work."""
 
 from kfp import dsl
 
@@ -7,9 +7,29 @@ from kic.components.image import IMAGE
 
 
 def validate(
-    backbone: str = "mobilenet_v2_100_224",
-    image_size: int = 0,
+    data_source: str,
+    validation_source: str = "",
+    test_source: str = "",
+    validation_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    split_seed: int = 42,
     image_short_side: int = 0,
+    tfds_data_dir: str = "",
+    max_rejected_fraction: float = 0.05,
+    backbone: str = "mobilenet_v2_100_224",
+    pretrained_weights: str = "imagenet",
+    image_size: int = 0,
+    base_model_uri: str = "",
+    seed: int = 42,
+    gate_metric: str = "",
+    gate_minimum: float = 0.0,
+    baseline_model_uri: str = "",
+    max_regression: float = 0.0,
+    export_uri: str = "",
+    tflite: str = "",
+    top_k: int = 5,
+    batch_predict_source: str = "",
+    batch_predict_format: str = "jsonl",
     augmentation: bool = False,
     augmentation_random_flip: str = "horizontal_and_vertical",
     augmentation_random_rotation: float = 0.2,
@@ -37,20 +57,17 @@ def validate(
     train_only_on_top_layer: bool = False,
 ) -> int:
     arguments = dict(locals())
-    from kic import steps
+    from kic.orchestration import steps
 
     return steps.validate_step(**arguments)
 
 
 validate.__doc__ = docs.docstring(
-    "Checks every hyperparameter against the contract, and the backbone, at the start of the pipeline, so "
-    "that a bad value fails the run in seconds with one message listing every problem.",
-    {
-        "backbone": "Backbone name or reference-algorithm model_id.",
-        "image_size": "Input size; 0: the backbone's native size.",
-        "image_short_side": "Short side prepare stores; 0: derived from the model's input size (about 8/7 of it).",
-        **docs.hyperparameter_args(),
-    },
+    "Checks every pipeline parameter at the start of the pipeline (the hyperparameters against the contract, "
+    "backbone and image size, split fractions, sources and model URIs that must exist, the pretrained weights, "
+    "the quality gate, export and batch-prediction options), so that a bad value fails the run in seconds with "
+    "one message listing every problem.",
+    docs.pipeline_parameter_args(),
     {"Output": "The short side, in pixels, that prepare should store."},
 )
 validate = dsl.component(base_image=IMAGE, install_kfp_package=False)(validate)

@@ -11,11 +11,12 @@ import dataclasses
 import json
 
 from kic import artifacts, storage
+from kic.errors import DataError
 
 FORMAT_VERSION = 1
 
 
-class IncompleteDatasetError(RuntimeError):
+class IncompleteDatasetError(DataError):
     """The directory is not a finished prepared dataset."""
 
 

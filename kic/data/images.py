@@ -42,6 +42,11 @@ from PIL import Image, ImageOps
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF"})
 # libjpeg's limit on either side of the output.
 JPEG_MAX_SIDE = 65_500
+# What prepare accepts and stores unless told otherwise. The pixel cap is
+# Pillow's own decompression-bomb threshold.
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_SHORT_SIDE = 600
 
 # The plugins asked to open a file; the JPEG plugin itself returns MPO files.
 _OPENERS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
@@ -91,9 +96,9 @@ class ImageLimits:
     onto (alpha channels, transparent palette entries, tRNS chunks).
     """
 
-    max_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 89_478_485
-    short_side: int = 600
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    short_side: int = DEFAULT_SHORT_SIDE
     jpeg_quality: int = 95
     background: tuple[int, int, int] = (255, 255, 255)
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from kic.config import TrainingConfig
 from kic.data import schema
+from kic.errors import DataError
 from kic.model import preprocessing
 
 # Decoded, resized float32 images are cached in memory below this size.
@@ -65,7 +66,7 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     ``decoded``, an int64 variable, counts the records that decoded; the
     difference to the number of records is what was skipped as corrupt."""
     if not shard_paths:
-        raise ValueError("no TFRecord shards to read")
+        raise DataError("no TFRecord shards to read")
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
     if training:
         files = files.shuffle(len(shard_paths), seed=seed, reshuffle_each_iteration=True)

@@ -49,11 +49,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from kic import artifacts, storage
+from kic.data import images, schema, splits
 from kic.data import report as report_rendering
-from kic.data import schema, splits
 from kic.data.dataset_info import DatasetInfo, SplitInfo, save
 from kic.data.images import ImageLimits, ImageRejected, NormalizedImage, normalize_image
 from kic.data.sources import Listing, LocalFile, SourceError, SourceItem, list_source, read_payloads
+from kic.errors import DataError, ParameterError, Problem
 
 __all__ = ["DataQualityError", "PrepareOptions", "PrepareResult", "SourceError", "prepare_dataset"]
 
@@ -62,10 +63,17 @@ INTERNAL_ERROR = "internal_error"  # normalisation raised something unexpected
 PROGRESS_INTERVAL_S = 5.0
 CHANNEL_PRIORITY = {"test": 0, "validation": 1, "train": 2}  # which duplicate copy is kept
 _SHARD_RE = re.compile(r"^(train|validation|test)-\d{5}-of-\d{5}\.tfrecord$")
+DEFAULT_MAX_REJECTED_FRACTION = 0.05
 
 
-class DataQualityError(RuntimeError):
+class DataQualityError(DataError):
     """The data failed a quality check; raised after the report was written."""
+
+
+def rejected_fraction_problems(value: float) -> list[Problem]:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        return [Problem("max_rejected_fraction", value, "a number in [0, 1] (1: never fail for rejected files)")]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,50 +82,40 @@ class PrepareOptions:
     output_dir: str  # local dir or gs:// prefix
     validation_source: str = ""
     test_source: str = ""
-    validation_fraction: float = 0.2  # used when there is no validation source
-    test_fraction: float = 0.1  # used when there is no test source; 0 = no test split
-    seed: int = 42
-    image_short_side: int = 600
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 89_478_485
+    validation_fraction: float = splits.DEFAULT_VALIDATION_FRACTION  # used when there is no validation source
+    test_fraction: float = splits.DEFAULT_TEST_FRACTION  # used when there is no test source; 0 = no test split
+    seed: int = splits.DEFAULT_SEED
+    image_short_side: int = images.DEFAULT_SHORT_SIDE
+    max_image_bytes: int = images.DEFAULT_MAX_BYTES
+    max_image_pixels: int = images.DEFAULT_MAX_PIXELS
     images_per_shard: int = 1024
-    max_rejected_fraction: float = 0.05
+    max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
     tfds_data_dir: str = ""
     workers: int = 0  # 0 = every available core
 
     def validate(self) -> None:
-        """Raises one ValueError listing every problem."""
-        problems = []
-        if not self.source.strip():
-            problems.append("source is empty")
-        if not self.output_dir.strip():
-            problems.append("output_dir is empty")
-        validation = 0.0 if self.validation_source else self.validation_fraction
-        test = 0.0 if self.test_source else self.test_fraction
-        for name, value in (("validation_fraction", self.validation_fraction),
-                            ("test_fraction", self.test_fraction)):
-            if not isinstance(value, int | float) or not 0 <= value < 1:
-                problems.append(f"{name} must be in [0, 1), got {value!r}")
-        if isinstance(validation, int | float) and isinstance(test, int | float) and validation + test >= 1:
-            problems.append(f"validation_fraction + test_fraction must be below 1, got {validation + test:g}")
-        rejected = self.max_rejected_fraction
-        if not isinstance(rejected, int | float) or not 0 <= rejected <= 1:
-            problems.append(f"max_rejected_fraction must be in [0, 1], got {rejected!r}")
+        """Raises one ParameterError listing every problem."""
+        problems = [Problem(name, getattr(self, name), "must not be empty")
+                    for name in ("source", "output_dir") if not getattr(self, name).strip()]
+        problems += splits.fraction_problems(
+            validation_fraction=self.validation_fraction, test_fraction=self.test_fraction,
+            validation_source=self.validation_source, test_source=self.test_source, need_validation=False)
+        problems += rejected_fraction_problems(self.max_rejected_fraction)
         for name in ("image_short_side", "max_image_bytes", "max_image_pixels", "images_per_shard"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
+                problems.append(Problem(name, value, "a positive integer"))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            problems.append(f"seed must be an integer, got {self.seed!r}")
+            problems.append(Problem("seed", self.seed, "an integer"))
         if not isinstance(self.workers, int) or self.workers < 0:
-            problems.append(f"workers must be 0 (all cores) or a positive integer, got {self.workers!r}")
+            problems.append(Problem("workers", self.workers, "0 (all cores) or a positive integer"))
         for name in ("source", "validation_source", "test_source"):
             value = getattr(self, name)
             if value and self.output_dir and _inside(self.output_dir, value):
-                problems.append(f"output_dir {self.output_dir} is inside {name} {value}; its files would be "
-                                "read back as images on the next run")
+                problems.append(Problem("output_dir", self.output_dir, f"is inside {name} {value}; its files would "
+                                                                       "be read back as images on the next run"))
         if problems:
-            raise ValueError("invalid prepare options:\n  " + "\n  ".join(problems))
+            raise ParameterError(problems)
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,

@@ -20,10 +20,6 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def shard_glob(split: str) -> str:
-    return f"{split}-*-of-*.tfrecord"
-
-
 def make_example(*, encoded: bytes, height: int, width: int, label: int,
                  source: str, sha256: str):
     """Builds one serialized record; tensorflow is imported lazily so the

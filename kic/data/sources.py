@@ -6,9 +6,8 @@ A source is one of:
   nested subfolders belong to the class folder they are in; files directly in
   ``root`` and hidden entries (``.DS_Store``, ``.ipynb_checkpoints/``) are
   listed as ignored;
-* a manifest, ``*.csv`` (header ``uri,label``; ``image`` or ``path`` may name
-  the first column) or ``*.jsonl`` (``{"uri": ..., "label": ...}`` per line);
-  relative paths are resolved against the manifest's folder;
+* a manifest with labels, ``*.csv`` (header ``uri,label``) or ``*.jsonl``
+  (``{"uri": ..., "label": ...}`` per line), read by :mod:`kic.data.manifest`;
 * ``tfds:NAME[:CONFIG]``, a TensorFlow Datasets dataset that is already
   prepared (in ``tfds_data_dir`` or TFDS's default folder); it is never
   downloaded. Its own train/validation/test splits are kept.
@@ -21,26 +20,20 @@ GCS gives byte-identical records.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import os
-import posixpath
 import unicodedata
 from collections.abc import Iterable, Iterator
 
 from kic import storage
+from kic.data import manifest
+from kic.errors import SourceError
+
+__all__ = ["LocalFile", "Listing", "SourceError", "SourceItem", "list_source", "read_payloads",
+           "validate_class_names"]
 
 TFDS_PREFIX = "tfds:"
-MANIFEST_SUFFIXES = (".csv", ".jsonl")
-URI_COLUMNS = ("uri", "image", "path")
-LABEL_COLUMN = "label"
 TFDS_SPLITS = ("train", "validation", "test")
-
-
-class SourceError(ValueError):
-    """The source cannot be used as given (missing, empty, unusable class names, too small)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +74,7 @@ def list_source(source: str, *, tfds_data_dir: str = "") -> Listing:
         raise SourceError("no source given")
     if source.startswith(TFDS_PREFIX):
         listing = _list_tfds(source, tfds_data_dir)
-    elif source.lower().endswith(MANIFEST_SUFFIXES):
+    elif manifest.is_manifest(source):
         listing = _list_manifest(source)
     else:
         listing = _list_folder(source)
@@ -175,84 +168,11 @@ def _list_folder(source: str) -> Listing:
 
 
 def _list_manifest(source: str) -> Listing:
-    try:
-        text = storage.read_text(source)
-    except storage.StorageError as error:
-        raise SourceError(f"cannot read manifest {source}: {error}") from None
-    except UnicodeDecodeError:
-        raise SourceError(f"manifest {source} is not UTF-8 text") from None
-    base = posixpath.dirname(source) if storage.is_gcs(source) else os.path.dirname(os.path.abspath(source))
-    if source.lower().endswith(".csv"):
-        rows = _csv_rows(source, text)
-    else:
-        rows = _jsonl_rows(source, text)
-    items = []
-    for uri, label in rows:
-        items.append(SourceItem(location=_resolve(base, uri), name=uri, label=label))
+    items = [SourceItem(location=row.location, name=row.name, label=row.label)
+             for row in manifest.read_manifest(source, labels=True)]
     items.sort(key=lambda item: (item.name, item.label))
     return Listing(source=source, kind="manifest", parts={"train": items},
                    class_names=tuple(sorted({item.label for item in items})))
-
-
-def _resolve(base: str, uri: str) -> str:
-    if storage.is_gcs(uri) or os.path.isabs(uri):
-        return uri
-    if storage.is_gcs(base):
-        return storage.GCS_SCHEME + posixpath.normpath(posixpath.join(base[len(storage.GCS_SCHEME):], uri))
-    return os.path.normpath(os.path.join(base, uri))
-
-
-def _csv_rows(source: str, text: str) -> list[tuple[str, str]]:
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
-    header = next(reader, None)
-    columns = [column.strip().lower() for column in header or []]
-    uri_column = next((columns.index(name) for name in URI_COLUMNS if name in columns), None)
-    if uri_column is None or LABEL_COLUMN not in columns:
-        raise SourceError(
-            f"manifest {source}: the first line must be a header naming the columns "
-            f"uri,label (or image,label / path,label); got {header!r}")
-    label_column = columns.index(LABEL_COLUMN)
-    rows, bad = [], []
-    for line_number, row in enumerate(reader, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        cells = [cell.strip() for cell in row]
-        uri = cells[uri_column] if uri_column < len(cells) else ""
-        label = cells[label_column] if label_column < len(cells) else ""
-        if not uri or not label:
-            bad.append(line_number)
-            continue
-        rows.append((uri, label))
-    _refuse_bad_lines(source, bad)
-    return rows
-
-
-def _jsonl_rows(source: str, text: str) -> list[tuple[str, str]]:
-    rows, bad = [], []
-    for line_number, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(line_number)
-            continue
-        uri = next((record[key] for key in URI_COLUMNS if isinstance(record, dict) and key in record), None)
-        label = record.get(LABEL_COLUMN) if isinstance(record, dict) else None
-        if isinstance(label, int) and not isinstance(label, bool):
-            label = str(label)
-        if not isinstance(uri, str) or not uri.strip() or not isinstance(label, str) or not label:
-            bad.append(line_number)
-            continue
-        rows.append((uri.strip(), label))
-    _refuse_bad_lines(source, bad)
-    return rows
-
-
-def _refuse_bad_lines(source: str, bad: list[int]) -> None:
-    if bad:
-        shown = ", ".join(str(number) for number in bad[:20]) + (" ..." if len(bad) > 20 else "")
-        raise SourceError(f"manifest {source}: {len(bad)} line(s) without a uri and a label: line {shown}")
 
 
 # --------------------------------------------------------------------------- TFDS

@@ -19,9 +19,36 @@ import math
 from collections.abc import Iterable, Mapping
 
 from kic.data.sources import SourceError
+from kic.errors import Problem
 
 SPLIT_ORDER = ("validation", "test", "train")  # ranks are handed out in this order
 MIN_SHARDS = 4
+DEFAULT_VALIDATION_FRACTION = 0.2
+DEFAULT_TEST_FRACTION = 0.1
+DEFAULT_SEED = 42
+
+
+def fraction_problems(*, validation_fraction: float, test_fraction: float, validation_source: str = "",
+                      test_source: str = "", need_validation: bool = True) -> list[Problem]:
+    """The split fractions' rules: each in [0, 1), and training images left
+    over; with ``need_validation`` (training picks its best epoch on validation
+    images), a validation split from the fraction or an explicit source. A
+    fraction is unused where its split has its own source."""
+    problems = []
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+            problems.append(Problem(name, value, "a number in [0, 1)"))
+    if problems:
+        return problems
+    if need_validation and validation_fraction == 0 and not validation_source:
+        problems.append(Problem("validation_fraction", validation_fraction,
+                                "above 0 unless validation_source is given: training picks its best epoch on "
+                                "validation images"))
+    held_out = (0.0 if validation_source else validation_fraction) + (0.0 if test_source else test_fraction)
+    if held_out >= 1.0:
+        problems.append(Problem("validation_fraction+test_fraction", round(held_out, 9),
+                                "must leave training images: below 1"))
+    return problems
 
 
 def split_fractions(validation_fraction: float, test_fraction: float) -> dict[str, float]:

@@ -14,8 +14,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from kic.errors import DataError, ParameterError, Problem
+from kic.evaluation.metrics import quality_metrics
+
 # Metrics where a smaller value is the better model; every comparison flips.
-LOWER_IS_BETTER = frozenset({"log_loss", "loss", "val_loss", "false_positives", "false_negatives"})
+LOWER_IS_BETTER = frozenset({"log_loss", "false_positives", "false_negatives"})
 
 # Comparisons allow this much float slack, so a regression of exactly the
 # allowed margin (0.91 - 0.01 is not exactly 0.90 in binary) still passes.
@@ -63,6 +66,29 @@ def is_lower_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER
 
 
+def option_problems(*, metric: str, minimum: float, max_regression: float, binary_mode: bool,
+                    top_k: int) -> list[Problem]:
+    """The gate's options, checked before any step runs: a metric evaluation
+    reports in this mode (empty: the monitored one), finite bounds, and a
+    threshold that some model could meet."""
+    problems = []
+    if metric:
+        choices = quality_metrics(binary_mode=binary_mode, top_k=top_k)
+        if metric not in choices:
+            mode = "binary mode" if binary_mode else "multi-class mode (binary_mode=False)"
+            problems.append(Problem("gate_metric", metric, f"a metric of {mode}: empty (the monitored metric), "
+                                                           + ", ".join(choices)))
+    if isinstance(minimum, bool) or not isinstance(minimum, int | float) or not math.isfinite(minimum):
+        problems.append(Problem("gate_minimum", minimum, "a finite number"))
+    elif metric == "log_loss" and minimum <= 0:
+        problems.append(Problem("gate_minimum", minimum, "for log_loss the threshold is a maximum, and no model "
+                                                         "has a log loss of 0 or less"))
+    if (isinstance(max_regression, bool) or not isinstance(max_regression, int | float)
+            or not math.isfinite(max_regression) or max_regression < 0):
+        problems.append(Problem("max_regression", max_regression, "a finite number >= 0"))
+    return problems
+
+
 def decide(
     metrics: Mapping[str, float],
     *,
@@ -78,9 +104,9 @@ def decide(
     absolute margin in the metric's own units.
     """
     if max_regression < 0 or not math.isfinite(max_regression):
-        raise ValueError(f"max_regression must be a finite number >= 0, got {max_regression}")
+        raise ParameterError([Problem("max_regression", max_regression, "a finite number >= 0")])
     if not math.isfinite(minimum):
-        raise ValueError(f"the threshold for {metric} must be a finite number, got {minimum}")
+        raise ParameterError([Problem("gate_minimum", minimum, f"a finite threshold for {metric}")])
     value = _look_up(metrics, metric, "the evaluated model's metrics")
     lower_is_better = is_lower_better(metric)
 
@@ -109,10 +135,10 @@ def decide(
 def _look_up(metrics: Mapping[str, float], metric: str, whose: str) -> float:
     if metric not in metrics:
         available = ", ".join(sorted(metrics)) or "none"
-        raise ValueError(f"metric {metric!r} is not among {whose}; available: {available}")
+        raise DataError(f"metric {metric!r} is not among {whose}; available: {available}")
     value = metrics[metric]
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"metric {metric!r} in {whose} is not a number: {value!r}")
+        raise DataError(f"metric {metric!r} in {whose} is not a number: {value!r}")
     return float(value)
 
 

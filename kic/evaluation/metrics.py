@@ -35,6 +35,23 @@ import numpy as np
 _PROBABILITY_TOLERANCE = 1e-3
 _ROWS_PER_CHUNK = 4096
 
+# The quality metrics among the scalars, by mode; ``top_{k}_accuracy`` is
+# reported too where there are more than k classes. (The scalars also hold
+# num_examples and, in binary mode, best_f1_threshold: facts, not qualities.)
+QUALITY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_precision",
+                   "weighted_recall", "weighted_f1", "log_loss")
+BINARY_QUALITY_METRICS = ("precision", "recall", "f1", "auc", "prc", "best_f1", "precision_at_best_f1",
+                          "recall_at_best_f1", "true_positives", "false_positives", "true_negatives",
+                          "false_negatives")
+
+
+def top_k_metric(k: int) -> str:
+    return f"top_{k}_accuracy"
+
+
+def quality_metrics(*, binary_mode: bool, top_k: int) -> tuple[str, ...]:
+    return QUALITY_METRICS + (BINARY_QUALITY_METRICS if binary_mode else ()) + (top_k_metric(top_k),)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
@@ -120,7 +137,7 @@ def evaluate_predictions(
     scalars: dict[str, float] = {"num_examples": len(y_true)}
     scalars["accuracy"] = float(np.trace(confusion) / len(y_true))
     if num_classes > top_k:
-        scalars[f"top_{top_k}_accuracy"] = _top_k_accuracy(y_true, proba, top_k)
+        scalars[top_k_metric(top_k)] = _top_k_accuracy(y_true, proba, top_k)
     scalars.update(_averaged_metrics(per_class))
     scalars["log_loss"] = _log_loss(y_true, proba)
 

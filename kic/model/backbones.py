@@ -12,25 +12,28 @@ are parsed into the equivalent entry where Keras has one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import math
-import os
 import re
-import socket
-import tempfile
-import urllib.error
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from kic import storage
-from kic.model.pixel_scaling import MODES, PixelScaling
+from kic.errors import ParameterError, Problem
+from kic.model import weights as weights_module
 
 if TYPE_CHECKING:
     import keras
+
+# How each family expects its pixels, reproducing keras.applications.<family>.preprocess_input
+# (kic.model.pixel_scaling implements them as a layer).
+PIXEL_SCALINGS: dict[str, str] = {
+    "tf": "x / 127.5 - 1, to [-1, 1]",
+    "caffe": "RGB to BGR, minus the ImageNet mean (BGR 103.939, 116.779, 123.68), no scaling",
+    "torch": "x / 255, minus ImageNet mean (0.485, 0.456, 0.406), over std (0.229, 0.224, 0.225)",
+    "identity": "pass-through: the network scales its own pixels (built-in Rescaling/Normalization)",
+}
 
 DEFAULT_BACKBONE = "mobilenet_v2_100_224"
 # MobileNetV3-Small: 0.94 M backbone parameters and ~60 MFLOPs at 224 px (MobileNetV2 1.0:
@@ -40,10 +43,6 @@ DEFAULT_BACKBONE = "mobilenet_v2_100_224"
 CPU_DEMO_BACKBONE = "mobilenet_v3_small_100_224"
 
 REFERENCE_PREFIX = "tensorflow-ic-"
-WEIGHTS_FILE_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
-# A stalled connection in an air-gapped cluster should fail, not hang the job.
-DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
-_PARTIAL_LOAD_WARNING = re.compile(r"could not be loaded|freshly-initialized|[Ss]kipping")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +51,6 @@ class Backbone:
     family: str
     input_size: int
     pixel_scaling: str
-    description: str
     constructor: str  # attribute of keras.applications
     options: tuple[tuple[str, Any], ...] = ()  # extra constructor keyword arguments
     preprocess_module: str = ""  # keras.applications.<module>.preprocess_input matches pixel_scaling
@@ -60,17 +58,13 @@ class Backbone:
     reference_model_ids: tuple[str, ...] = ()
 
 
-class UnknownBackboneError(ValueError):
+class UnknownBackboneError(ParameterError):
     """A backbone name or reference model_id kic cannot map; names the closest choices."""
 
-    def __init__(self, message: str, suggestions: list[str]) -> None:
+    def __init__(self, value: str, message: str, suggestions: list[str]) -> None:
         self.suggestions = list(suggestions)
         hint = f"; closest supported: {', '.join(self.suggestions)}" if self.suggestions else ""
-        super().__init__(f"{message}{hint} (`kic backbones` lists all)")
-
-
-class BackboneWeightsError(ValueError):
-    """Weights could not be obtained or do not fit the chosen backbone."""
+        super().__init__([Problem("backbone", value, f"{message}{hint} (`kic backbones` lists all)")])
 
 
 # --------------------------------------------------------------------------- registry
@@ -91,7 +85,7 @@ def _mobilenet_entries() -> list[Backbone]:
             width = _width_tag(alpha)
             entries.append(Backbone(
                 name=f"mobilenet_v1_{width}_{size}", family="MobileNetV1", input_size=size,
-                pixel_scaling="tf", description=f"MobileNet V1, width {alpha}, {size} px",
+                pixel_scaling="tf",
                 constructor="MobileNet", options=(("alpha", alpha),), preprocess_module="mobilenet",
                 reference_model_ids=(_reference_id(f"imagenet-mobilenet-v1-{width}-{size}", 4),)))
     v2_variants = [(alpha, size) for alpha in (0.35, 0.5, 0.75, 1.0) for size in (96, 128, 160, 192, 224)]
@@ -103,7 +97,7 @@ def _mobilenet_entries() -> list[Backbone]:
             ids.append(_reference_id("tf2-preview-mobilenet-v2", 4))
         entries.append(Backbone(
             name=f"mobilenet_v2_{width}_{size}", family="MobileNetV2", input_size=size,
-            pixel_scaling="tf", description=f"MobileNet V2, width {alpha}, {size} px",
+            pixel_scaling="tf",
             constructor="MobileNetV2", options=(("alpha", alpha),), preprocess_module="mobilenet_v2",
             reference_model_ids=tuple(ids)))
     # Keras has ImageNet weights for these V3 variants only (minimalistic: width 1.0).
@@ -113,8 +107,6 @@ def _mobilenet_entries() -> list[Backbone]:
             entries.append(Backbone(
                 name=f"mobilenet_v3_{variant}_{_width_tag(alpha)}_224",
                 family=f"MobileNetV3{size_class.capitalize()}", input_size=224, pixel_scaling="identity",
-                description=(f"MobileNet V3 {variant.replace('_', ' ').capitalize()}, width {alpha}, "
-                             "224 px (scales its own pixels to [-1, 1])"),
                 constructor=f"MobileNetV3{size_class.capitalize()}",
                 options=(("alpha", alpha), ("minimalistic", minimalistic), ("include_preprocessing", True)),
                 preprocess_module="mobilenet_v3"))
@@ -126,7 +118,6 @@ def _efficientnet_entries() -> list[Backbone]:
     for index, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600)):
         entries.append(Backbone(
             name=f"efficientnet_b{index}", family="EfficientNet", input_size=size, pixel_scaling="identity",
-            description=f"EfficientNet-B{index}, {size} px (ImageNet mean/std normalization built in)",
             constructor=f"EfficientNetB{index}", preprocess_module="efficientnet",
             reference_model_ids=(_reference_id(f"efficientnet-b{index}", 1),)))
     for variant, size in (("b0", 224), ("b1", 240), ("b2", 260), ("b3", 300), ("s", 384), ("m", 480),
@@ -134,7 +125,6 @@ def _efficientnet_entries() -> list[Backbone]:
         entries.append(Backbone(
             name=f"efficientnet_v2_{variant}", family="EfficientNetV2", input_size=size,
             pixel_scaling="identity",
-            description=f"EfficientNetV2-{variant.upper()}, {size} px (pixel scaling built in)",
             constructor=f"EfficientNetV2{variant.upper()}", options=(("include_preprocessing", True),),
             preprocess_module="efficientnet_v2"))
     return entries
@@ -148,46 +138,37 @@ def _classic_entries() -> list[Backbone]:
             ids.append(_reference_id("resnet-50", 1))
         entries.append(Backbone(
             name=f"resnet{depth}", family="ResNetV1", input_size=224, pixel_scaling="caffe",
-            description=f"ResNet-{depth} V1, 224 px (BGR, ImageNet mean subtracted)",
             constructor=f"ResNet{depth}", preprocess_module="resnet", reference_model_ids=tuple(ids)))
         entries.append(Backbone(
             name=f"resnet{depth}_v2", family="ResNetV2", input_size=224, pixel_scaling="tf",
-            description=f"ResNet-{depth} V2 (pre-activation), 224 px",
             constructor=f"ResNet{depth}V2", preprocess_module="resnet_v2",
             reference_model_ids=(_reference_id(f"imagenet-resnet-v2-{depth}", 4),)))
     entries += [
         Backbone(name="inception_v3", family="InceptionV3", input_size=299, pixel_scaling="tf",
-                 description="Inception V3, 299 px", constructor="InceptionV3",
-                 preprocess_module="inception_v3", min_size=75,
+                 constructor="InceptionV3", preprocess_module="inception_v3", min_size=75,
                  reference_model_ids=(_reference_id("imagenet-inception-v3", 4),
                                       _reference_id("tf2-preview-inception-v3", 4))),
         Backbone(name="inception_resnet_v2", family="InceptionResNetV2", input_size=299, pixel_scaling="tf",
-                 description="Inception-ResNet V2, 299 px", constructor="InceptionResNetV2",
-                 preprocess_module="inception_resnet_v2", min_size=75,
+                 constructor="InceptionResNetV2", preprocess_module="inception_resnet_v2", min_size=75,
                  reference_model_ids=(_reference_id("imagenet-inception-resnet-v2", 4),)),
-        Backbone(name="xception", family="Xception", input_size=299, pixel_scaling="tf",
-                 description="Xception, 299 px", constructor="Xception", preprocess_module="xception",
-                 min_size=71),
+        Backbone(name="xception", family="Xception", input_size=299, pixel_scaling="tf", constructor="Xception",
+                 preprocess_module="xception", min_size=71),
     ]
     for depth in (121, 169, 201):
         entries.append(Backbone(
             name=f"densenet{depth}", family="DenseNet", input_size=224, pixel_scaling="torch",
-            description=f"DenseNet-{depth}, 224 px (ImageNet mean/std)", constructor=f"DenseNet{depth}",
-            preprocess_module="densenet"))
+            constructor=f"DenseNet{depth}", preprocess_module="densenet"))
     for size_name in ("tiny", "small", "base", "large"):
         entries.append(Backbone(
             name=f"convnext_{size_name}", family="ConvNeXt", input_size=224, pixel_scaling="identity",
-            description=f"ConvNeXt-{size_name.capitalize()}, 224 px (ImageNet mean/std built in)",
             constructor=f"ConvNeXt{size_name.capitalize()}", options=(("include_preprocessing", True),),
             preprocess_module="convnext"))
     entries += [
         Backbone(name="nasnet_mobile", family="NASNet", input_size=224, pixel_scaling="tf",
-                 description="NASNet-A Mobile, 224 px", constructor="NASNetMobile",
-                 preprocess_module="nasnet",
+                 constructor="NASNetMobile", preprocess_module="nasnet",
                  reference_model_ids=(_reference_id("imagenet-nasnet-mobile", 4),)),
         Backbone(name="nasnet_large", family="NASNet", input_size=331, pixel_scaling="tf",
-                 description="NASNet-A Large, 331 px", constructor="NASNetLarge",
-                 preprocess_module="nasnet",
+                 constructor="NASNetLarge", preprocess_module="nasnet",
                  reference_model_ids=(_reference_id("imagenet-nasnet-large", 4),)),
     ]
     return entries
@@ -197,7 +178,7 @@ def _build_registry() -> dict[str, Backbone]:
     registry: dict[str, Backbone] = {}
     for backbone in _mobilenet_entries() + _efficientnet_entries() + _classic_entries():
         assert backbone.name not in registry, backbone.name
-        assert backbone.pixel_scaling in MODES, backbone
+        assert backbone.pixel_scaling in PIXEL_SCALINGS, backbone
         registry[backbone.name] = backbone
     return registry
 
@@ -334,16 +315,17 @@ def _resolve_reference_id(model_id: str) -> Backbone:
             name = rule(match)
         except _Unmappable as unmappable:
             suggestions = [name for name in unmappable.suggestions if name in REGISTRY]
-            raise UnknownBackboneError(f"reference model_id {model_id!r}: {unmappable.reason}",
+            raise UnknownBackboneError(model_id, f"reference model_id {model_id!r}: {unmappable.reason}",
                                        suggestions or _closest(core, [])) from None
         if name in REGISTRY:
             return REGISTRY[name]
         family_prefix = re.sub(r"_?\d+(_\d+)?$", "", name)
         same_family = [n for n in REGISTRY if n.startswith(family_prefix)]
         raise UnknownBackboneError(
+            model_id,
             f"reference model_id {model_id!r} means {name!r}, which Keras Applications does not provide "
             "(no such width/size/depth)", _closest(name, same_family or list(REGISTRY)))
-    raise UnknownBackboneError(f"reference model_id {model_id!r} is not a known architecture",
+    raise UnknownBackboneError(model_id, f"reference model_id {model_id!r} is not a known architecture",
                                _closest(core.replace("-", "_"), list(REGISTRY)))
 
 
@@ -363,71 +345,29 @@ def resolve(name_or_model_id: str) -> Backbone:
     if _looks_like_reference_id(text.lower()):
         return _resolve_reference_id(text)
     key = re.sub(r"[\s\-]+", "_", text.lower())
-    raise UnknownBackboneError(f"unknown backbone {text!r}", _closest(key, list(REGISTRY)))
+    raise UnknownBackboneError(name_or_model_id, f"unknown backbone {text!r}", _closest(key, list(REGISTRY)))
 
 
 # --------------------------------------------------------------------------- building
 
 
 def _checked_image_size(backbone: Backbone, image_size: int | None) -> int:
-    if image_size is None:
-        return backbone.input_size
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
+    if isinstance(image_size, bool) or not isinstance(image_size, int | None):
         raise TypeError(f"image_size must be an integer, got {image_size!r}")
-    if image_size < backbone.min_size:
-        raise ValueError(f"backbone {backbone.name} needs image_size >= {backbone.min_size}, "
-                         f"got {image_size} (native size: {backbone.input_size})")
+    if not image_size:
+        return backbone.input_size
+    problems = image_size_problems(backbone, image_size)
+    if problems:
+        raise ParameterError(problems)
     return image_size
 
 
-def _weights_choice(weights: str | None) -> str | None:
-    """'imagenet', None (random init) or a weights file path/URI."""
-    if weights is None or str(weights).strip().lower() in ("", "none", "random"):
-        return None
-    text = str(weights).strip()
-    if text.lower() == "imagenet":
-        return "imagenet"
-    if text.endswith(".keras"):
-        raise BackboneWeightsError(
-            f"weights {text!r} is a full saved model; pass a weights-only file (.weights.h5) - "
-            "to continue from an earlier kic model, use it as the model input instead")
-    if not text.endswith(WEIGHTS_FILE_SUFFIXES):
-        raise BackboneWeightsError(
-            f"weights must be 'imagenet', 'none' or a Keras weights file "
-            f"({', '.join(WEIGHTS_FILE_SUFFIXES)}) as a local path or gs:// URI; got {text!r}")
-    return text
-
-
-def keras_cache_dir() -> str:
-    """Where Keras looks for (and downloads) ImageNet weights."""
-    try:
-        from keras.src.backend.config import keras_home
-
-        base = keras_home()
-    except ImportError:  # private helper moved: mirror its documented behaviour
-        base = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    base = os.path.expanduser(base)
-    if not os.access(base, os.W_OK):  # keras.utils.get_file falls back the same way
-        base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
-    return os.path.join(base, "models")
-
-
-def _is_download_failure(error: BaseException) -> bool:
-    if isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout)):
-        return True
-    text = str(error)
-    return text.startswith("URL fetch failure") or "file hash does not match" in text
-
-
-@contextlib.contextmanager
-def _download_timeout() -> Iterator[None]:
-    previous = socket.getdefaulttimeout()
-    if previous is None:
-        socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
+def image_size_problems(backbone: Backbone, image_size: int) -> list[Problem]:
+    """``image_size``: 0 for the backbone's native size, else at least its minimum."""
+    if image_size == 0 or image_size >= backbone.min_size:
+        return []
+    return [Problem("image_size", image_size, f"0 (the native {backbone.input_size}) or at least {backbone.min_size}, "
+                                              f"the smallest input backbone {backbone.name} takes")]
 
 
 def _construct(backbone: Backbone, scaled: keras.KerasTensor, weights: str | None) -> keras.Model:
@@ -439,22 +379,15 @@ def _construct(backbone: Backbone, scaled: keras.KerasTensor, weights: str | Non
         return constructor(include_top=False, weights=weights, input_tensor=scaled,
                            input_shape=tuple(scaled.shape[1:]), pooling="avg", **kwargs)
     except ValueError as error:
-        if weights == "imagenet" and _is_download_failure(error):
-            raise _download_error(backbone, error) from None
-        raise ValueError(f"cannot build backbone {backbone.name} "
-                         f"({backbone.constructor}, {kwargs}): {error}") from None
+        if weights == weights_module.IMAGENET and weights_module.is_download_failure(error):
+            raise weights_module.download_error(backbone, error) from None
+        # Keras checks its arguments (input size against the ImageNet variants, for one).
+        raise ParameterError([Problem("backbone", backbone.name, f"cannot be built ({backbone.constructor}, "
+                                                                 f"{kwargs}): {error}")]) from None
     except Exception as error:
-        if weights == "imagenet" and _is_download_failure(error):
-            raise _download_error(backbone, error) from None
+        if weights == weights_module.IMAGENET and weights_module.is_download_failure(error):
+            raise weights_module.download_error(backbone, error) from None
         raise
-
-
-def _download_error(backbone: Backbone, error: BaseException) -> BackboneWeightsError:
-    url = re.search(r"https?://[^\s:]+(?::\d+)?[^\s:]*", str(error))
-    source = f"{os.path.basename(url.group(0))} (from {url.group(0)})" if url else "the weights file"
-    return BackboneWeightsError(
-        f"could not download ImageNet weights for {backbone.name}: {error}. Pre-fill the Keras cache "
-        f"at {keras_cache_dir()} with {source}, or pass a weights file (.weights.h5 / .h5) or weights='none'")
 
 
 def _with_imagenet_input_stack(backbone: Backbone, model: keras.Model) -> keras.Model:
@@ -491,41 +424,8 @@ def _with_imagenet_input_stack(backbone: Backbone, model: keras.Model) -> keras.
     return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
 
 
-@contextlib.contextmanager
-def _local_weights_file(uri: str) -> Iterator[str]:
-    """A local path for ``uri``; ``local_copy`` keeps the base name, whose suffix Keras dispatches on."""
-    try:
-        with storage.local_copy(uri) as path:
-            if not os.path.isfile(path):
-                raise BackboneWeightsError(f"weights file {uri} is not a file")
-            yield path
-    except storage.StorageNotFoundError:
-        raise BackboneWeightsError(f"weights file {uri} does not exist") from None
-
-
-def _load_weights_file(backbone: Backbone, model: keras.Model, uri: str) -> None:
-    with _local_weights_file(uri) as path, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model.load_weights(path)
-            error_text = ""
-        except (ValueError, OSError, KeyError, TypeError, IndexError) as error:  # all: "wrong file"
-            error_text = str(error)
-    # Keras only warns when parts of the file have no matching layers; a half-loaded backbone
-    # would train on silently, so that counts as a mismatch too.
-    skipped = [str(w.message) for w in caught if _PARTIAL_LOAD_WARNING.search(str(w.message))]
-    if error_text or skipped:
-        detail = re.sub(r"\s*Target variable:.*", "", error_text or skipped[0], flags=re.DOTALL)
-        detail = " ".join(detail.split())[:500]
-        raise BackboneWeightsError(
-            f"weights file {uri} does not fit backbone {backbone.name} ({backbone.constructor}"
-            f"{', ' + str(dict(backbone.options)) if backbone.options else ''}): {detail}")
-    for warning in caught:
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-
-
 def build_feature_extractor(backbone: Backbone | str, *, image_size: int | None = None,
-                            weights: str | None = "imagenet") -> keras.Model:
+                            weights: str | None = weights_module.DEFAULT) -> keras.Model:
     """[batch, size, size, 3] float32 RGB in [0, 255] -> [batch, features] (global average pool).
 
     ``weights``: "imagenet" (Keras' download cache), "none" (random init), or a local path /
@@ -533,19 +433,21 @@ def build_feature_extractor(backbone: Backbone | str, *, image_size: int | None 
     """
     import keras
 
+    from kic.model.pixel_scaling import PixelScaling
+
     if isinstance(backbone, str):
         backbone = resolve(backbone)
     size = _checked_image_size(backbone, image_size)
-    choice = _weights_choice(weights)
+    choice = weights_module.choice(weights)
     pixels = keras.Input(shape=(size, size, 3), dtype="float32", name="pixels")
     scaled = PixelScaling(backbone.pixel_scaling, name="pixel_scaling")(pixels)
-    if choice == "imagenet":
-        with _download_timeout():
-            model = _construct(backbone, scaled, "imagenet")
+    if choice == weights_module.IMAGENET:
+        with weights_module.download_timeout():
+            model = _construct(backbone, scaled, weights_module.IMAGENET)
     else:
         model = _with_imagenet_input_stack(backbone, _construct(backbone, scaled, None))
         if choice is not None:
-            _load_weights_file(backbone, model, choice)
+            weights_module.load_file(backbone, model, choice)
     return keras.Model(model.inputs[0], model.outputs[0], name=backbone.name)
 
 
@@ -565,7 +467,7 @@ def format_registry() -> str:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
         lines.append("  ".join(cells).rstrip())
     lines.insert(1, "  ".join("-" * width for width in widths) + "  " + "-" * len(header[-1]))
-    legend = [f"  {mode}: {meaning}" for mode, meaning in MODES.items()]
+    legend = [f"  {mode}: {meaning}" for mode, meaning in PIXEL_SCALINGS.items()]
     lines += ["", f"default: {DEFAULT_BACKBONE}; CPU demo: {CPU_DEMO_BACKBONE}",
               "pixel scaling (inputs are RGB in [0, 255]; scaling is a layer inside the model):", *legend]
     return "\n".join(lines)

@@ -92,5 +92,5 @@ def set_trainable(model: keras.Model, *, train_only_top_layer: bool) -> None:
     # trainable=False on a Keras 3 BatchNormalization also runs it in inference
     # mode, so a frozen backbone keeps its statistics as well as its weights.
     # Moving statistics of a trainable backbone are recomputed before each
-    # validation (kic.model.batch_norm), so their momentum does not matter.
+    # validation (kic.training.batch_norm), so their momentum does not matter.
     backbone.trainable = not train_only_top_layer

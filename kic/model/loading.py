@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tarfile
 import tempfile
 from collections.abc import Iterator
 
@@ -12,6 +11,9 @@ import keras
 import tensorflow as tf
 
 from kic import artifacts, storage
+from kic.errors import DataError
+from kic.model import model_info
+from kic.model.model_info import ModelInfo
 
 
 @contextlib.contextmanager
@@ -25,8 +27,7 @@ def local_model_dir(uri: str) -> Iterator[str]:
             yield local
             return
         with tempfile.TemporaryDirectory(prefix="kic-model-") as extracted:
-            with tarfile.open(local) as tar:
-                tar.extractall(extracted, filter="data")
+            storage.extract_tarball(local, extracted)
             _require_model(extracted, uri)
             yield extracted
 
@@ -34,7 +35,7 @@ def local_model_dir(uri: str) -> Iterator[str]:
 def _require_model(local_dir: str, uri: str) -> None:
     for name in (artifacts.KERAS_MODEL, artifacts.MODEL_INFO):
         if not os.path.exists(os.path.join(local_dir, name)):
-            raise FileNotFoundError(f"{uri} is not a kic model: it has no {name}")
+            raise DataError(f"{uri} is not a kic model: it has no {name}")
 
 
 def load_keras_model(model_dir: str) -> keras.Model:
@@ -44,6 +45,17 @@ def load_keras_model(model_dir: str) -> keras.Model:
 
     return keras.models.load_model(os.path.join(model_dir, artifacts.KERAS_MODEL), safe_mode=True,
                                    compile=False)
+
+
+def load_trained_model(model_dir: str) -> tuple[keras.Model, ModelInfo]:
+    """The model and its info from a local model directory, checked against each other."""
+    info = model_info.load(model_dir)
+    model = load_keras_model(model_dir)
+    expected = (info.image_size, info.image_size, 3)
+    if tuple(model.input_shape[1:]) != expected:
+        raise DataError(f"{model_dir}: the model takes inputs of shape {model.input_shape[1:]}, but its "
+                        f"{artifacts.MODEL_INFO} says image_size {info.image_size}, i.e. {expected}")
+    return model, info
 
 
 def logits_to_probabilities(logits: tf.Tensor, binary_mode: bool) -> tf.Tensor:

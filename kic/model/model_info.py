@@ -16,6 +16,7 @@ from typing import Any
 
 import kic
 from kic import artifacts, storage
+from kic.errors import DataError
 
 FORMAT_VERSION = 1
 
@@ -27,7 +28,6 @@ class ModelInfo:
     interpolation: str
     class_names: tuple[str, ...]
     binary_mode: bool
-    finetuned: bool = True
     hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     data_fingerprint: str = ""
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -53,7 +53,7 @@ class ModelInfo:
     def from_json(cls, text: str) -> ModelInfo:
         payload = json.loads(text)
         if payload.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"model_info format_version {payload.get('format_version')!r} is not supported")
+            raise DataError(f"model_info format_version {payload.get('format_version')!r} is not supported")
         fields = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in payload.items() if key in fields}
         values["class_names"] = tuple(values["class_names"])

@@ -14,17 +14,14 @@ from typing import Any
 import keras
 from keras import ops
 
+from kic.model.backbones import PIXEL_SCALINGS
+
 # Keras' ImageNet statistics (keras.src.applications.imagenet_utils).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
 
-MODES: dict[str, str] = {
-    "tf": "x / 127.5 - 1, to [-1, 1]",
-    "caffe": "RGB to BGR, minus the ImageNet mean (BGR 103.939, 116.779, 123.68), no scaling",
-    "torch": "x / 255, minus ImageNet mean (0.485, 0.456, 0.406), over std (0.229, 0.224, 0.225)",
-    "identity": "pass-through: the network scales its own pixels (built-in Rescaling/Normalization)",
-}
+MODES = PIXEL_SCALINGS
 
 
 def check_mode(mode: str) -> str:

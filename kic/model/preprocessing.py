@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
-                  "gaussian", "mitchellcubic")
-
+from kic.config import INTERPOLATIONS
 
 # Transparent pixels are composited onto this colour, as prepare does
 # (kic.data.images.ImageLimits.background), so a PNG with alpha looks the same

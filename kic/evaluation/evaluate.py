@@ -19,10 +19,12 @@ from PIL import Image
 
 from kic import artifacts, storage
 from kic.data import dataset_info, input_pipeline
+from kic.errors import DataError
 from kic.evaluation import gate, report
 from kic.evaluation.metrics import EvaluationResult, evaluate_predictions
 from kic.model import model_info
-from kic.model.loading import load_keras_model, local_model_dir, logits_to_probabilities
+from kic.model.loading import load_trained_model, local_model_dir, logits_to_probabilities
+from kic.serving.contract import DEFAULT_TOP_K
 
 MISCLASSIFIED_SHOWN = 16
 BATCH_SIZE = 64
@@ -45,13 +47,22 @@ class Evaluation:
     markdown: str
 
 
-def evaluate_model(dataset_dir: str, model_dir: str, *, top_k: int = 5, gate_options: GateOptions = GateOptions(),
-                   log: Callable[[str], None] = print) -> Evaluation:
+def evaluate_model(dataset_dir: str, model_dir: str, *, top_k: int = DEFAULT_TOP_K,
+                   gate_options: GateOptions = GateOptions(), log: Callable[[str], None] = print) -> Evaluation:
+    """Evaluates the model (a train output or package, local or gs://) on the
+    test split of the prepared dataset (validation when there is none), and
+    decides whether it is good enough to export."""
+    with local_model_dir(model_dir) as local:
+        return _evaluate(dataset_dir, local, top_k, gate_options, log)
+
+
+def _evaluate(dataset_dir: str, model_dir: str, top_k: int, gate_options: GateOptions,
+              log: Callable[[str], None]) -> Evaluation:
     data = dataset_info.load(dataset_dir)
     info = model_info.load(model_dir)
     if tuple(info.class_names) != tuple(data.class_names):
-        raise ValueError(f"the model's classes {list(info.class_names)} differ from the dataset's "
-                         f"{list(data.class_names)}")
+        raise DataError(f"the model's classes {list(info.class_names)} differ from the dataset's "
+                        f"{list(data.class_names)}")
     split = "test" if data.splits.get("test") and data.splits["test"].num_examples else "validation"
     log(f"evaluate: {data.splits[split].num_examples} images of the {split} split")
     result, misclassified = _evaluate_on(dataset_dir, data, split, model_dir, top_k)
@@ -81,8 +92,7 @@ def _monitored_metric(info: model_info.ModelInfo) -> str:
 
 def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, model_dir: str,
                  top_k: int) -> tuple[EvaluationResult, list[dict]]:
-    info = model_info.load(model_dir)
-    model = load_keras_model(model_dir)
+    model, info = load_trained_model(model_dir)
     dataset = input_pipeline.make_dataset(
         data.shard_paths(dataset_dir, split), image_size=info.image_size, interpolation=info.interpolation,
         batch_size=BATCH_SIZE, num_classes=data.num_classes, binary_mode=info.binary_mode, training=False,

@@ -1,9 +1,10 @@
 """One function per pipeline step: the bodies of the KFP components.
 
 Each takes the component's arguments as they arrive (artifacts are KFP
-artifact objects: ``.path``, ``.metadata``, ``.log_metric``), calls the plain
-modules that do the work, and records outputs in the artifacts. Nothing else
-in kic depends on KFP.
+artifact objects, or anything with ``.path``, ``.metadata`` and
+``.log_metric``), calls the plain modules that do the work, and records
+outputs in the artifacts. This module does not import KFP; the plain modules
+it calls know nothing of it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import time
 
 from kic import artifacts, storage
+from kic.errors import UserError
 
 
 def log(message: str) -> None:
@@ -23,28 +25,22 @@ def log(message: str) -> None:
 
 
 def fails_cleanly(step):
-    """Errors a user can cause (bad parameters, bad data, missing files) end
-    the step with their message and a non-zero exit, not a traceback through
-    KFP and TensorFlow. KIC_DEBUG=1 keeps the traceback."""
+    """A UserError (bad parameters or data, a missing file, an unreachable URI)
+    ends the step with its message and a non-zero exit, not a traceback
+    through KFP and TensorFlow. Anything else is a bug and keeps its
+    traceback; so does every error with KIC_DEBUG=1."""
 
     @functools.wraps(step)
     def run(**arguments):
         try:
             return step(**arguments)
-        except Exception as error:
-            if os.environ.get("KIC_DEBUG") or not _caused_by_input(error):
+        except UserError as error:
+            if os.environ.get("KIC_DEBUG"):
                 raise
             log(f"{step.__name__.removesuffix('_step')} failed: {type(error).__name__}: {error}")
             raise SystemExit(1) from None
 
     return run
-
-
-def _caused_by_input(error: Exception) -> bool:
-    from kic.data.dataset_info import IncompleteDatasetError
-    from kic.data.prepare import DataQualityError
-
-    return isinstance(error, (ValueError, OSError, DataQualityError, IncompleteDatasetError))
 
 
 def _log_metrics(target, values: dict) -> None:
@@ -55,22 +51,20 @@ def _log_metrics(target, values: dict) -> None:
 
 # ----------------------------------------------------------------- validate
 @fails_cleanly
-def validate_step(*, backbone, image_size, image_short_side, **hyperparameters) -> int:
-    """Returns the short side prepare should store (see parameters.prepared_short_side)."""
-    from kic.config import ParameterError, TrainingConfig
-    from kic.parameters import check_training_choices, prepared_short_side
+def validate_step(**values) -> int:
+    """Checks every pipeline parameter; returns the short side prepare should
+    store (see parameters.derive_short_side)."""
+    from kic import parameters
+    from kic.config import TrainingConfig
 
-    problems = check_training_choices(backbone=backbone, image_size=image_size)
-    try:
-        config = TrainingConfig.from_dict(hyperparameters)
-    except ParameterError as error:
-        problems = error.problems + problems
-    if problems:
-        raise ParameterError(problems)
-    log(f"validate: {len(hyperparameters)} hyperparameters and backbone {backbone!r} are valid")
+    parameters.validate(values)
+    log(f"validate: all {len(values)} parameters are valid (backbone {values['backbone']!r}, "
+        f"pretrained weights {values['pretrained_weights']!r})")
+    config = TrainingConfig.from_dict({name: values[name] for name in parameters.HYPERPARAMETERS})
     if config.ignored_parameters():
         log(f"validate: ignored for optimizer {config.optimizer}: {', '.join(config.ignored_parameters())}")
-    short_side = prepared_short_side(backbone=backbone, image_size=image_size, requested=image_short_side)
+    short_side = parameters.derive_short_side(backbone=values["backbone"], image_size=values["image_size"],
+                                              requested=values["image_short_side"])
     log(f"validate: prepare will store images with a short side of at most {short_side} pixels")
     return short_side
 
@@ -109,7 +103,7 @@ def _copy_if_exists(source: str, destination: str) -> None:
 def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
                seed, **hyperparameters) -> None:
     from kic.config import TrainingConfig
-    from kic.train import TrainOptions, train
+    from kic.training import TrainOptions, train
 
     config = TrainingConfig.from_dict(hyperparameters)
     options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
@@ -123,32 +117,34 @@ def train_step(*, examples, model, training_metrics, backbone, pretrained_weight
 
 # ----------------------------------------------------------------- evaluate
 @fails_cleanly
-def evaluate_step(*, examples, model, metrics, classification_metrics, report, report_markdown, blessing,
+def evaluate_step(*, examples, model, metrics, classification_metrics, evaluation, report, report_markdown, blessing,
                   gate_metric, gate_minimum, baseline_model_uri, max_regression, top_k) -> bool:
-    from kic.evaluate import GateOptions, evaluate_model
+    from kic.evaluation.evaluate import GateOptions, evaluate_model
 
-    evaluation = evaluate_model(
+    outcome = evaluate_model(
         examples.path, model.path, top_k=top_k, log=log,
         gate_options=GateOptions(metric=gate_metric, minimum=gate_minimum,
                                  baseline_model_uri=baseline_model_uri, max_regression=max_regression))
-    result = evaluation.result
+    result = outcome.result
     _log_metrics(metrics, result.scalars)
     storage.write_text(metrics.path, json.dumps(result.scalars, indent=2, sort_keys=True))
+    storage.write_text(evaluation.path, result.to_json())
+    evaluation.metadata.update({"split": outcome.split, "num_classes": len(result.class_names)})
     classification_metrics.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
     if result.roc_curve:
         classification_metrics.log_roc_curve(result.roc_curve["fpr"], result.roc_curve["tpr"],
                                              result.roc_curve["thresholds"])
-    storage.write_text(report.path, evaluation.html)
-    storage.write_text(report_markdown.path, evaluation.markdown)
-    storage.write_text(blessing.path, evaluation.blessing.to_json())
-    blessing.metadata.update({"blessed": evaluation.blessing.blessed, "reasons": list(evaluation.blessing.reasons)})
-    return evaluation.blessing.blessed
+    storage.write_text(report.path, outcome.html)
+    storage.write_text(report_markdown.path, outcome.markdown)
+    storage.write_text(blessing.path, outcome.blessing.to_json())
+    blessing.metadata.update({"blessed": outcome.blessing.blessed, "reasons": list(outcome.blessing.reasons)})
+    return outcome.blessing.blessed
 
 
 # ------------------------------------------------------------------- export
 @fails_cleanly
 def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -> None:
-    from kic.export import ExportOptions, export_model
+    from kic.serving.export import ExportOptions, export_model
 
     evaluation_metrics = json.loads(storage.read_text(evaluation.path)) if os.path.exists(evaluation.path) else {}
     result = export_model(model.path, package.path, ExportOptions(
@@ -164,7 +160,7 @@ def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -
 @fails_cleanly
 def batch_predict_step(*, package, inputs, predictions, prediction_summary, output_format, batch_size,
                        top_k) -> None:
-    from kic.predict import format_summary, predict
+    from kic.serving.predict import format_summary, predict
 
     summary = predict(package.path, inputs, predictions.path, batch_size=batch_size, top_k=top_k,
                       output_format=output_format)

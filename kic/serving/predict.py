@@ -14,8 +14,6 @@ import dataclasses
 import io
 import json
 import os
-import posixpath
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -26,20 +24,25 @@ import tensorflow as tf
 from PIL import Image
 
 from kic import artifacts, storage
-from kic.data.images import ImageLimits
-from kic.export import SIGNATURE_NAME
+from kic.data import manifest
+from kic.data.images import DEFAULT_MAX_PIXELS
+from kic.errors import DataError, ParameterError
+from kic.serving.contract import (
+    DEFAULT_PREDICTION_BATCH_SIZE,
+    DEFAULT_TOP_K,
+    IMAGE_EXTENSIONS,
+    PREDICTION_FORMATS,
+    SIGNATURE_NAME,
+    prediction_problems,
+)
 
-OUTPUT_FORMATS = ("jsonl", "csv")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-MANIFEST_EXTENSIONS = (".csv", ".txt", ".jsonl")
-MANIFEST_COLUMNS = ("uri", "file", "path", "image_uri")
 CSV_COLUMNS = ("file", "status", "predicted_label", "score", "probabilities", "top_k", "error")
 SUMMARY_ERRORS_SHOWN = 20
 # The limit prepare applies to training images.
-MAX_PIXELS = ImageLimits().max_pixels
+MAX_PIXELS = DEFAULT_MAX_PIXELS
 
 
-class PredictInputError(ValueError):
+class PredictInputError(DataError):
     """The model or the inputs given to predict are not usable."""
 
 
@@ -75,8 +78,8 @@ class ServingModel:
         return outputs["probabilities"].numpy()
 
 
-def predict(model_path: str, inputs: str, output: str, *, batch_size: int = 32, top_k: int = 5,
-            output_format: str = "jsonl") -> PredictSummary:
+def predict(model_path: str, inputs: str, output: str, *, batch_size: int = DEFAULT_PREDICTION_BATCH_SIZE,
+            top_k: int = DEFAULT_TOP_K, output_format: str = PREDICTION_FORMATS[0]) -> PredictSummary:
     """Predicts every image in ``inputs`` and writes one row per file to ``output``.
 
     ``model_path``: a package directory, a SavedModel directory or a
@@ -85,11 +88,10 @@ def predict(model_path: str, inputs: str, output: str, *, batch_size: int = 32, 
     .jsonl with a "uri" key; relative entries are relative to the manifest), a
     single image, or a gs:// prefix.
     """
-    if output_format not in OUTPUT_FORMATS:
-        raise PredictInputError(
-            f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
-    if batch_size < 1 or top_k < 1:
-        raise PredictInputError(f"batch_size and top_k must be positive, got {batch_size} and {top_k}")
+    problems = prediction_problems(output_format=output_format, batch_size=batch_size, top_k=top_k,
+                                   format_name="output_format")
+    if problems:
+        raise ParameterError(problems)
     started = time.perf_counter()
     files, skipped = list_inputs(inputs)
     rows: list[dict] = []
@@ -137,7 +139,7 @@ def load_serving_model(model_path: str) -> Iterator[ServingModel]:
         local = stack.enter_context(storage.local_copy(model_path))
         if os.path.isfile(local):
             extracted = stack.enter_context(tempfile.TemporaryDirectory(prefix="kic-model-"))
-            local = _extract_tarball(local, extracted)
+            local = storage.extract_tarball(local, extracted)
         saved_model_dir = _find_saved_model(local)
         loaded = tf.saved_model.load(saved_model_dir)
         if SIGNATURE_NAME not in loaded.signatures:
@@ -150,15 +152,6 @@ def load_serving_model(model_path: str) -> Iterator[ServingModel]:
                 f"return 'probabilities'; it takes {input_names} and returns "
                 f"{list(signature.structured_outputs)}")
         yield ServingModel(signature, input_names[0], _class_names(saved_model_dir, loaded, model_path))
-
-
-def _extract_tarball(path: str, destination: str) -> str:
-    if not tarfile.is_tarfile(path):
-        raise PredictInputError(f"{path} is neither a directory nor a model.tar.gz archive")
-    with tarfile.open(path) as archive:
-        # The "data" filter refuses absolute paths, links out of the archive and devices.
-        archive.extractall(destination, filter="data")
-    return destination
 
 
 def _find_saved_model(directory: str) -> str:
@@ -191,8 +184,8 @@ def _class_names(saved_model_dir: str, loaded, model_path: str) -> tuple[str, ..
 def list_inputs(inputs: str) -> tuple[list[str], int]:
     """Returns (image files in order, number of files skipped for their extension)."""
     lower = inputs.lower()
-    if lower.endswith(MANIFEST_EXTENSIONS) and _is_file(inputs):
-        files = _read_manifest(inputs)
+    if manifest.is_manifest(inputs) and _is_file(inputs):
+        files = [row.location for row in manifest.read_manifest(inputs, labels=False)]
         skipped = 0
     elif lower.endswith(IMAGE_EXTENSIONS) and _is_file(inputs):
         files, skipped = [inputs], 0
@@ -211,33 +204,6 @@ def list_inputs(inputs: str) -> tuple[list[str], int]:
 
 def _is_file(uri: str) -> bool:
     return storage.exists(uri) and (storage.is_gcs(uri) or os.path.isfile(uri))
-
-
-def _read_manifest(manifest: str) -> list[str]:
-    text = storage.read_text(manifest)
-    lower = manifest.lower()
-    if lower.endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        column = next((name for name in MANIFEST_COLUMNS if name in (reader.fieldnames or [])), None)
-        if column is None:
-            raise PredictInputError(f"{manifest}: a CSV manifest needs one of the columns "
-                                    f"{', '.join(MANIFEST_COLUMNS)}; it has {reader.fieldnames}")
-        entries = [row[column] for row in reader]
-    elif lower.endswith(".jsonl"):
-        entries = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                record = json.loads(line)
-                key = next((name for name in MANIFEST_COLUMNS if name in record), None)
-                if key is None:
-                    raise PredictInputError(
-                        f"{manifest}:{number}: needs one of the keys {', '.join(MANIFEST_COLUMNS)}")
-                entries.append(record[key])
-    else:
-        entries = text.splitlines()
-    base = posixpath.dirname(manifest) if storage.is_gcs(manifest) else os.path.dirname(manifest)
-    return [entry if storage.is_gcs(entry) or os.path.isabs(entry) else storage.join(base, entry)
-            for entry in (entry.strip() for entry in entries) if entry]
 
 
 # --- Predicting ------------------------------------------------------------------

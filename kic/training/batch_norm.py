@@ -15,18 +15,6 @@ import keras
 import tensorflow as tf
 
 
-def trainable_batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
-    return [layer for layer in _walk(model)
-            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
-
-
-def _walk(model: keras.Model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer)
-
-
 class Recalibrator:
     """Sets every trainable batch-norm layer's moving mean and variance to the
     average of its batch statistics over a few batches of ``(pixels, target)``.

@@ -1,0 +1,56 @@
+"""What clients of an exported model depend on: signature and tensor names,
+the TFLite variants, the batch-prediction formats, and the rules on the
+options that choose between them.
+
+Plain Python (no TensorFlow), so the validation front door can check export and
+batch-prediction options before any step runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kic.errors import Problem
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "image_bytes"  # string [batch]: raw encoded images
+OUTPUT_NAMES = ("probabilities", "predicted_label", "predicted_index", "top_k_labels", "top_k_scores")
+# A second signature on decoded pixels, for clients that decode themselves and
+# as the TFLite converter's input.
+PIXELS_SIGNATURE_NAME = "pixels"
+PIXELS_INPUT_NAME = "pixels"
+
+TFLITE_QUANTIZATIONS = ("float32", "float16", "int8")  # "" exports no TFLite model
+PREDICTION_FORMATS = ("jsonl", "csv")  # the first is the default
+DEFAULT_TOP_K = 5
+DEFAULT_PREDICTION_BATCH_SIZE = 32
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+def export_problems(*, tflite: Any, top_k: Any) -> list[Problem]:
+    problems = []
+    if tflite not in ("", *TFLITE_QUANTIZATIONS):
+        problems.append(Problem("tflite", tflite, "one of: (empty: no TFLite), " + ", ".join(TFLITE_QUANTIZATIONS)))
+    problems.extend(top_k_problems(top_k))
+    return problems
+
+
+def prediction_problems(*, output_format: Any, batch_size: Any, top_k: Any,
+                        format_name: str = "batch_predict_format") -> list[Problem]:
+    problems = []
+    if output_format not in PREDICTION_FORMATS:
+        problems.append(Problem(format_name, output_format, "one of " + ", ".join(PREDICTION_FORMATS)))
+    if not _is_int(batch_size) or batch_size < 1:
+        problems.append(Problem("batch_size", batch_size, "an int >= 1"))
+    problems.extend(top_k_problems(top_k))
+    return problems
+
+
+def top_k_problems(top_k: Any) -> list[Problem]:
+    if not _is_int(top_k) or top_k < 1:
+        return [Problem("top_k", top_k, "an int >= 1 (capped at the number of classes)")]
+    return []
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

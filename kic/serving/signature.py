@@ -1,0 +1,67 @@
+"""The serving signatures: raw image bytes (or decoded pixels) in,
+probabilities and labels out, with training's own decode and resize.
+
+``serving_default`` takes a 1-D string tensor of encoded images (JPEG, PNG,
+GIF, BMP, WebP) and decodes and resizes them in the graph with
+``kic.model.preprocessing`` (the path training used), so serving cannot drift
+from training. ``pixels`` takes float32 RGB in [0, 255] already at the model's
+input size; TFLite is converted from it.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from kic.model import loading, preprocessing
+from kic.model.model_info import ModelInfo
+from kic.serving.contract import INPUT_NAME, PIXELS_INPUT_NAME, PIXELS_SIGNATURE_NAME, SIGNATURE_NAME
+
+
+class ServingModule(tf.Module):
+    """The trained Keras model wrapped with decode, resize and label lookup."""
+
+    def __init__(self, model, info: ModelInfo, top_k: int) -> None:
+        super().__init__(name="kic_serving")
+        self.model = model
+        # Keras 3 variables reach the SavedModel only through the Keras objects;
+        # without tracking the underlying tf.Variables here, TF Serving's loader
+        # (and the TFLite converter) cannot find them although
+        # tf.saved_model.load can.
+        self.model_variables = [variable.value for variable in model.variables]
+        self.image_size = info.image_size
+        self.interpolation = info.interpolation
+        self.binary_mode = info.binary_mode
+        self.top_k = min(top_k, info.num_classes)
+        # A variable so that the loaded SavedModel still knows its labels.
+        self.class_names = tf.Variable(list(info.class_names), dtype=tf.string, trainable=False,
+                                       name="class_names")
+        pixels_spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32,
+                                    name=PIXELS_INPUT_NAME)
+        self.serve_pixels = tf.function(self._pixels_outputs, input_signature=[pixels_spec])
+
+    def signatures(self) -> dict:
+        """For ``tf.saved_model.save``: every signature by its name."""
+        return {SIGNATURE_NAME: self.serve, PIXELS_SIGNATURE_NAME: self.serve_pixels}
+
+    def probabilities_from_pixels(self, pixels: tf.Tensor) -> tf.Tensor:
+        return loading.logits_to_probabilities(self.model(pixels, training=False), self.binary_mode)
+
+    def _pixels_outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"probabilities": self.probabilities_from_pixels(pixels)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
+    def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        size = self.image_size
+        pixels = tf.map_fn(
+            lambda encoded: preprocessing.decode_and_resize(encoded, size, self.interpolation),
+            image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        probabilities = self.probabilities_from_pixels(pixels)
+        scores, indices = tf.math.top_k(probabilities, k=self.top_k)
+        predicted_index = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+        return {
+            "probabilities": probabilities,
+            "predicted_index": predicted_index,
+            "predicted_label": tf.gather(self.class_names, predicted_index),
+            "top_k_scores": scores,
+            "top_k_labels": tf.gather(self.class_names, indices),
+        }

@@ -1,0 +1,78 @@
+"""Every export is checked against the trained model before it is packaged.
+
+The reloaded SavedModel, as TensorFlow 2 loads it and as TF Serving does (a
+TF1 session restoring the variables from the checkpoint), must reproduce the
+Keras model's probabilities on the same images; otherwise
+``ExportVerificationError`` fails the export.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from kic.errors import DataError
+from kic.model import loading, preprocessing
+from kic.model.model_info import ModelInfo
+from kic.serving.contract import INPUT_NAME, SIGNATURE_NAME
+
+# Max abs difference of probabilities allowed between the reloaded SavedModel
+# and the in-memory Keras model (same pixels, same float32 maths).
+SAVED_MODEL_TOLERANCE = 1e-5
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported model does not reproduce the trained model's predictions (a bug, not the user's doing)."""
+
+
+def generated_sample_images(count: int = 4) -> list[bytes]:
+    """Deterministic JPEGs of assorted sizes with structure (not flat colour)."""
+    rng = np.random.default_rng(0)
+    images = []
+    for index in range(count):
+        height, width = 96 + 40 * index, 128 + 24 * index
+        y, x = np.mgrid[0:height, 0:width]
+        base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 64 * 4], axis=-1)
+        noisy = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        images.append(tf.io.encode_jpeg(noisy, quality=90).numpy())
+    return images
+
+
+def decoded_pixels(samples: list[bytes], info: ModelInfo) -> np.ndarray:
+    """The pixels the serving signature feeds the model: [n, size, size, 3] float32."""
+    try:
+        return np.stack([preprocessing.decode_and_resize(tf.constant(raw), info.image_size, info.interpolation)
+                         .numpy() for raw in samples])
+    except tf.errors.InvalidArgumentError as error:
+        raise DataError(f"a sample image for export verification cannot be decoded: {error.message}") from None
+
+
+def keras_probabilities(model, info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
+    return loading.logits_to_probabilities(model(pixels, training=False), info.binary_mode).numpy()
+
+
+def verify_saved_model(version_dir: str, samples: list[bytes], reference: np.ndarray) -> float:
+    """Returns the largest difference from ``reference`` (the Keras model's
+    probabilities on ``samples``); raises ExportVerificationError over the tolerance."""
+    serve = tf.saved_model.load(version_dir).signatures[SIGNATURE_NAME]
+    loaded = serve(**{INPUT_NAME: tf.constant(samples)})["probabilities"].numpy()
+    max_abs_diff = max(float(np.max(np.abs(loaded - reference))),
+                       float(np.max(np.abs(_session_probabilities(version_dir, samples) - reference))))
+    if not max_abs_diff <= SAVED_MODEL_TOLERANCE:
+        raise ExportVerificationError(
+            f"the exported SavedModel's probabilities differ from the trained Keras model's by up to "
+            f"{max_abs_diff:.3g} on {len(samples)} sample images (allowed {SAVED_MODEL_TOLERANCE:g})")
+    return max_abs_diff
+
+
+def _session_probabilities(version_dir: str, samples: list[bytes]) -> np.ndarray:
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as session:
+        try:
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], version_dir)
+            signature = meta_graph.signature_def[SIGNATURE_NAME]
+            return session.run(signature.outputs["probabilities"].name,
+                               {signature.inputs[INPUT_NAME].name: samples})
+        except tf.errors.OpError as error:
+            raise ExportVerificationError(
+                f"the exported SavedModel does not run as TF Serving loads it: {error.message}") from None

@@ -1,0 +1,202 @@
+"""The validation front door: every pipeline parameter, every rule, every problem at once."""
+
+import http.server
+import os
+import threading
+
+import pytest
+
+from kic import artifacts, parameters, storage
+from kic.errors import ParameterError
+from kic.model import backbones, weights
+
+
+def names(error: ParameterError) -> set[str]:
+    return {problem.name for problem in error.problems}
+
+
+def test_the_defaults_with_a_source_are_valid(tmp_path):
+    values = parameters.resolve({"data_source": str(tmp_path), "pretrained_weights": "none"})
+    assert values == {**parameters.defaults(), "data_source": str(tmp_path), "pretrained_weights": "none"}
+
+
+def test_strings_are_typed_and_the_references_aliases_accepted(tmp_path):
+    values = parameters.resolve({"data_source": str(tmp_path), "pretrained_weights": "none", "epochs": "4",
+                                 "augmentation": "true", "eps": "1e-6", "train_only_top_layer": "True",
+                                 "gate_minimum": "0.5", "top_k": "3"})
+    assert (values["epochs"], values["augmentation"], values["epsilon"], values["train_only_on_top_layer"],
+            values["gate_minimum"], values["top_k"]) == (4, True, 1e-6, True, 0.5, 3)
+
+
+def test_every_kind_of_problem_is_listed_at_once(tmp_path):
+    with pytest.raises(ParameterError) as error:
+        parameters.resolve({
+            "data_source": str(tmp_path / "missing"), "epochs": "three", "learning_rate": 2, "batch_siz": 8,
+            "validation_fraction": 0.0, "backbone": "resnet5O", "gate_metric": "auc", "tflite": "int4", "top_k": 0,
+            "max_regression": -0.1, "batch_predict_format": "xml", "max_rejected_fraction": 1.5,
+            "base_model_uri": str(tmp_path / "no-model"), "image_short_side": -1})
+    assert names(error.value) == {
+        "data_source", "epochs", "learning_rate", "batch_siz", "validation_fraction", "backbone", "gate_metric",
+        "tflite", "top_k", "max_regression", "batch_predict_format", "max_rejected_fraction", "base_model_uri",
+        "image_short_side"}
+    message = str(error.value)
+    assert "did you mean 'batch_size'" in message and "expected an integer" in message
+
+
+def test_a_subset_is_checked_by_the_rules_it_touches():
+    assert parameters.validate({"epochs": "7", "top_k": 3}) == {"epochs": 7, "top_k": 3}  # no data_source needed
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"eval_metric": "auc"})  # binary_mode takes its default, False
+    assert names(error.value) == {"eval_metric"}
+
+
+# --------------------------------------------------------------------------- data and splits
+
+
+def test_split_fractions(tmp_path):
+    source = {"data_source": str(tmp_path), "pretrained_weights": "none"}
+    with pytest.raises(ParameterError, match="must leave training images"):
+        parameters.resolve(source, {"validation_fraction": 0.5, "test_fraction": 0.6})
+    with pytest.raises(ParameterError, match="training picks its best epoch on validation images"):
+        parameters.resolve(source, {"validation_fraction": 0.0})
+    # With its own source a split's fraction is unused, so it may be anything in range.
+    parameters.resolve(source, {"validation_fraction": 0.0, "validation_source": str(tmp_path)})
+    parameters.resolve(source, {"validation_fraction": 0.9, "test_fraction": 0.5, "test_source": str(tmp_path)})
+
+
+def test_sources_must_exist_locally_and_on_gcs(tmp_path, gcs_emulator):
+    bucket = gcs_emulator.new_bucket()
+    storage.write_bytes(f"{bucket}/images/cat/1.jpg", b"x")
+    storage.write_text(f"{bucket}/list.csv", "uri,label\nimages/cat/1.jpg,cat\n")
+    parameters.validate({"data_source": f"{bucket}/images", "validation_source": f"{bucket}/list.csv",
+                         "test_source": "tfds:beans", "batch_predict_source": f"{bucket}/images/cat/1.jpg"})
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"data_source": f"{bucket}/imagez", "validation_source": str(tmp_path / "v.csv"),
+                             "test_source": "tfds:", "batch_predict_source": str(tmp_path / "new"),
+                             "tfds_data_dir": str(tmp_path / "tfds")})
+    problems = {problem.name: problem.expected for problem in error.value.problems}
+    assert problems == {"data_source": "no such folder or gs:// prefix", "validation_source": "no such manifest",
+                        "test_source": "tfds:NAME or tfds:NAME:CONFIG",
+                        "batch_predict_source": "no such folder or gs:// prefix", "tfds_data_dir": "no such folder"}
+
+
+def test_without_reachability_only_the_form_is_checked(tmp_path):
+    values = {"data_source": str(tmp_path / "elsewhere"), "base_model_uri": "gs://bucket/model.tar.gz",
+              "pretrained_weights": "gs://bucket/backbone.weights.h5"}
+    assert parameters.validate(values, reachability=False) == values
+    with pytest.raises(ParameterError, match="weights-only file"):
+        parameters.validate({"pretrained_weights": "model.keras"}, reachability=False)
+
+
+def test_model_uris_must_be_kic_models(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / artifacts.MODEL_INFO).write_text("{}")
+    (tmp_path / "model.tar.gz").write_bytes(b"archive")
+    parameters.validate({"base_model_uri": str(model_dir), "baseline_model_uri": str(tmp_path / "model.tar.gz")})
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"base_model_uri": str(tmp_path), "baseline_model_uri": str(tmp_path / "old.tar.gz")})
+    assert names(error.value) == {"base_model_uri", "baseline_model_uri"}
+    assert "not a kic model" in str(error.value)
+
+
+# --------------------------------------------------------------------------- model and weights
+
+
+def test_backbone_image_size_and_weights_files(tmp_path):
+    (tmp_path / "backbone.weights.h5").write_bytes(b"weights")
+    parameters.validate({"backbone": "inception_v3", "image_size": 75,
+                         "pretrained_weights": str(tmp_path / "backbone.weights.h5")})
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"backbone": "inception_v3", "image_size": 64, "pretrained_weights": "none"})
+    assert "at least 75" in str(error.value)
+    with pytest.raises(ParameterError, match="no such weights file"):
+        parameters.validate({"pretrained_weights": str(tmp_path / "other.weights.h5")})
+
+
+def test_derived_short_side_follows_the_model():
+    cases = [("mobilenet_v2_100_224", 0, 0, 256), ("inception_v3", 0, 0, 352),
+             ("mobilenet_v3_small_100_224", 64, 0, 96), ("efficientnet_b7", 0, 0, 704),
+             ("mobilenet_v2_100_224", 0, 480, 480)]
+    for backbone, image_size, requested, expected in cases:
+        assert parameters.derive_short_side(backbone=backbone, image_size=image_size, requested=requested) == expected
+
+
+class _HeadOk(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self):  # noqa: N802 - the http.server hook's name
+        self.send_response(200 if self.path.endswith(".h5") else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache, and no proxy between us and loopback."""
+    from keras.src.backend import config
+
+    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "keras-home").mkdir()
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras-home"))
+    return tmp_path / "keras-home"
+
+
+def _serve_weights_from(monkeypatch, base_url: str) -> None:
+    from keras.src.applications import mobilenet_v2
+
+    monkeypatch.setattr(mobilenet_v2, "BASE_WEIGHT_PATH", base_url)
+
+
+def test_imagenet_weights_must_be_cached_or_downloadable(keras_home, monkeypatch):
+    small = backbones.resolve("mobilenet_v2_035_96")
+    source = weights.imagenet_source(small, 96)
+    assert source.origin.endswith("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5")
+    assert source.cache_path == str(keras_home / "models" / os.path.basename(source.origin))
+
+    # Nothing cached, and the weights' host refuses connections (loopback port 9): a problem, in seconds.
+    _serve_weights_from(monkeypatch, "http://127.0.0.1:9/keras-applications/")
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"backbone": small.name, "pretrained_weights": "imagenet"})
+    message = str(error.value)
+    assert "not in the Keras cache" in message and "127.0.0.1:9" in message and "use 'none'" in message
+
+    # A host that answers: fine.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HeadOk)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _serve_weights_from(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}/keras-applications/")
+        parameters.validate({"backbone": small.name, "pretrained_weights": "imagenet"})
+    finally:
+        server.shutdown()
+
+    # Unreachable again, but in the cache: fine, as in an air-gapped cluster with a pre-filled cache.
+    _serve_weights_from(monkeypatch, "http://127.0.0.1:9/keras-applications/")
+    cached = weights.imagenet_source(small, 96).cache_path
+    os.makedirs(os.path.dirname(cached))
+    open(cached, "wb").close()
+    parameters.validate({"backbone": small.name, "pretrained_weights": "imagenet"})
+
+
+# --------------------------------------------------------------------------- evaluation and serving
+
+
+def test_the_gate_metric_must_exist_in_the_mode():
+    parameters.validate({"gate_metric": "auc", "binary_mode": True, "eval_metric": "auc"})
+    parameters.validate({"gate_metric": "top_3_accuracy", "top_k": 3})
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"gate_metric": "auc"})
+    assert "multi-class mode" in str(error.value) and "macro_f1" in str(error.value)
+    with pytest.raises(ParameterError, match="no model has a log loss of 0"):
+        parameters.validate({"gate_metric": "log_loss"})
+    parameters.validate({"gate_metric": "log_loss", "gate_minimum": 0.5})
+    with pytest.raises(ParameterError, match="finite"):
+        parameters.validate({"gate_minimum": float("nan")})
+
+
+def test_export_and_batch_prediction_options():
+    parameters.validate({"tflite": "int8", "top_k": 1, "batch_predict_format": "csv", "export_uri": "gs://b/models"})
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"tflite": "int4", "batch_predict_format": "parquet", "export_uri": "gs://"})
+    assert names(error.value) == {"tflite", "batch_predict_format", "export_uri"}
