@@ -31,6 +31,7 @@ setup(
     package_data={"kic.components": ["*/component.yaml"]},
     install_requires=[
         "kfp>=2.17.3,<2.18",  # the committed YAML is compiled by this minor version
+        "kfp-kubernetes>=2.17.3,<2.18",  # node selectors, tolerations, timeouts and secrets on Kubeflow Pipelines
         "tensorflow>=2.20,<2.22",
         "keras>=3.13.2",  # fixes unsafe-loading bugs of earlier Keras 3 releases
         "tensorboard>=2.20",  # training curves; TensorFlow no longer pulls it in

@@ -46,6 +46,7 @@ EVALUATION_JSON = "evaluation.json"  # every metric, per-class rows, confusion m
 SAVED_MODEL_VERSION_DIR = "1"
 MODEL_TARBALL = "model.tar.gz"
 SUCCESS_MARKER = "_SUCCESS"
+LATEST_POINTER = "LATEST"  # beside versioned packages: the URI of the newest
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # inside the SavedModel directory
 TFLITE_MODEL = "model.tflite"
 TFLITE_PARITY_REPORT = "tflite_parity.json"

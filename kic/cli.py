@@ -61,13 +61,30 @@ def _parser() -> argparse.ArgumentParser:
                      help="set any pipeline parameter, hyperparameters included (repeatable)")
     run.add_argument("--hyperparameters", default="", metavar="FILE.json",
                      help="the reference algorithm's hyperparameter JSON (values may be strings)")
+    run.add_argument("--cache", action="store_true",
+                     help="reuse the outputs of steps whose inputs are unchanged since an earlier run into the same "
+                          "--output, as clusters do (changed images are noticed: the snapshot step is never cached)")
     run.add_argument("--list-params", action="store_true", help="list the pipeline parameters and exit")
     run.set_defaults(handler=_run)
 
-    compile_ = commands.add_parser("compile", help="compile pipeline.yaml and the component YAML files")
-    compile_.add_argument("--output", default="pipeline.yaml")
+    compile_ = commands.add_parser(
+        "compile", help="compile the pipeline for Kubeflow Pipelines (pipeline.yaml) and Vertex AI "
+                        "(pipeline-vertex.yaml), and the component YAML files")
+    compile_.add_argument("--target", choices=("kfp", "vertex"), default="",
+                          help="only this target's pipeline (default: both, and the components)")
+    compile_.add_argument("--output", default="", help="where the pipeline goes (default: pipeline.yaml for kfp, "
+                                                       "pipeline-vertex.yaml for vertex); needs --target")
     compile_.add_argument("--image", default="", help="container image of the components (default: the "
                                                       "released image for this version)")
+    compile_.add_argument("--gpu-node-selector", action="append", default=[], metavar="KEY=VALUE",
+                          help="kfp: a node label train's pod must match (a GPU node pool), e.g. "
+                               "cloud.google.com/gke-accelerator=nvidia-l4 (repeatable)")
+    compile_.add_argument("--gpu-toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+                          help="kfp: a taint train's pod tolerates, e.g. nvidia.com/gpu=present:NoSchedule "
+                               "(repeatable)")
+    compile_.add_argument("--gcs-credentials-secret", default="", metavar="NAME",
+                          help="kfp: a Kubernetes secret holding a service-account key.json, mounted into every "
+                               "step for gs:// access from a cluster outside Google Cloud")
     compile_.add_argument("--no-components", action="store_true", help="only write the pipeline")
     compile_.set_defaults(handler=_compile)
 
@@ -149,15 +166,15 @@ def _run(args: argparse.Namespace) -> int:
     from kic.orchestration import local_run
 
     os.makedirs(output, exist_ok=True)
-    pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML))
+    pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML), kic_compile.LOCAL)
     print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}", flush=True)
     try:
-        run_dir = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"))
+        run = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"), cache=args.cache)
     except RuntimeError as error:  # a step failed; its own log above says why
         print(f"\nkic: the pipeline failed: {error}\nkic: each step's artifacts are under "
               f"{os.path.join(output, 'runs')}", file=sys.stderr)
         return 1
-    outputs = local_run.collect_outputs(run_dir, output, prediction_format=values["batch_predict_format"])
+    outputs = local_run.collect_outputs(run, output, prediction_format=values["batch_predict_format"])
     _print_summary(outputs, output, time.perf_counter() - started)
     return 0
 
@@ -249,11 +266,40 @@ class ProgressBar:
 
 # --------------------------------------------------------------- others
 def _compile(args: argparse.Namespace) -> int:
+    from kic.errors import Problem
+    from kic.orchestration.placement import TARGETS, ClusterOptions, Toleration
+
     if args.image:
         os.environ["KIC_IMAGE"] = args.image  # read when the components are imported, just below
+    problems = []
+    if args.output and not args.target:
+        problems.append(Problem("--output", args.output, "needs --target: one pipeline per file"))
+    selector = {}
+    for pair in args.gpu_node_selector:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            problems.append(Problem("--gpu-node-selector", pair, "expected KEY=VALUE"))
+        selector[key] = value
+    tolerations = []
+    for text in args.gpu_toleration:
+        try:
+            tolerations.append(Toleration.parse(text))
+        except ValueError as error:
+            problems.append(Problem("--gpu-toleration", text, str(error)))
+    kubernetes_options = dict(gpu_node_selector=selector, gpu_tolerations=tuple(tolerations),
+                              gcs_credentials_secret=args.gcs_credentials_secret)
+    targets = [args.target] if args.target else list(TARGETS)
+    if any(kubernetes_options.values()) and targets != ["kfp"]:
+        problems.append(Problem("--target", args.target or "(both)", "node selectors, tolerations and credential "
+                                                                     "secrets are Kubernetes settings: --target kfp"))
+    if problems:
+        raise ParameterError(problems)
     from kic.orchestration import compile as kic_compile
 
-    print(f"wrote {kic_compile.compile_pipeline(args.output)}")
+    for target in targets:
+        cluster = ClusterOptions(target=target, **(kubernetes_options if target == "kfp" else {}))
+        path = args.output or kic_compile.PIPELINE_YAMLS[target]
+        print(f"wrote {kic_compile.compile_pipeline(path, target, cluster)}")
     if not args.no_components:
         for path in kic_compile.compile_components():
             print(f"wrote {path}")

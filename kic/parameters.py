@@ -38,12 +38,17 @@ __all__ = ["PIPELINE_PARAMETERS", "Parameter", "ParameterError", "Problem", "def
 class Parameter:
     name: str
     type: type  # str, int, float or bool
-    default: Any  # None when required
+    default: Any  # None when required; what `kic run` (on this machine) uses
     help: str
+    # Where a compiled cluster target ("kfp", "vertex") defaults otherwise: the GPU of train.
+    target_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def required(self) -> bool:
         return self.default is None
+
+    def default_for(self, target: str) -> Any:
+        return self.target_defaults.get(target, self.default)
 
 
 def _hyperparameters() -> tuple[Parameter, ...]:
@@ -52,6 +57,10 @@ def _hyperparameters() -> tuple[Parameter, ...]:
     return tuple(Parameter(field.name, types[field.type], field.default, help_texts[field.name])
                  for field in dataclasses.fields(config.TrainingConfig))
 
+
+KUBERNETES_GPU = "nvidia.com/gpu"  # the extended resource name NVIDIA's device plugin registers
+VERTEX_GPU_PREFIX = "NVIDIA_"  # Vertex AI's accelerator types for NVIDIA GPUs
+VERTEX_DEFAULT_GPU = "NVIDIA_L4"
 
 PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     # --- prepare
@@ -85,6 +94,14 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
                                          "continue training from (incremental training)."),
     Parameter("seed", int, config.DEFAULT_SEED, "Seed of initialisation, shuffling and augmentation; makes a "
                                                 "CPU run repeatable."),
+    Parameter("accelerator_type", str, "",
+              "The GPU train asks for: nvidia.com/gpu on Kubeflow Pipelines; on Vertex AI an accelerator type such as "
+              "NVIDIA_L4, NVIDIA_TESLA_T4, NVIDIA_A100_80GB or NVIDIA_H100_80GB. Empty (with accelerator_count 0) "
+              "on this machine.", target_defaults={"kfp": KUBERNETES_GPU, "vertex": VERTEX_DEFAULT_GPU}),
+    Parameter("accelerator_count", int, 0,
+              "Number of GPUs train asks for; with 1 or more, train fails at once when it sees none (0: whatever "
+              "the machine has). The compiled cluster pipelines default to 1.",
+              target_defaults={"kfp": 1, "vertex": 1}),
     # --- evaluate
     Parameter("gate_metric", str, "", "Metric of the quality gate; empty: the monitored metric (accuracy, or "
                                       "eval_metric in binary mode)."),
@@ -111,8 +128,9 @@ PARAMETERS_BY_NAME: Mapping[str, Parameter] = {parameter.name: parameter for par
 HYPERPARAMETERS = config.TrainingConfig.field_names()
 
 
-def defaults() -> dict[str, Any]:
-    return {parameter.name: parameter.default for parameter in PIPELINE_PARAMETERS}
+def defaults(target: str = "") -> dict[str, Any]:
+    """Every parameter's default: on this machine, or in a compiled target ("kfp", "vertex")."""
+    return {parameter.name: parameter.default_for(target) for parameter in PIPELINE_PARAMETERS}
 
 
 # --------------------------------------------------------------------------- the front door
@@ -252,6 +270,18 @@ def _model_uri_rules(values: Values, reachability: bool) -> list[Problem]:
         except storage.StorageError as error:
             found.append(Problem(name, uri, f"cannot be read: {error}"))
     return found
+
+
+@_rule("accelerator_type", "accelerator_count")
+def _accelerator_rules(values: Values, _reachability: bool) -> list[Problem]:
+    kind, count = values["accelerator_type"], values["accelerator_count"]
+    if count < 0:
+        return [Problem("accelerator_count", count, "0 (no GPU asked for) or more")]
+    if count and not (kind == KUBERNETES_GPU or kind.startswith(VERTEX_GPU_PREFIX)):
+        return [Problem("accelerator_type", kind, f"a GPU: {KUBERNETES_GPU} on Kubeflow Pipelines, or a Vertex AI "
+                                                  f"accelerator type starting with {VERTEX_GPU_PREFIX} (such as "
+                                                  "NVIDIA_L4); TensorFlow here runs on NVIDIA GPUs")]
+    return []
 
 
 @_rule("gate_metric", "gate_minimum", "max_regression", "binary_mode", "top_k")

@@ -1,14 +1,18 @@
-"""validate -> prepare -> train -> evaluate -> export (only when the quality
-gate blesses the model) -> batch prediction (only when asked for).
+"""validate -> snapshot -> prepare -> train -> evaluate -> export (only when
+the quality gate blesses the model) -> batch prediction (only when asked for).
 
 The pipeline's parameters are ``kic.parameters.PIPELINE_PARAMETERS``: its
 signature is generated from that list, so every parameter has one name, type,
-default and description.
+default and description. ``build`` makes the pipeline for a target
+(``kic.orchestration.placement``): ``kfp`` and ``vertex`` place each step in
+their platform's terms (train on a GPU), ``local`` is what ``kic run`` runs.
 """
 
 import inspect
+from typing import NamedTuple
 
 from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Metrics
 
 from kic import artifacts, parameters
 from kic.components import docs
@@ -16,61 +20,104 @@ from kic.components.batch_predict.component import batch_predict
 from kic.components.evaluate.component import evaluate
 from kic.components.export.component import export
 from kic.components.prepare.component import prepare
+from kic.components.snapshot.component import snapshot
 from kic.components.train.component import train
 from kic.components.validate.component import validate
+from kic.orchestration.placement import ClusterOptions, place
 
 PIPELINE_NAME = "image-classification-training"
 
 # Task names, as they appear in the UI and in the local run's output folders.
-VALIDATE_TASK, PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK = (
-    "validate", "prepare", "train", "evaluate", "export", "batch-predict")
+VALIDATE_TASK, SNAPSHOT_TASK, PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK = (
+    "validate", "snapshot", "prepare", "train", "evaluate", "export", "batch-predict")
 
 
-def _training_pipeline(**p):
-    hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
-
-    # Every parameter is checked here, in seconds, before prepare reads any image.
-    validated = validate(**p).set_display_name(VALIDATE_TASK)
-
-    prepared = prepare(
-        source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
-        validation_fraction=p["validation_fraction"], test_fraction=p["test_fraction"], seed=p["split_seed"],
-        image_short_side=validated.output, tfds_data_dir=p["tfds_data_dir"],
-        max_rejected_fraction=p["max_rejected_fraction"],
-    ).set_display_name(PREPARE_TASK)
-
-    trained = train(
-        examples=prepared.outputs[artifacts.EXAMPLES_KEY], backbone=p["backbone"],
-        pretrained_weights=p["pretrained_weights"], image_size=p["image_size"],
-        base_model_uri=p["base_model_uri"], seed=p["seed"], **hyperparameters,
-    ).set_display_name(TRAIN_TASK)
-
-    evaluated = evaluate(
-        examples=prepared.outputs[artifacts.EXAMPLES_KEY], model=trained.outputs[artifacts.MODEL_KEY],
-        gate_metric=p["gate_metric"], gate_minimum=p["gate_minimum"], baseline_model_uri=p["baseline_model_uri"],
-        max_regression=p["max_regression"], top_k=p["top_k"],
-    ).set_display_name(EVALUATE_TASK)
-
-    # The single output (not a named one): kfp.local resolves conditions only on
-    # `<task>-Output` channels (kfp 2.17), and clusters read both alike.
-    with dsl.If(evaluated.outputs[artifacts.BLESSED_KEY] == True, name="model-blessed"):  # noqa: E712 (KFP condition)
-        exported = export(
-            model=trained.outputs[artifacts.MODEL_KEY], evaluation=evaluated.outputs[artifacts.METRICS_KEY],
-            destination_uri=p["export_uri"], tflite=p["tflite"], top_k=p["top_k"],
-        ).set_display_name(EXPORT_TASK)
-        with dsl.If(p["batch_predict_source"] != "", name="batch-prediction-requested"):
-            batch_predict(package=exported.outputs[artifacts.PACKAGE_KEY], inputs=p["batch_predict_source"],
-                          output_format=p["batch_predict_format"], top_k=p["top_k"]).set_display_name(PREDICT_TASK)
+# What a run returns, wherever its steps' outputs come from (a cached step's are
+# an earlier run's): `kic run` gathers its results from these.
+class Outputs(NamedTuple):
+    examples: Dataset
+    metrics: Metrics
+    evaluation: Artifact
+    evaluation_report: HTML
+    blessing: Artifact
 
 
-def _with_parameters(body, name: str):
+def build(cluster: ClusterOptions | None = None):
+    """The pipeline, placed for ``cluster.target`` (by default Kubeflow Pipelines')."""
+    cluster = cluster or ClusterOptions()
+
+    def training_pipeline(**p):
+        hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
+
+        # Every parameter is checked here, in seconds, before any step reads data.
+        validated = place(validate(**p), "validate", cluster).set_display_name(VALIDATE_TASK)
+
+        # Never cached: what the sources are now decides whether the cached steps below can be reused.
+        sources = place(snapshot(
+            data_source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
+            tfds_data_dir=p["tfds_data_dir"], base_model_uri=p["base_model_uri"],
+            baseline_model_uri=p["baseline_model_uri"],
+        ), "snapshot", cluster).set_display_name(SNAPSHOT_TASK).set_caching_options(False).after(validated)
+
+        prepared = place(prepare(
+            source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
+            validation_fraction=p["validation_fraction"], test_fraction=p["test_fraction"], seed=p["split_seed"],
+            image_short_side=validated.output, tfds_data_dir=p["tfds_data_dir"],
+            max_rejected_fraction=p["max_rejected_fraction"], source_fingerprint=sources.outputs["data"],
+        ), "prepare", cluster).set_display_name(PREPARE_TASK)
+
+        trained = place(train(
+            examples=prepared.outputs[artifacts.EXAMPLES_KEY], backbone=p["backbone"],
+            pretrained_weights=p["pretrained_weights"], image_size=p["image_size"],
+            base_model_uri=p["base_model_uri"], base_model_fingerprint=sources.outputs["base_model"],
+            seed=p["seed"], required_gpus=p["accelerator_count"], **hyperparameters,
+        ), "train", cluster, accelerator_type=p["accelerator_type"],
+            accelerator_count=p["accelerator_count"]).set_display_name(TRAIN_TASK)
+
+        evaluated = place(evaluate(
+            examples=prepared.outputs[artifacts.EXAMPLES_KEY], model=trained.outputs[artifacts.MODEL_KEY],
+            gate_metric=p["gate_metric"], gate_minimum=p["gate_minimum"],
+            baseline_model_uri=p["baseline_model_uri"], baseline_fingerprint=sources.outputs["baseline_model"],
+            max_regression=p["max_regression"], top_k=p["top_k"],
+        ), "evaluate", cluster).set_display_name(EVALUATE_TASK)
+
+        # The single output (not a named one): kfp.local resolves conditions only on
+        # `<task>-Output` channels (kfp 2.17), and clusters read both alike.
+        with dsl.If(evaluated.outputs[artifacts.BLESSED_KEY] == True, name="model-blessed"):  # noqa: E712 (KFP)
+            exported = place(export(
+                model=trained.outputs[artifacts.MODEL_KEY], evaluation=evaluated.outputs[artifacts.METRICS_KEY],
+                destination_uri=p["export_uri"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tflite=p["tflite"],
+                top_k=p["top_k"],
+            ), "export", cluster).set_display_name(EXPORT_TASK).set_caching_options(False)  # a version per run
+            with dsl.If(p["batch_predict_source"] != "", name="batch-prediction-requested"):
+                place(batch_predict(
+                    package=exported.outputs[artifacts.PACKAGE_KEY], inputs=p["batch_predict_source"],
+                    output_format=p["batch_predict_format"], top_k=p["top_k"],
+                ), "batch_predict", cluster).set_display_name(PREDICT_TASK)
+
+        return Outputs(examples=prepared.outputs[artifacts.EXAMPLES_KEY],
+                       metrics=evaluated.outputs[artifacts.METRICS_KEY],
+                       evaluation=evaluated.outputs[artifacts.EVALUATION_KEY],
+                       evaluation_report=evaluated.outputs[artifacts.EVALUATION_REPORT_KEY],
+                       blessing=evaluated.outputs[artifacts.BLESSING_KEY])
+
+    pipeline = _with_parameters(training_pipeline, "training_pipeline", cluster.target)
+    pipeline.__doc__ = docs.docstring(
+        "Transfer learning of a pretrained image backbone: validate every parameter, prepare the images, train, "
+        "evaluate, and export when the quality gate passes.",
+        docs.pipeline_parameter_args(),
+    )
+    return dsl.pipeline(name=PIPELINE_NAME)(pipeline)
+
+
+def _with_parameters(body, name: str, target: str):
     """``body(**values)`` as a function whose signature is the pipeline's
-    parameters, which is what KFP reads (it calls it with one channel per
-    parameter, in order)."""
+    parameters with the target's defaults, which is what KFP reads (it calls it
+    with one channel per parameter, in order)."""
     signature = inspect.Signature([
         inspect.Parameter(parameter.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=parameter.type,
-                          default=inspect.Parameter.empty if parameter.required else parameter.default)
-        for parameter in parameters.PIPELINE_PARAMETERS])
+                          default=inspect.Parameter.empty if parameter.required else parameter.default_for(target))
+        for parameter in parameters.PIPELINE_PARAMETERS], return_annotation=Outputs)
 
     def pipeline(*args, **kwargs):
         return body(**signature.bind(*args, **kwargs).arguments)
@@ -81,10 +128,5 @@ def _with_parameters(body, name: str):
     return pipeline
 
 
-training_pipeline = _with_parameters(_training_pipeline, "training_pipeline")
-training_pipeline.__doc__ = docs.docstring(
-    "Transfer learning of a pretrained image backbone: validate every parameter, prepare the images, train, "
-    "evaluate, and export when the quality gate passes.",
-    docs.pipeline_parameter_args(),
-)
-training_pipeline = dsl.pipeline(name=PIPELINE_NAME)(training_pipeline)
+# The Kubeflow Pipelines target, as pipeline.yaml holds it.
+training_pipeline = build()

@@ -123,7 +123,7 @@ def test_run_layers_the_demo_preset_a_hyperparameter_file_and_params(tmp_path, m
 
     seen = {}
 
-    def stop_before_running(pipeline_yaml, values, pipeline_root):
+    def stop_before_running(pipeline_yaml, values, pipeline_root, **_options):
         seen.update(values)
         raise RuntimeError("stopped by the test")
 

@@ -89,32 +89,39 @@ def _write(path, text: str) -> str:
     return str(path)
 
 
-def _fake_run(root, *, exported: bool) -> str:
-    """A run folder as KFP's local runner leaves it: <task>/<output key>."""
-    run = root / "image-classification-training-2026-01-01"
-    examples = run / PREPARE_TASK / artifacts.EXAMPLES_KEY
+def _fake_run(root, *, exported: bool) -> local_run.LocalRun:
+    """A run as KFP's local runner leaves it (<run>/<task>/<output key>), and the
+    pipeline's outputs, which a cached step takes from an earlier run's folder."""
+    earlier = root / "image-classification-training-2026-01-01"
+    run = root / "image-classification-training-2026-01-02"
+    examples = earlier / PREPARE_TASK / artifacts.EXAMPLES_KEY
     for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
         _write(examples / name, f"report {name}")
-    _write(run / EVALUATE_TASK / artifacts.METRICS_KEY, json.dumps({"accuracy": 0.75}))
-    _write(run / EVALUATE_TASK / artifacts.EVALUATION_KEY, '{"scalars": {"accuracy": 0.75}}')
-    _write(run / EVALUATE_TASK / artifacts.EVALUATION_REPORT_KEY, "<html>evaluation</html>")
-    _write(run / EVALUATE_TASK / artifacts.BLESSING_KEY, json.dumps({"blessed": exported, "reasons": ["why"]}))
+    outputs = {
+        "examples": str(examples),
+        "metrics": _write(run / EVALUATE_TASK / artifacts.METRICS_KEY, json.dumps({"accuracy": 0.75})),
+        "evaluation": _write(run / EVALUATE_TASK / artifacts.EVALUATION_KEY, '{"scalars": {"accuracy": 0.75}}'),
+        "evaluation_report": _write(run / EVALUATE_TASK / artifacts.EVALUATION_REPORT_KEY, "<html>evaluation</html>"),
+        "blessing": _write(run / EVALUATE_TASK / artifacts.BLESSING_KEY,
+                           json.dumps({"blessed": exported, "reasons": ["why"]})),
+    }
     if exported:
         package = run / EXPORT_TASK / artifacts.PACKAGE_KEY
         _write(package / artifacts.LABEL_MAP, '{"a": 0}')
         with tarfile.open(package / artifacts.MODEL_TARBALL, "w:gz") as tar:
             tar.add(package / artifacts.LABEL_MAP, arcname=artifacts.LABEL_MAP)
         _write(run / PREDICT_TASK / artifacts.PREDICTIONS_KEY, '{"file": "x.jpg"}\n')
-    return str(run)
+    return local_run.LocalRun(run_dir=str(run), outputs=outputs)
 
 
-def test_collect_outputs_gathers_what_a_user_wants(tmp_path):
+def test_collect_outputs_gathers_what_a_user_wants_from_wherever_the_outputs_are(tmp_path):
     output = tmp_path / "out"
     outputs = local_run.collect_outputs(_fake_run(tmp_path, exported=True), str(output))
     assert outputs.metrics == {"accuracy": 0.75} and outputs.blessing["blessed"] is True
     assert json.loads((output / "metrics.json").read_text()) == {"accuracy": 0.75}
-    for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML,
-                 artifacts.EVALUATION_JSON, artifacts.BLESSING_JSON, "evaluation_report.html", "model.tar.gz"):
+    assert (output / artifacts.DATA_REPORT_MARKDOWN).read_text() == f"report {artifacts.DATA_REPORT_MARKDOWN}"
+    for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_HTML, artifacts.EVALUATION_JSON,
+                 artifacts.BLESSING_JSON, "evaluation_report.html", "model.tar.gz"):
         assert (output / name).is_file(), name
     assert outputs.model == str(output / "model") and (output / "model" / artifacts.LABEL_MAP).read_text() == '{"a": 0}'
     assert outputs.predictions == str(output / "predictions.jsonl")
@@ -127,3 +134,40 @@ def test_collect_outputs_leaves_no_stale_model_from_an_earlier_run(tmp_path):
     assert outputs.model is None and outputs.predictions is None and outputs.blessing["blessed"] is False
     assert not (output / "model").exists() and not (output / "model.tar.gz").exists()
     assert not (output / "predictions.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- caching, as on a cluster
+
+QUICK = ["--param", "backbone=mobilenet_v3_small_100_224", "--param", "pretrained_weights=none",
+         "--param", "image_size=32", "--param", "epochs=1", "--param", "batch_size=8"]
+
+
+def _cached_run(data, output) -> tuple[str, set[str]]:
+    before = set(os.listdir(output / "runs")) if (output / "runs").exists() else set()
+    result = subprocess.run([*KIC, "run", "--cache", "--data", str(data), "--output", str(output), *QUICK],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = set(os.listdir(output / "runs")) - before - {local_run.CACHE_DIR}
+    return result.stdout, set(os.listdir(output / "runs" / run))  # the steps that ran, not from the cache
+
+
+@pytest.mark.slow
+def test_a_cached_rerun_reuses_unchanged_data_and_notices_new_images(tmp_path):
+    from kic.demo_data import write_demo_dataset
+
+    data, output = tmp_path / "images", tmp_path / "out"
+    write_demo_dataset(str(data), images_per_class=12, size=40)
+    _, first = _cached_run(data, output)
+    assert {PREPARE_TASK, "train", EVALUATE_TASK, EXPORT_TASK} <= first
+    first_report = json.loads((output / "data_report.json").read_text())
+
+    _, unchanged = _cached_run(data, output)
+    assert unchanged == {"snapshot", EXPORT_TASK}  # every other step from the cache; each run exports its version
+    assert (output / "model.tar.gz").is_file() and json.loads((output / "data_report.json").read_text()) == \
+        first_report
+
+    (data / "circle" / "new.png").write_bytes((data / "circle" / "circle_0000.png").read_bytes()[:-1] + b"\0")
+    _, changed = _cached_run(data, output)
+    assert {PREPARE_TASK, "train", EVALUATE_TASK, EXPORT_TASK} <= changed
+    assert json.loads((output / "data_report.json").read_text())["metrics"]["num_listed"] == \
+        first_report["metrics"]["num_listed"] + 1

@@ -26,16 +26,31 @@ def fresh(tmp_path_factory):
     return _load(pipeline), {os.path.basename(os.path.dirname(path)): _load(path) for path in components}
 
 
+@pytest.fixture(scope="module")
+def vertex(tmp_path_factory):
+    return _load(kic_compile.compile_pipeline(str(tmp_path_factory.mktemp("vertex") / "p.yaml"), "vertex"))
+
+
 def _load(path):
+    return load_pipeline_yaml(path)
+
+
+def load_pipeline_yaml(path) -> dict:
+    """The pipeline spec, with the platform spec (kfp-kubernetes settings) that
+    follows it as a second YAML document under "platforms", as KFP reads them."""
     with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        documents = list(yaml.safe_load_all(handle))
+    spec = documents[0]
+    for extra in documents[1:]:
+        spec.update(extra)
+    return spec
 
 
 def _inputs(spec) -> dict:
     return spec["root"]["inputDefinitions"]["parameters"]
 
 
-def _assert_matches_front_door(inputs: dict, names, *, renamed=None) -> None:
+def _assert_matches_front_door(inputs: dict, names, *, renamed=None, target="") -> None:
     """Each named input has the front door's type and default (``renamed``: component name -> pipeline name)."""
     renamed = renamed or {}
     for name in names:
@@ -45,19 +60,23 @@ def _assert_matches_front_door(inputs: dict, names, *, renamed=None) -> None:
         if parameter.required:
             assert "defaultValue" not in spec and not spec.get("isOptional"), name
             continue
-        default = spec["defaultValue"]
+        default, expected = spec["defaultValue"], parameter.default_for(target)
         if parameter.type is int:
             default = int(default)  # the IR stores integers as JSON numbers
-        assert default == parameter.default and type(default) is parameter.type, (name, default, parameter.default)
+        assert default == expected and type(default) is parameter.type, (name, default, expected)
         assert spec.get("description"), f"{name} has no description"
 
 
-def test_the_pipeline_parameters_are_the_front_doors(fresh):
-    inputs = _inputs(fresh[0])
+@pytest.mark.parametrize("target", ["kfp", "vertex"])
+def test_the_pipeline_parameters_are_the_front_doors(fresh, vertex, target):
+    inputs = _inputs(fresh[0] if target == "kfp" else vertex)
     assert list(inputs) == sorted(FRONT_DOOR)  # the IR sorts them
-    _assert_matches_front_door(inputs, FRONT_DOOR)
+    _assert_matches_front_door(inputs, FRONT_DOOR, target=target)
     for name, spec in inputs.items():
         assert " ".join(spec["description"].split()) == FRONT_DOOR[name].help, name
+    # On a cluster train asks for a GPU unless told otherwise; on this machine, for none.
+    assert inputs["accelerator_count"]["defaultValue"] == 1 and FRONT_DOOR["accelerator_count"].default == 0
+    assert inputs["accelerator_type"]["defaultValue"] == {"kfp": "nvidia.com/gpu", "vertex": "NVIDIA_L4"}[target]
 
 
 def test_validate_takes_every_pipeline_parameter(fresh):
@@ -74,6 +93,7 @@ def test_train_takes_every_hyperparameter_and_the_front_doors_defaults(fresh):
     inputs = _inputs(fresh[1]["train"])
     _assert_matches_front_door(inputs, [*parameters.HYPERPARAMETERS, "backbone", "pretrained_weights", "image_size",
                                         "base_model_uri", "seed"])
+    assert inputs["required_gpus"]["defaultValue"] == 0
     passed = fresh[0]["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
     for name in parameters.HYPERPARAMETERS:
         assert passed[name]["componentInputParameter"] == name
@@ -112,14 +132,17 @@ def test_the_output_keys_are_the_components_outputs(fresh):
 
 def test_validation_runs_before_any_data_is_read(fresh):
     tasks = fresh[0]["root"]["dag"]["tasks"]
-    assert tasks["prepare"]["dependentTasks"] == ["validate"]
+    assert tasks["prepare"]["dependentTasks"] == ["snapshot", "validate"]
+    assert tasks["snapshot"]["dependentTasks"] == ["validate"]
     assert "dependentTasks" not in tasks["validate"]
 
 
-def test_committed_pipeline_yaml_is_fresh(tmp_path):
-    path = kic_compile.compile_pipeline(str(tmp_path / "pipeline.yaml"))
-    with open(os.path.join(ROOT, "pipeline.yaml"), encoding="utf-8") as committed, open(path) as new:
-        assert committed.read() == new.read(), "pipeline.yaml is stale: run `kic compile`"
+@pytest.mark.parametrize("target", kic_compile.TARGETS)
+def test_committed_pipeline_yaml_is_fresh(tmp_path, target):
+    path = kic_compile.compile_pipeline(str(tmp_path / "pipeline.yaml"), target)
+    committed_path = os.path.join(ROOT, kic_compile.PIPELINE_YAMLS[target])
+    with open(committed_path, encoding="utf-8") as committed, open(path) as new:
+        assert committed.read() == new.read(), f"{committed_path} is stale: run `kic compile`"
 
 
 @pytest.mark.parametrize("name", kic_compile.COMPONENT_NAMES)

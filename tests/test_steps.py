@@ -97,14 +97,42 @@ def test_prepare_writes_the_dataset_and_publishes_the_report(tmp_path):
     assert "circle" in open(outputs["report"].path).read() and open(outputs["report_markdown"].path).read()
 
 
-def test_a_failed_prepare_still_publishes_its_report(tmp_path, capsys):
+def test_a_failed_prepare_still_publishes_its_report_and_says_why_in_the_log(tmp_path, capsys):
     write_demo_dataset(str(tmp_path / "images"), images_per_class=8, size=40)
     for index in range(4):
         (tmp_path / "images" / "circle" / f"broken{index}.png").write_bytes(b"<html>not an image</html>")
     with pytest.raises(SystemExit):
         _prepare(tmp_path, str(tmp_path / "images"))
-    assert "DataQualityError" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # On a cluster a failed task's outputs are not uploaded: the log must carry the summary.
+    assert "DataQualityError" in out and "4 files rejected (14.3%): not_an_image 4" in out
+    assert "circle/broken0.png: not_an_image" in out
     assert "broken0.png" in open(tmp_path / "report_md").read()
+
+
+def test_snapshot_fingerprints_data_and_models(tmp_path):
+    write_demo_dataset(str(tmp_path / "images"), images_per_class=2, size=16)
+    (tmp_path / "model.tar.gz").write_bytes(b"archive")
+    data, base, baseline = steps.snapshot_step(
+        data_source=str(tmp_path / "images"), validation_source="", test_source="", tfds_data_dir="",
+        base_model_uri=str(tmp_path / "model.tar.gz"), baseline_model_uri="")
+    assert len(data) == len(base) == 32 and data != base and baseline == ""
+    with pytest.raises(SystemExit):  # a source gone since validate: a user error, in the log
+        steps.snapshot_step(data_source=str(tmp_path / "gone"), validation_source="", test_source="",
+                            tfds_data_dir="", base_model_uri="", baseline_model_uri="")
+
+
+def test_train_asked_for_a_gpu_without_one_fails_at_once(prepared, tiny_backbone, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    with pytest.raises(SystemExit):
+        steps.train_step(examples=dsl.Dataset(name="examples", uri=prepared, metadata={}),
+                         model=artifact(dsl.Model, tmp_path, "model"),
+                         training_metrics=artifact(dsl.Metrics, tmp_path, "metrics"), backbone=tiny_backbone,
+                         pretrained_weights="none", image_size=32, base_model_uri="", seed=1, required_gpus=1,
+                         **{name: parameters.defaults()[name] for name in parameters.HYPERPARAMETERS})
+    out = capsys.readouterr().out
+    assert "train: devices: 0 GPU(s)" in out and "NoGpuError: train asked for 1 GPU(s) and sees 0" in out
+    assert not os.path.exists(tmp_path / "model")
 
 
 # -------------------------------------------- train, evaluate, export, predict
@@ -146,7 +174,8 @@ def test_evaluate_step_records_metrics_matrix_evaluation_and_decision(chain):
     assert chain["metrics"].metadata["accuracy"] == pytest.approx(scalars["accuracy"])
     assert scalars["top_2_accuracy"] >= scalars["accuracy"] and scalars["num_examples"] == 12  # 4 test images a class
     evaluation = EvaluationResult.from_json(open(chain["evaluation"].path).read())
-    assert evaluation.scalars == scalars and chain["evaluation"].metadata == {"split": "test", "num_classes": 3}
+    assert evaluation.scalars == scalars and chain["evaluation"].metadata == {"split": "test", "num_classes": 3,
+                                                                        "baseline_fingerprint": ""}
     matrix = chain["classification_metrics"].metadata["confusionMatrix"]
     assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == ["circle", "square", "triangle"]
     assert [row["row"] for row in matrix["rows"]] == evaluation.confusion_matrix
@@ -166,6 +195,25 @@ def test_evaluate_step_blocks_below_the_minimum(chain, tmp_path):
     assert "1.01" in " ".join(outputs["blessing"].metadata["reasons"])
 
 
+def test_a_thousand_classes_stay_under_the_metadata_limit(tmp_path):
+    """KFP's metadata store takes messages of at most 4 MB; a full 1,000-class matrix is about 11 MB."""
+    classes = [f"class_{index:04d}" for index in range(1000)]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(1000), 3)
+    probabilities = rng.dirichlet(np.ones(1000) * 0.1, size=len(labels))
+    from kic.evaluation.metrics import evaluate_predictions
+
+    result = evaluate_predictions(labels, probabilities, classes, binary_mode=False)
+    target = artifact(dsl.ClassificationMetrics, tmp_path, "classification_metrics")
+    steps._log_confusion_matrix(target, result)
+    assert len(json.dumps(target.metadata)) < 100_000
+    shown = [spec["displayName"] for spec in target.metadata["confusionMatrix"]["annotationSpecs"]]
+    assert len(shown) == 50 and "1000 classes" in target.metadata["confusionMatrixNote"]
+    errors = {name: sum(row) - row[index] + sum(r[index] for r in result.confusion_matrix) - row[index]
+              for index, (name, row) in enumerate(zip(classes, result.confusion_matrix, strict=True))}
+    assert min(errors[name] for name in shown) >= sorted(errors.values())[-50]  # the most confused ones
+
+
 def test_export_step_packages_the_model_with_its_evaluation(chain):
     package = chain["package"]
     assert package.metadata["tarball"] == os.path.join(package.path, artifacts.MODEL_TARBALL)
@@ -173,6 +221,18 @@ def test_export_step_packages_the_model_with_its_evaluation(chain):
     info = json.loads(open(os.path.join(package.path, artifacts.MODEL_INFO)).read())
     assert info["evaluation_metrics"] == json.loads(open(chain["metrics"].path).read())
     assert info["serving"]["top_k"] == 2
+
+
+def test_export_step_publishes_a_version_per_run_and_points_latest_at_it(chain, tmp_path):
+    published = tmp_path / "published"
+    for run_id in ("run-1", "run-2"):
+        package = artifact(dsl.Model, tmp_path / run_id, "package")
+        steps.export_step(model=chain["model"], evaluation=chain["metrics"], package=package,
+                          destination_uri=str(published), run_id=run_id, tflite="", top_k=2)
+        assert package.metadata["published"] == str(published / run_id)
+    for run_id in ("run-1", "run-2"):
+        assert (published / run_id / "_SUCCESS").exists() and (published / run_id / "model.tar.gz").exists()
+    assert (published / "LATEST").read_text().strip() == str(published / "run-2")
 
 
 def test_batch_predict_step_predicts_with_the_exported_package(chain, tmp_path):

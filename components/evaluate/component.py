@@ -19,6 +19,7 @@ def evaluate(
     gate_metric: str = "",
     gate_minimum: float = 0.0,
     baseline_model_uri: str = "",
+    baseline_fingerprint: str = "",
     max_regression: float = 0.0,
     top_k: int = 5,
 ) -> bool:
@@ -34,7 +35,9 @@ evaluate.__doc__ = docs.docstring(
     {
         "examples": "The prepared dataset from prepare.",
         "model": "The trained model from train.",
-        **docs.parameter_args("gate_metric", "gate_minimum", "baseline_model_uri", "max_regression"),
+        **docs.parameter_args("gate_metric", "gate_minimum", "baseline_model_uri"),
+        "baseline_fingerprint": "What baseline_model_uri holds now (from snapshot): part of the cache key.",
+        **docs.parameter_args("max_regression"),
         "top_k": "k of the top-k accuracy (reported when there are more than k classes).",
     },
     {

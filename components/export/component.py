@@ -12,6 +12,7 @@ def export(
     evaluation: Input[Metrics],
     package: Output[Model],
     destination_uri: str = "",
+    run_id: str = "",
     tflite: str = "",
     top_k: int = 5,
 ):
@@ -27,8 +28,10 @@ export.__doc__ = docs.docstring(
     {
         "model": "The trained model from train.",
         "evaluation": "Evaluation metrics, recorded in the package's model info.",
-        "destination_uri": "Optional local path or gs:// URI that also receives the package (a _SUCCESS "
-                           "marker is written last).",
+        "destination_uri": "Optional local path or gs:// URI that also receives the package: under "
+                           "<destination_uri>/<run_id>/ (a _SUCCESS marker written last), then "
+                           "<destination_uri>/LATEST names that folder; without run_id, in destination_uri itself.",
+        "run_id": "The pipeline run's id (the pipeline passes its job id): each run publishes its own version.",
         **docs.parameter_args("tflite"),
         "top_k": "Number of top labels the serving signature returns.",
     },

@@ -22,6 +22,7 @@ def prepare(
     images_per_shard: int = 1024,
     max_rejected_fraction: float = 0.05,
     tfds_data_dir: str = "",
+    source_fingerprint: str = "",
 ):
     arguments = dict(locals())
     from kic.orchestration import steps
@@ -38,6 +39,8 @@ prepare.__doc__ = docs.docstring(
         "image_short_side": "Images are downscaled so their short side is at most this many pixels.",
         "images_per_shard": "Records per TFRecord shard.",
         **docs.parameter_args("max_rejected_fraction", "tfds_data_dir"),
+        "source_fingerprint": "What the sources are now (from snapshot): recorded with the dataset, and part of the "
+                              "cache key, so changed images are prepared anew.",
     },
     {
         "examples": "The prepared dataset: TFRecord shards per split, the label map and dataset_info.json.",

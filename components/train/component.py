@@ -15,7 +15,9 @@ def train(
     pretrained_weights: str = "imagenet",
     image_size: int = 0,
     base_model_uri: str = "",
+    base_model_fingerprint: str = "",
     seed: int = 42,
+    required_gpus: int = 0,
     augmentation: bool = False,
     augmentation_random_flip: str = "horizontal_and_vertical",
     augmentation_random_rotation: float = 0.2,
@@ -53,7 +55,11 @@ train.__doc__ = docs.docstring(
     "Hyperparameters are validated (all problems at once) before any data is read.",
     {
         "examples": "The prepared dataset from prepare.",
-        **docs.parameter_args("backbone", "pretrained_weights", "image_size", "base_model_uri", "seed"),
+        **docs.parameter_args("backbone", "pretrained_weights", "image_size", "base_model_uri"),
+        "base_model_fingerprint": "What base_model_uri holds now (from snapshot): part of the cache key.",
+        **docs.parameter_args("seed"),
+        "required_gpus": "Fail at once when fewer GPUs are visible (the pipeline passes accelerator_count, what it "
+                         "asked the platform for); 0: train on whatever the machine has.",
         **docs.hyperparameter_args(),
     },
     {

@@ -21,6 +21,8 @@ def validate(
     image_size: int = 0,
     base_model_uri: str = "",
     seed: int = 42,
+    accelerator_type: str = "",
+    accelerator_count: int = 0,
     gate_metric: str = "",
     gate_minimum: float = 0.0,
     baseline_model_uri: str = "",

@@ -49,6 +49,17 @@ def top_k_metric(k: int) -> str:
     return f"top_{k}_accuracy"
 
 
+def most_confused_classes(confusion_matrix, limit: int) -> list[int]:
+    """Indices of the ``limit`` classes with the most errors (as true or as
+    predicted class), in class order; every class when there are no more."""
+    matrix = np.asarray(confusion_matrix, dtype=np.int64)
+    if len(matrix) <= limit:
+        return list(range(len(matrix)))
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
+    # A stable sort keeps class order among equal error counts.
+    return sorted(int(index) for index in np.argsort(-errors, kind="stable")[:limit])
+
+
 def quality_metrics(*, binary_mode: bool, top_k: int) -> tuple[str, ...]:
     return QUALITY_METRICS + (BINARY_QUALITY_METRICS if binary_mode else ()) + (top_k_metric(top_k),)
 

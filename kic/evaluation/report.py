@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from kic.evaluation.gate import Blessing
-from kic.evaluation.metrics import EvaluationResult
+from kic.evaluation.metrics import EvaluationResult, most_confused_classes
 
 DPI = 80
 # Beyond this many classes the confusion-matrix plot shows only the classes
@@ -203,7 +203,7 @@ def _per_class_html(result: EvaluationResult) -> str:
 
 def _confusion_matrix_html(result: EvaluationResult) -> str:
     matrix = np.asarray(result.confusion_matrix, dtype=np.int64)
-    shown = _classes_to_show(matrix)
+    shown = most_confused_classes(matrix, MAX_CONFUSION_CLASSES)
     note = ""
     if len(shown) < len(result.class_names):
         note = (
@@ -213,17 +213,6 @@ def _confusion_matrix_html(result: EvaluationResult) -> str:
     names = [result.class_names[i] for i in shown]
     image = _plot_confusion_matrix(matrix[np.ix_(shown, shown)], names)
     return note + _img(image, "confusion matrix")
-
-
-def _classes_to_show(matrix: np.ndarray) -> list[int]:
-    num_classes = len(matrix)
-    if num_classes <= MAX_CONFUSION_CLASSES:
-        return list(range(num_classes))
-    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
-    # Stable sort so equal error counts keep class order; the chosen classes
-    # are then shown in their original order.
-    most_errors = np.argsort(-errors, kind="stable")[:MAX_CONFUSION_CLASSES]
-    return sorted(int(i) for i in most_errors)
 
 
 def _misclassified_html(misclassified: list[dict]) -> str:

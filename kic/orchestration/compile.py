@@ -1,19 +1,31 @@
-"""Compiles the pipeline and every component to their committed YAML files."""
+"""Compiles the pipeline for each target, and every component, to their committed YAML files."""
 
 from __future__ import annotations
 
 import os
 
-PIPELINE_YAML = "pipeline.yaml"
-COMPONENT_NAMES = ("validate", "prepare", "train", "evaluate", "export", "batch_predict")
+from kic.orchestration.placement import LOCAL, TARGETS, ClusterOptions
+
+# What each target's pipeline is committed as (kfp is the default pipeline.yaml).
+PIPELINE_YAMLS = {"kfp": "pipeline.yaml", "vertex": "pipeline-vertex.yaml"}
+PIPELINE_YAML = PIPELINE_YAMLS["kfp"]
+COMPONENT_NAMES = ("validate", "snapshot", "prepare", "train", "evaluate", "export", "batch_predict")
+
+__all__ = ["COMPONENT_NAMES", "LOCAL", "PIPELINE_YAML", "PIPELINE_YAMLS", "TARGETS", "ClusterOptions",
+           "compile_components", "compile_pipeline"]
 
 
-def compile_pipeline(path: str = PIPELINE_YAML) -> str:
+def compile_pipeline(path: str = PIPELINE_YAML, target: str = "kfp", cluster: ClusterOptions | None = None) -> str:
+    """Writes the pipeline placed for ``target`` (kfp, vertex, or local for
+    ``kic run``); ``cluster`` adds a cluster's node pools and credentials."""
     from kfp import compiler
 
-    from kic.pipelines.training_pipeline import training_pipeline
+    from kic.pipelines import training_pipeline
 
-    compiler.Compiler().compile(training_pipeline, package_path=path)
+    cluster = cluster or ClusterOptions(target=target)
+    if cluster.target != target:
+        raise ValueError(f"cluster options for {cluster.target!r} given with target {target!r}")
+    compiler.Compiler().compile(training_pipeline.build(cluster), package_path=path)
     return path
 
 

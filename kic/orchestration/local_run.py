@@ -2,7 +2,10 @@
 
 Each step runs as a subprocess in the current Python environment (where kic is
 installed), exactly the component code that runs on a cluster. The outputs
-are then gathered from the local pipeline root into one tidy folder.
+are then gathered into one tidy folder: those the pipeline returns (prepare's
+and evaluate's, which may come from an earlier run when cached) from where
+they are, the exported model and the predictions from this run's folder (a
+run's export is never cached: each run publishes its own version).
 """
 
 from __future__ import annotations
@@ -12,33 +15,47 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Mapping
 
 from kic import artifacts, storage
 
+CACHE_DIR = ".kfp-cache"
 EVALUATION_REPORT_HTML = "evaluation_report.html"
 METRICS_JSON = "metrics.json"
 MODEL_DIR = "model"
 
 
-def run_compiled_pipeline(pipeline_yaml: str, arguments: dict, pipeline_root: str) -> str:
-    """Runs the pipeline; returns the run's folder under pipeline_root."""
+@dataclasses.dataclass(frozen=True)
+class LocalRun:
+    run_dir: str  # this run's folder: one folder per task that ran, one per output inside
+    outputs: Mapping[str, str]  # the pipeline's outputs (training_pipeline.Outputs): name -> local path
+
+
+def run_compiled_pipeline(pipeline_yaml: str, arguments: dict, pipeline_root: str, *,
+                          cache: bool = False) -> LocalRun:
+    """Runs the pipeline under pipeline_root. With ``cache``, a step whose
+    inputs are those of a step of an earlier run under the same pipeline_root
+    reuses its outputs, as on a cluster (the snapshot step is never cached,
+    so changed sources rerun what depends on them)."""
     from kfp import components, local
 
     from kic.pipelines.training_pipeline import PIPELINE_NAME
 
     os.makedirs(pipeline_root, exist_ok=True)
     before = set(os.listdir(pipeline_root))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True,
+               enable_caching=cache, cache_root=os.path.join(pipeline_root, CACHE_DIR))
     pipeline = components.load_component_from_file(pipeline_yaml)
     with warnings.catch_warnings():
         # The subprocess runner warns that our image name lacks "python"; it
         # runs the same code in this environment, where kic is installed.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        pipeline(**arguments)
+        task = pipeline(**arguments)
     new_runs = sorted(name for name in set(os.listdir(pipeline_root)) - before if name.startswith(PIPELINE_NAME))
     if not new_runs:
         raise RuntimeError(f"the local run left no output under {pipeline_root}")
-    return os.path.join(pipeline_root, new_runs[-1])
+    return LocalRun(run_dir=os.path.join(pipeline_root, new_runs[-1]),
+                    outputs={name: output.path for name, output in task.outputs.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,16 +69,12 @@ class RunOutputs:
     predictions: str | None
 
 
-def collect_outputs(run_dir: str, output_dir: str, *, prediction_format: str = "jsonl") -> RunOutputs:
-    """Copies what a user wants from a local run (the folder KFP's local
-    runner wrote: one folder per task, one per output inside) into output_dir."""
-    from kic.pipelines.training_pipeline import EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK, PREPARE_TASK
+def collect_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = "jsonl") -> RunOutputs:
+    """Copies what a user wants from a local run into output_dir."""
+    from kic.pipelines.training_pipeline import EXPORT_TASK, PREDICT_TASK
 
-    def output(task: str, key: str) -> str:
-        return os.path.join(run_dir, task, key)
-
-    def copy(source: str, name: str) -> str | None:
-        if not os.path.isfile(source):
+    def copy(source: str | None, name: str) -> str | None:
+        if not source or not os.path.isfile(source):
             return None
         destination = os.path.join(output_dir, name)
         shutil.copyfile(source, destination)
@@ -72,28 +85,28 @@ def collect_outputs(run_dir: str, output_dir: str, *, prediction_format: str = "
     for name in (artifacts.MODEL_TARBALL, MODEL_DIR, artifacts.BLESSING_JSON, artifacts.EVALUATION_JSON,
                  EVALUATION_REPORT_HTML, f"predictions.{prediction_format}"):
         storage.remove_tree(os.path.join(output_dir, name))
+    examples = run.outputs.get("examples")
     for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
-        copy(os.path.join(output(PREPARE_TASK, artifacts.EXAMPLES_KEY), name), name)
-    metrics_path = output(EVALUATE_TASK, artifacts.METRICS_KEY)
-    metrics = _read_json(metrics_path) or {}
+        copy(examples and os.path.join(examples, name), name)
+    metrics = _read_json(run.outputs.get("metrics")) or {}
     storage.write_text(os.path.join(output_dir, METRICS_JSON), json.dumps(metrics, indent=2, sort_keys=True))
-    copy(output(EVALUATE_TASK, artifacts.EVALUATION_KEY), artifacts.EVALUATION_JSON)
-    copy(output(EVALUATE_TASK, artifacts.EVALUATION_REPORT_KEY), EVALUATION_REPORT_HTML)
-    blessing_path = output(EVALUATE_TASK, artifacts.BLESSING_KEY)
-    copy(blessing_path, artifacts.BLESSING_JSON)
+    copy(run.outputs.get("evaluation"), artifacts.EVALUATION_JSON)
+    copy(run.outputs.get("evaluation_report"), EVALUATION_REPORT_HTML)
+    copy(run.outputs.get("blessing"), artifacts.BLESSING_JSON)
 
     model = None
-    tarball = copy(os.path.join(output(EXPORT_TASK, artifacts.PACKAGE_KEY), artifacts.MODEL_TARBALL),
+    tarball = copy(os.path.join(run.run_dir, EXPORT_TASK, artifacts.PACKAGE_KEY, artifacts.MODEL_TARBALL),
                    artifacts.MODEL_TARBALL)
     if tarball:
         model = storage.extract_tarball(tarball, os.path.join(output_dir, MODEL_DIR))
-    predictions = copy(output(PREDICT_TASK, artifacts.PREDICTIONS_KEY), f"predictions.{prediction_format}")
-    return RunOutputs(run_dir=run_dir, metrics=metrics, blessing=_read_json(blessing_path), model=model,
-                      predictions=predictions)
+    predictions = copy(os.path.join(run.run_dir, PREDICT_TASK, artifacts.PREDICTIONS_KEY),
+                       f"predictions.{prediction_format}")
+    return RunOutputs(run_dir=run.run_dir, metrics=metrics, blessing=_read_json(run.outputs.get("blessing")),
+                      model=model, predictions=predictions)
 
 
-def _read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
+def _read_json(path: str | None) -> dict | None:
+    if not path or not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import resource
 import shutil
 import sys
 import time
@@ -30,23 +31,44 @@ def fails_cleanly(step):
     through KFP and TensorFlow. Anything else is a bug and keeps its
     traceback; so does every error with KIC_DEBUG=1."""
 
+    name = step.__name__.removesuffix("_step")
+
     @functools.wraps(step)
     def run(**arguments):
+        started = time.perf_counter()
         try:
             return step(**arguments)
         except UserError as error:
             if os.environ.get("KIC_DEBUG"):
                 raise
-            log(f"{step.__name__.removesuffix('_step')} failed: {type(error).__name__}: {error}")
+            log(f"{name} failed: {type(error).__name__}: {error}")
             raise SystemExit(1) from None
+        finally:
+            log(f"{name}: {time.perf_counter() - started:.1f} s, {_peak_memory()}")
 
     return run
 
 
+def _peak_memory(who: int = resource.RUSAGE_SELF) -> str:
+    """Peak resident memory of this process (or of its largest child): what
+    the steps' memory requests are sized from (kic.orchestration.placement)."""
+    per_gb = 1024**3 if sys.platform == "darwin" else 1024**2  # ru_maxrss: bytes on macOS, kilobytes on Linux
+    return f"peak memory {resource.getrusage(who).ru_maxrss / per_gb:.2f} GB"
+
+
 def _log_metrics(target, values: dict) -> None:
+    """The numbers in ``values`` as the artifact's metrics (what the UI shows),
+    and as its file, which a metrics artifact otherwise lacks: a cached output
+    whose file is missing counts as gone (kfp.local), and the file is what
+    other tools read."""
     for name, value in values.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             target.log_metric(name, float(value))
+    _write_metadata(target)
+
+
+def _write_metadata(target) -> None:
+    storage.write_text(target.path, json.dumps(target.metadata, indent=2, sort_keys=True))
 
 
 # ----------------------------------------------------------------- validate
@@ -69,12 +91,27 @@ def validate_step(**values) -> int:
     return short_side
 
 
+# ----------------------------------------------------------------- snapshot
+@fails_cleanly
+def snapshot_step(*, data_source, validation_source, test_source, tfds_data_dir, base_model_uri,
+                  baseline_model_uri) -> tuple[str, str, str]:
+    """Fingerprints (see kic.data.snapshot): of the data, the earlier model and the baseline model."""
+    from kic.data.snapshot import fingerprint
+
+    data = fingerprint(data_source, validation_source, test_source, tfds_data_dir=tfds_data_dir)
+    base_model = fingerprint(base_model_uri) if base_model_uri else ""
+    baseline_model = fingerprint(baseline_model_uri) if baseline_model_uri else ""
+    log(f"snapshot: data {data}" + (f", base model {base_model}" if base_model else "")
+        + (f", baseline model {baseline_model}" if baseline_model else ""))
+    return data, base_model, baseline_model
+
+
 # ------------------------------------------------------------------ prepare
 @fails_cleanly
 def prepare_step(*, source, examples, report, report_markdown, data_metrics, validation_source, test_source,
                  validation_fraction, test_fraction, seed, image_short_side, images_per_shard,
-                 max_rejected_fraction, tfds_data_dir) -> None:
-    from kic.data.prepare import PrepareOptions, prepare_dataset
+                 max_rejected_fraction, tfds_data_dir, source_fingerprint="") -> None:
+    from kic.data.prepare import DataQualityError, PrepareOptions, prepare_dataset
 
     options = PrepareOptions(
         source=source, output_dir=examples.path, validation_source=validation_source, test_source=test_source,
@@ -83,13 +120,34 @@ def prepare_step(*, source, examples, report, report_markdown, data_metrics, val
         max_rejected_fraction=max_rejected_fraction, tfds_data_dir=tfds_data_dir)
     try:
         result = prepare_dataset(options, progress=log)
+    except DataQualityError:
+        # On a cluster the outputs of a failed task are not uploaded: the log is all a user sees.
+        _log_rejections(os.path.join(examples.path, artifacts.DATA_REPORT_JSON))
+        raise
     finally:
         # The report is the most useful output of a failed prepare: publish it either way.
         _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_HTML), report.path)
         _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_MARKDOWN), report_markdown.path)
+    log(f"prepare: largest image worker's {_peak_memory(resource.RUSAGE_CHILDREN)}")
     _log_metrics(data_metrics, result.report["metrics"])
     examples.metadata.update({"class_names": list(result.info.class_names), "fingerprint": result.info.fingerprint,
+                              "source_fingerprint": source_fingerprint,
                               **{f"num_{name}": split.num_examples for name, split in result.info.splits.items()}})
+
+
+REJECTIONS_LOGGED = 20
+
+
+def _log_rejections(report_path: str) -> None:
+    if not os.path.exists(report_path):
+        return
+    rejected = json.loads(storage.read_text(report_path))["rejected"]
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected["by_reason"].items()))
+    log(f"prepare: {rejected['count']} files rejected ({rejected['fraction']:.1%}): {reasons}")
+    for entry in rejected["files"][:REJECTIONS_LOGGED]:
+        log(f"prepare:   {entry['file']}: {entry['reason']}: {entry.get('detail', '')}")
+    if len(rejected["files"]) > REJECTIONS_LOGGED:
+        log(f"prepare:   ... and {len(rejected['files']) - REJECTIONS_LOGGED} more in the data report")
 
 
 def _copy_if_exists(source: str, destination: str) -> None:
@@ -101,24 +159,24 @@ def _copy_if_exists(source: str, destination: str) -> None:
 # -------------------------------------------------------------------- train
 @fails_cleanly
 def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
-               seed, **hyperparameters) -> None:
+               seed, required_gpus=0, base_model_fingerprint="", **hyperparameters) -> None:
     from kic.config import TrainingConfig
     from kic.training import TrainOptions, train
 
     config = TrainingConfig.from_dict(hyperparameters)
     options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
-                           base_model=base_model_uri, seed=seed)
+                           base_model=base_model_uri, seed=seed, required_gpus=required_gpus)
     result = train(examples.path, model.path, config, options, log=log)
-    _log_metrics(training_metrics, result.best_metrics)
-    training_metrics.log_metric("best_epoch", result.best_epoch)
+    _log_metrics(training_metrics, {**result.best_metrics, "best_epoch": result.best_epoch})
     model.metadata.update({"framework": "keras", "backbone": backbone, "best_epoch": result.best_epoch,
-                           "epochs_run": result.epochs_run})
+                           "epochs_run": result.epochs_run, "base_model_fingerprint": base_model_fingerprint})
 
 
 # ----------------------------------------------------------------- evaluate
 @fails_cleanly
 def evaluate_step(*, examples, model, metrics, classification_metrics, evaluation, report, report_markdown, blessing,
-                  gate_metric, gate_minimum, baseline_model_uri, max_regression, top_k) -> bool:
+                  gate_metric, gate_minimum, baseline_model_uri, max_regression, top_k,
+                  baseline_fingerprint="") -> bool:
     from kic.evaluation.evaluate import GateOptions, evaluate_model
 
     outcome = evaluate_model(
@@ -127,13 +185,14 @@ def evaluate_step(*, examples, model, metrics, classification_metrics, evaluatio
                                  baseline_model_uri=baseline_model_uri, max_regression=max_regression))
     result = outcome.result
     _log_metrics(metrics, result.scalars)
-    storage.write_text(metrics.path, json.dumps(result.scalars, indent=2, sort_keys=True))
     storage.write_text(evaluation.path, result.to_json())
-    evaluation.metadata.update({"split": outcome.split, "num_classes": len(result.class_names)})
-    classification_metrics.log_confusion_matrix(list(result.class_names), result.confusion_matrix)
+    evaluation.metadata.update({"split": outcome.split, "num_classes": len(result.class_names),
+                                "baseline_fingerprint": baseline_fingerprint})
+    _log_confusion_matrix(classification_metrics, result)
     if result.roc_curve:
         classification_metrics.log_roc_curve(result.roc_curve["fpr"], result.roc_curve["tpr"],
                                              result.roc_curve["thresholds"])
+    _write_metadata(classification_metrics)
     storage.write_text(report.path, outcome.html)
     storage.write_text(report_markdown.path, outcome.markdown)
     storage.write_text(blessing.path, outcome.blessing.to_json())
@@ -141,18 +200,37 @@ def evaluate_step(*, examples, model, metrics, classification_metrics, evaluatio
     return outcome.blessing.blessed
 
 
+# KFP keeps metrics in its metadata store, whose messages are capped at 4 MB: a
+# 1,000-class matrix is about 11 MB. The UI gets the most confused classes; the
+# evaluation artifact and the HTML report have the whole matrix.
+UI_CONFUSION_CLASSES = 50
+
+
+def _log_confusion_matrix(target, result) -> None:
+    from kic.evaluation.metrics import most_confused_classes
+
+    shown = most_confused_classes(result.confusion_matrix, UI_CONFUSION_CLASSES)
+    target.log_confusion_matrix([result.class_names[i] for i in shown],
+                                [[result.confusion_matrix[row][column] for column in shown] for row in shown])
+    if len(shown) < len(result.class_names):
+        target.metadata["confusionMatrixNote"] = (f"the {len(shown)} of {len(result.class_names)} classes with the "
+                                                  "most errors; the evaluation artifact has them all")
+
+
 # ------------------------------------------------------------------- export
 @fails_cleanly
-def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -> None:
+def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, run_id="") -> None:
     from kic.serving.export import ExportOptions, export_model
 
     evaluation_metrics = json.loads(storage.read_text(evaluation.path)) if os.path.exists(evaluation.path) else {}
     result = export_model(model.path, package.path, ExportOptions(
-        destination_uri=destination_uri, tflite=tflite, top_k=top_k, evaluation_metrics=evaluation_metrics))
+        destination_uri=destination_uri, version=run_id, tflite=tflite, top_k=top_k,
+        evaluation_metrics=evaluation_metrics))
     log(f"export: SavedModel verified (max abs diff {result.max_abs_diff:.2e}); package {result.tarball}")
     package.metadata.update({"framework": "tensorflow", "format": "saved_model", "tarball": result.tarball})
-    if destination_uri:
-        log(f"export: copied to {destination_uri}")
+    if result.published:
+        package.metadata["published"] = result.published
+        log(f"export: published to {result.published}")
     sys.stdout.flush()
 
 

@@ -45,7 +45,8 @@ TARBALL_MEMBERS = (artifacts.SAVED_MODEL_VERSION_DIR, artifacts.LABEL_MAP, artif
 
 @dataclasses.dataclass(frozen=True)
 class ExportOptions:
-    destination_uri: str = ""
+    destination_uri: str = ""  # also publish the package here (local or gs://)
+    version: str = ""  # publish under destination_uri/<version>/ and point destination_uri/LATEST at it
     tflite: str = ""
     top_k: int = contract.DEFAULT_TOP_K
     evaluation_metrics: dict | None = None
@@ -62,6 +63,7 @@ class ExportResult:
     tarball: str
     max_abs_diff: float
     tflite_max_abs_diff: float | None
+    published: str = ""  # where the package was published, if anywhere
 
 
 def export_model(model_dir: str, output_dir: str, options: ExportOptions = ExportOptions(),
@@ -101,12 +103,13 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
 
         if storage.is_gcs(output_dir):
             publish(package, output_dir)
+        published = ""
         if options.destination_uri:
-            publish(package, options.destination_uri)
+            published = publish_version(package, options.destination_uri, options.version)
         storage.write_text(os.path.join(package, artifacts.SUCCESS_MARKER), "")
 
     return ExportResult(package_dir=output_dir, tarball=storage.join(output_dir, artifacts.MODEL_TARBALL),
-                        max_abs_diff=max_abs_diff, tflite_max_abs_diff=tflite_diff)
+                        max_abs_diff=max_abs_diff, tflite_max_abs_diff=tflite_diff, published=published)
 
 
 def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str, Any] | None) -> str:
@@ -167,6 +170,21 @@ def _write_tarball(package: str, tarball: str) -> None:
         for name in TARBALL_MEMBERS:
             archive.add(os.path.join(package, name), arcname=name, filter=anonymous)
     storage.write_bytes(tarball, buffer.getvalue())
+
+
+def publish_version(local_dir: str, destination_uri: str, version: str) -> str:
+    """Publishes the package under ``destination_uri/<version>/`` and then
+    points ``destination_uri/LATEST`` at it (one line: the version's URI),
+    last, so what LATEST names is always complete; a scheduled retrain never
+    overwrites the model a server may be loading. Without a version, publishes
+    into ``destination_uri`` itself. Returns where the package went."""
+    if not version:
+        publish(local_dir, destination_uri)
+        return destination_uri
+    versioned = storage.join(destination_uri, version)
+    publish(local_dir, versioned)
+    storage.write_text(storage.join(destination_uri, artifacts.LATEST_POINTER), versioned + "\n")
+    return versioned
 
 
 def publish(local_dir: str, destination_uri: str) -> None:

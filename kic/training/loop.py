@@ -22,7 +22,7 @@ from kic.data import dataset_info, input_pipeline
 from kic.errors import DataError
 from kic.model import backbones, classifier, loading, model_info, weights
 from kic.model.model_info import ModelInfo
-from kic.training import optimizers
+from kic.training import devices, optimizers
 from kic.training.callbacks import BestEpoch, EpochLog, Log, SkippedRecords, Validation
 
 
@@ -35,6 +35,7 @@ class TrainOptions:
     image_size: int = 0  # 0: the backbone's native input size
     base_model: str = ""  # an earlier kic model (directory or model.tar.gz) to continue from
     seed: int = DEFAULT_SEED
+    required_gpus: int = 0  # fail at once with fewer visible (what the pipeline asked the platform for)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,8 @@ class TrainResult:
 
 def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions = TrainOptions(),
           log: Log = print) -> TrainResult:
+    log(f"train: devices: {devices.describe()}")
+    devices.require_gpus(options.required_gpus)
     earlier_model = loading.local_model_dir(options.base_model) if options.base_model else contextlib.nullcontext("")
     with earlier_model as base_dir:
         return _train(dataset_dir, model_dir, config, options, log, base_dir)
