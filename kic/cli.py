@@ -66,8 +66,11 @@ def _parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="compile pipeline.yaml and the component YAML files")
     compile_.add_argument("--output", default="pipeline.yaml")
-    compile_.add_argument("--image", default="", help="container image of the components (default: the "
-                                                      "released image for this version)")
+    compile_.add_argument("--image-cpu", default="", help="image of every step but train (default: "
+                                                          "ghcr.io/kic-project/kic-cpu:<version>)")
+    compile_.add_argument("--image-gpu", default="", help="image of train (default: "
+                                                          "ghcr.io/kic-project/kic-gpu:<version>)")
+    compile_.add_argument("--image", default="", help="one image for every step (--image-cpu/--image-gpu win)")
     compile_.add_argument("--no-components", action="store_true", help="only write the pipeline")
     compile_.set_defaults(handler=_compile)
 
@@ -249,8 +252,11 @@ class ProgressBar:
 
 # --------------------------------------------------------------- others
 def _compile(args: argparse.Namespace) -> int:
-    if args.image:
-        os.environ["KIC_IMAGE"] = args.image  # read when the components are imported, just below
+    # Read when the components are imported, just below.
+    images = {"KIC_IMAGE_CPU": args.image_cpu or args.image, "KIC_IMAGE_GPU": args.image_gpu or args.image}
+    for variable, image in images.items():
+        if image:
+            os.environ[variable] = image
     from kic.orchestration import compile as kic_compile
 
     print(f"wrote {kic_compile.compile_pipeline(args.output)}")
