@@ -74,8 +74,11 @@ def _parser() -> argparse.ArgumentParser:
                           help="only this target's pipeline (default: both, and the components)")
     compile_.add_argument("--output", default="", help="where the pipeline goes (default: pipeline.yaml for kfp, "
                                                        "pipeline-vertex.yaml for vertex); needs --target")
-    compile_.add_argument("--image", default="", help="container image of the components (default: the "
-                                                      "released image for this version)")
+    compile_.add_argument("--image-cpu", default="", help="image of every step but train (default: "
+                                                          "ghcr.io/kic-project/kic-cpu:<version>)")
+    compile_.add_argument("--image-gpu", default="", help="image of train (default: "
+                                                          "ghcr.io/kic-project/kic-gpu:<version>)")
+    compile_.add_argument("--image", default="", help="one image for every step (--image-cpu/--image-gpu win)")
     compile_.add_argument("--gpu-node-selector", action="append", default=[], metavar="KEY=VALUE",
                           help="kfp: a node label train's pod must match (a GPU node pool), e.g. "
                                "cloud.google.com/gke-accelerator=nvidia-l4 (repeatable)")
@@ -269,8 +272,11 @@ def _compile(args: argparse.Namespace) -> int:
     from kic.errors import Problem
     from kic.orchestration.placement import TARGETS, ClusterOptions, Toleration
 
-    if args.image:
-        os.environ["KIC_IMAGE"] = args.image  # read when the components are imported, just below
+    # Read when the components are imported, in compile_pipeline below.
+    images = {"KIC_IMAGE_CPU": args.image_cpu or args.image, "KIC_IMAGE_GPU": args.image_gpu or args.image}
+    for variable, image in images.items():
+        if image:
+            os.environ[variable] = image
     problems = []
     if args.output and not args.target:
         problems.append(Problem("--output", args.output, "needs --target: one pipeline per file"))

@@ -64,3 +64,15 @@ def exported(trained, tmp_path_factory):
     from kic.serving.export import ExportOptions, export_model
 
     return export_model(trained.model_dir, str(tmp_path_factory.mktemp("package") / "package"), ExportOptions())
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache, and no proxy between us and loopback."""
+    from keras.src.backend import config
+
+    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "keras-home").mkdir()
+    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras-home"))
+    return tmp_path / "keras-home"

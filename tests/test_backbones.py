@@ -252,21 +252,16 @@ def test_efficientnet_without_imagenet_weights_has_the_imagenet_graph(tmp_path, 
     assert_same_outputs(ours(pixels), imagenet_graph(pixels))
 
 
-def test_offline_imagenet_download_fails_fast_and_clearly(tmp_path, monkeypatch):
+def test_offline_imagenet_download_fails_fast_and_clearly(keras_home, monkeypatch):
     from keras.src.applications import mobilenet_v2
-    from keras.src.backend import config
 
-    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(variable, raising=False)
-    (tmp_path / "keras-home").mkdir()
-    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras-home"))
     # Port 9 (discard) on loopback: refused at once, never leaves the machine.
     monkeypatch.setattr(mobilenet_v2, "BASE_WEIGHT_PATH", "http://127.0.0.1:9/keras-applications/")
     with pytest.raises(BackboneWeightsError) as caught:
         build_feature_extractor(resolve(SMALL), weights="imagenet")
     message = str(caught.value)
     assert "could not download ImageNet weights for mobilenet_v2_035_96" in message
-    assert str(tmp_path / "keras-home" / "models") in message
+    assert str(keras_home / "models") in message
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5" in message
     assert "weights='none'" in message
 

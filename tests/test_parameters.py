@@ -131,18 +131,6 @@ class _HeadOk(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def keras_home(tmp_path, monkeypatch):
-    """An empty Keras cache, and no proxy between us and loopback."""
-    from keras.src.backend import config
-
-    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(variable, raising=False)
-    (tmp_path / "keras-home").mkdir()
-    monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras-home"))
-    return tmp_path / "keras-home"
-
-
 def _serve_weights_from(monkeypatch, base_url: str) -> None:
     from keras.src.applications import mobilenet_v2
 

@@ -1,8 +1,10 @@
 """The compiled pipeline and components: every parameter typed with the one
 default it has (kic.parameters), every remaining literal copy in a component
-signature checked against it, committed YAML files fresh, one versioned image."""
+signature checked against it, committed YAML files fresh, train in the GPU image and the rest in the CPU image."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -153,13 +155,39 @@ def test_committed_component_yaml_is_fresh(name, tmp_path):
         assert committed.read() == new.read(), f"{committed_path} is stale: run `kic compile`"
 
 
-def test_every_step_runs_the_versioned_image_without_installing_kfp(fresh):
+def test_train_runs_the_gpu_image_and_every_other_step_the_cpu_image(fresh):
     executors = fresh[0]["deploymentSpec"]["executors"]
     assert len(executors) == len(kic_compile.COMPONENT_NAMES)
+    images = {name.removeprefix("exec-"): executor["container"]["image"] for name, executor in executors.items()}
+    assert images == {name.replace("_", "-"): f"ghcr.io/kic-project/kic-{'gpu' if name == 'train' else 'cpu'}:"
+                                              f"{kic.__version__}" for name in kic_compile.COMPONENT_NAMES}
+    for name, component in fresh[1].items():
+        [executor] = component["deploymentSpec"]["executors"].values()
+        assert executor["container"]["image"] == images[name.replace("_", "-")]
     for executor in executors.values():
-        container = executor["container"]
-        assert container["image"].endswith(f":{kic.__version__}")
-        assert "pip install" not in " ".join(container["command"])
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+def test_kic_compile_sets_the_images_of_the_pipeline_and_the_components(tmp_path):
+    """The images are read when the components are imported, so this runs in a process of its own."""
+    cpu, gpu = "registry.example/kic-cpu@sha256:" + "c" * 64, "registry.example/kic-gpu@sha256:" + "9" * 64
+    script = (f"from kic import cli; from kic.orchestration import compile as c; "
+              f"cli.main(['compile', '--target', 'kfp', '--image-cpu', {cpu!r}, '--image-gpu', {gpu!r}, '--output', "
+              f"{str(tmp_path / 'pipeline.yaml')!r}, '--no-components']); c.compile_components({str(tmp_path)!r})")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, capture_output=True)
+    compiled = [_load(tmp_path / "pipeline.yaml"), *(_load(tmp_path / name / "component.yaml")
+                                                      for name in kic_compile.COMPONENT_NAMES)]
+    for spec in compiled:
+        for name, executor in spec["deploymentSpec"]["executors"].items():
+            assert executor["container"]["image"] == (gpu if name == "exec-train" else cpu), name
+
+    # --image: one image for every step.
+    subprocess.run([sys.executable, "-m", "kic.cli", "compile", "--target", "vertex", "--image",
+                    "registry.example/kic:1", "--output", str(tmp_path / "one.yaml"), "--no-components"],
+                   check=True, cwd=tmp_path,
+                   capture_output=True)
+    executors = _load(tmp_path / "one.yaml")["deploymentSpec"]["executors"].values()
+    assert {executor["container"]["image"] for executor in executors} == {"registry.example/kic:1"}
 
 
 def test_export_runs_only_when_the_gate_blesses_the_model(fresh):

@@ -4,7 +4,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from kic.components import docs
-from kic.components.image import IMAGE
+from kic.components.image import CPU_IMAGE
 
 
 def batch_predict(
@@ -38,4 +38,4 @@ batch_predict.__doc__ = docs.docstring(
         "prediction_summary": "Counts of images predicted and failed.",
     },
 )
-batch_predict = dsl.component(base_image=IMAGE, install_kfp_package=False)(batch_predict)
+batch_predict = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(batch_predict)

@@ -4,7 +4,7 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from kic.components import docs
-from kic.components.image import IMAGE
+from kic.components.image import CPU_IMAGE
 
 
 def evaluate(
@@ -51,4 +51,4 @@ evaluate.__doc__ = docs.docstring(
         "Output": "Whether the model passed the quality gate (blessed).",
     },
 )
-evaluate = dsl.component(base_image=IMAGE, install_kfp_package=False)(evaluate)
+evaluate = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(evaluate)

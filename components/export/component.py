@@ -4,7 +4,7 @@ from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
 from kic.components import docs
-from kic.components.image import IMAGE
+from kic.components.image import CPU_IMAGE
 
 
 def export(
@@ -37,4 +37,4 @@ export.__doc__ = docs.docstring(
     },
     {"package": "The serving package: 1/ (SavedModel), label map, model info, and model.tar.gz."},
 )
-export = dsl.component(base_image=IMAGE, install_kfp_package=False)(export)
+export = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(export)

@@ -4,7 +4,7 @@ from kfp import dsl
 from kfp.dsl import HTML, Dataset, Markdown, Metrics, Output
 
 from kic.components import docs
-from kic.components.image import IMAGE
+from kic.components.image import CPU_IMAGE
 
 
 def prepare(
@@ -49,4 +49,4 @@ prepare.__doc__ = docs.docstring(
         "data_metrics": "Key counts: images per split, classes, rejected files, duplicates.",
     },
 )
-prepare = dsl.component(base_image=IMAGE, install_kfp_package=False)(prepare)
+prepare = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(prepare)

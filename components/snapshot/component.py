@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 
 from kic.components import docs
-from kic.components.image import IMAGE
+from kic.components.image import CPU_IMAGE
 
 
 def snapshot(
@@ -35,4 +35,4 @@ snapshot.__doc__ = docs.docstring(
         "baseline_model": "Fingerprint of baseline_model_uri (empty when none): an input of evaluate.",
     },
 )
-snapshot = dsl.component(base_image=IMAGE, install_kfp_package=False)(snapshot)
+snapshot = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(snapshot)

@@ -4,7 +4,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from kic.components import docs
-from kic.components.image import IMAGE
+from kic.components.image import GPU_IMAGE
 
 
 def train(
@@ -67,4 +67,4 @@ train.__doc__ = docs.docstring(
         "training_metrics": "Training and validation metrics of the best epoch.",
     },
 )
-train = dsl.component(base_image=IMAGE, install_kfp_package=False)(train)
+train = dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)(train)

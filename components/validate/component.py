@@ -3,7 +3,7 @@
 from kfp import dsl
 
 from kic.components import docs
-from kic.components.image import IMAGE
+from kic.components.image import CPU_IMAGE
 
 
 def validate(
@@ -72,4 +72,4 @@ validate.__doc__ = docs.docstring(
     docs.pipeline_parameter_args(),
     {"Output": "The short side, in pixels, that prepare should store."},
 )
-validate = dsl.component(base_image=IMAGE, install_kfp_package=False)(validate)
+validate = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(validate)

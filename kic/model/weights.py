@@ -105,6 +105,7 @@ def problems(weights: str, backbone: Backbone, image_size: int, *, reachability:
 class ImagenetSource:
     origin: str  # where Keras downloads the file from
     cache_path: str  # where Keras keeps it, and looks first
+    file_hash: str | None = None  # what Keras checks the download against (None: some families give none)
 
 
 class _Asked(Exception):
@@ -121,8 +122,8 @@ def imagenet_source(backbone: Backbone, image_size: int) -> ImagenetSource:
 
     asked: dict = {}
 
-    def intercept(fname=None, origin=None, *args, cache_subdir="datasets", **kwargs):
-        asked.update(fname=fname, origin=origin, cache_subdir=cache_subdir)
+    def intercept(fname=None, origin=None, *args, cache_subdir="datasets", file_hash=None, **kwargs):
+        asked.update(fname=fname, origin=origin, cache_subdir=cache_subdir, file_hash=file_hash)
         raise _Asked
 
     constructor = getattr(keras.applications, backbone.constructor)
@@ -138,7 +139,8 @@ def imagenet_source(backbone: Backbone, image_size: int) -> ImagenetSource:
         raise RuntimeError(f"Keras built {backbone.constructor} without asking for its ImageNet weights file")
     file_name = asked["fname"] or os.path.basename(asked["origin"])
     return ImagenetSource(origin=asked["origin"],
-                          cache_path=os.path.join(keras_cache_dir(asked["cache_subdir"]), file_name))
+                          cache_path=os.path.join(keras_cache_dir(asked["cache_subdir"]), file_name),
+                          file_hash=asked["file_hash"])
 
 
 def keras_cache_dir(subdir: str = "models") -> str:
