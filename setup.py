@@ -19,6 +19,10 @@ PACKAGE_DIRS = {
     "kic.pipelines": "pipelines",
 }
 
+# `kic submit --vertex` and `kic schedule --vertex`: PipelineJob and
+# PipelineJobSchedule over the REST transport.
+VERTEX = ["google-cloud-aiplatform>=2.7,<3"]
+
 setup(
     name="kic",
     version=VERSION,
@@ -42,7 +46,9 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
+        "vertex": VERTEX,
         "test": [
+            *VERTEX,  # the Vertex AI client runs against a loopback stand-in of its API
             "pytest>=8",
             "ruff>=0.6",
             "scikit-learn>=1.5",  # independent reference for the evaluation metrics

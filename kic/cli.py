@@ -1,4 +1,4 @@
-"""kic: run the pipeline locally, prepare, validate, predict, compile, list backbones.
+"""kic: run the pipeline locally or on a cluster, schedule it, prepare, validate, predict,
 compile, list backbones.
 
 Every command checks its parameters through the one front door
@@ -54,18 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the whole pipeline on this machine (KFP local runner)")
-    run.add_argument("--data", default="", help="training images: folder, gs:// prefix, manifest or tfds:NAME; "
-                                                "default: the built-in demo dataset")
+    _add_parameter_options(run, data_help="training images: folder, gs:// prefix, manifest or tfds:NAME; "
+                                          "default: the built-in demo dataset")
     run.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default: {DEFAULT_OUTPUT})")
-    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="set any pipeline parameter, hyperparameters included (repeatable)")
-    run.add_argument("--hyperparameters", default="", metavar="FILE.json",
-                     help="the reference algorithm's hyperparameter JSON (values may be strings)")
     run.add_argument("--cache", action="store_true",
                      help="reuse the outputs of steps whose inputs are unchanged since an earlier run into the same "
                           "--output, as clusters do (changed images are noticed: the snapshot step is never cached)")
     run.add_argument("--list-params", action="store_true", help="list the pipeline parameters and exit")
     run.set_defaults(handler=_run)
+
+    cluster_data_help = ("training images: gs:// prefix, manifest or tfds:NAME (a path is read inside the "
+                         "pipeline's containers)")
+    submit = commands.add_parser("submit", help="run the pipeline once on Kubeflow Pipelines or Vertex AI")
+    _add_parameter_options(submit, data_help=cluster_data_help)
+    submit.add_argument("--name", default="", help="the run's display name (default: the pipeline's name and "
+                                                   "the time)")
+    _add_target_options(submit)
+    submit.set_defaults(handler=_submit)
+
+    schedule = commands.add_parser("schedule", help="run the pipeline on a cron schedule on Kubeflow Pipelines or "
+                                                    "Vertex AI (one run at a time, no catch-up)")
+    schedule.add_argument("--cron", required=True, metavar="EXPR",
+                          help="Kubeflow Pipelines: 6 fields, seconds first ('0 0 3 * * *': daily at 03:00); "
+                               "Vertex AI: 5 fields, optionally after TZ=AREA/CITY ('TZ=Europe/Amsterdam 0 3 * * *')")
+    _add_parameter_options(schedule, data_help=cluster_data_help)
+    schedule.add_argument("--name", default="", help="the schedule's display name (default: the pipeline's name "
+                                                     "and the cron)")
+    _add_target_options(schedule)
+    schedule.set_defaults(handler=_schedule)
 
     compile_ = commands.add_parser(
         "compile", help="compile the pipeline for Kubeflow Pipelines (pipeline.yaml) and Vertex AI "
@@ -128,10 +144,48 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_parameter_options(parser: argparse.ArgumentParser, *, data_help: str) -> None:
+    """--data, --param and --hyperparameters: the pipeline parameters, the same for run, submit and schedule."""
+    parser.add_argument("--data", default="", help=data_help)
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set any pipeline parameter, hyperparameters included (repeatable)")
+    parser.add_argument("--hyperparameters", default="", metavar="FILE.json",
+                        help="the reference algorithm's hyperparameter JSON (values may be strings)")
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    both = parser.add_argument_group("either platform")
+    both.add_argument("--pipeline", default="", metavar="FILE",
+                      help="a compiled pipeline to send (default: compile one for the platform now)")
+    both.add_argument("--pipeline-root", default="", metavar="URI",
+                      help="where the runs' artifacts go (Vertex AI: required, gs://; Kubeflow Pipelines: default "
+                           "the deployment's)")
+    both.add_argument("--service-account", default="",
+                      help="the account the run acts as (Kubernetes on Kubeflow Pipelines, Google Cloud on Vertex AI)")
+    both.add_argument("--token", default="", help="a bearer token (Vertex AI: an OAuth access token, e.g. "
+                                                  "$(gcloud auth print-access-token); default: application default "
+                                                  "credentials)")
+    kfp = parser.add_argument_group("Kubeflow Pipelines (the default platform)")
+    kfp.add_argument("--host", default="", metavar="URL", help="the API's URL (default: $KF_PIPELINES_ENDPOINT)")
+    kfp.add_argument("--namespace", default="", help="the profile namespace of a multi-user deployment")
+    kfp.add_argument("--experiment", default="", help="the experiment (default: $KF_PIPELINES_DEFAULT_EXPERIMENT_NAME "
+                                                      "or Default)")
+    kfp.add_argument("--token-file", default="", metavar="FILE",
+                     help="a file holding the bearer token, re-read on each request (a projected service-account "
+                          "token)")
+    kfp.add_argument("--cookies", default="", help="a Cookie header for the deployment's auth proxy, e.g. "
+                                                   "'authservice_session=...'")
+    vertex = parser.add_argument_group("Vertex AI (pip install 'kic[vertex]')")
+    vertex.add_argument("--vertex", action="store_true", help="send to Vertex AI Pipelines")
+    vertex.add_argument("--project", default="", help="the Google Cloud project")
+    vertex.add_argument("--region", default="", help="the Vertex AI region, e.g. us-central1")
+    vertex.add_argument("--api-endpoint", default="", metavar="HOST",
+                        help="the Vertex AI API endpoint (default: REGION-aiplatform.googleapis.com)")
+
+
 # ------------------------------------------------------------------- run
 def _run(args: argparse.Namespace) -> int:
     from kic import parameters
-    from kic.config import read_json_object
 
     if args.list_params:
         for parameter in parameters.PIPELINE_PARAMETERS:
@@ -142,21 +196,14 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the steps inherit it: keep TensorFlow's C++ logs quiet
     output = os.path.abspath(args.output)
-    assigned, malformed = _assignments(args.param)
-    data = args.data or assigned.get("data_source", "")
-    layers: list[dict] = [] if data else [dict(DEMO_PARAMETERS)]
-    if args.hyperparameters:  # only what the file sets: the rest keeps the layers below it
-        layers.append(read_json_object(args.hyperparameters))
-    layers.append(assigned)
-    if data:
-        layers.append({"data_source": data})
-    else:
+    layers, malformed = _parameter_layers(args)
+    if not any(layer.get("data_source") for layer in layers):
         # The demo data is the default source, made first: the check below looks for it.
         from kic import demo_data
 
         demo_dir = os.path.join(output, "demo-data")
         demo_data.write_demo_dataset(demo_dir)
-        layers.append({"data_source": demo_dir})
+        layers = [dict(DEMO_PARAMETERS), *layers, {"data_source": demo_dir}]
         print(f"kic: using the built-in demo dataset ({len(demo_data.CLASSES)} classes) at {demo_dir}")
     try:  # every problem, in seconds, before any step starts
         values = parameters.resolve(*layers)
@@ -180,6 +227,22 @@ def _run(args: argparse.Namespace) -> int:
     outputs = local_run.collect_outputs(run, output, prediction_format=values["batch_predict_format"])
     _print_summary(outputs, output, time.perf_counter() - started)
     return 0
+
+
+def _parameter_layers(args: argparse.Namespace) -> tuple[list[dict], list]:
+    """The pipeline parameters that --hyperparameters, --param and --data set,
+    as layers over the defaults (lowest first, for ``parameters.resolve``),
+    and a problem for each malformed --param."""
+    from kic.config import read_json_object
+
+    assigned, malformed = _assignments(args.param)
+    layers = []
+    if args.hyperparameters:  # only what the file sets: the rest keeps the layers below it
+        layers.append(read_json_object(args.hyperparameters))
+    layers.append(assigned)
+    if args.data:
+        layers.append({"data_source": args.data})
+    return layers, malformed
 
 
 def _assignments(assignments: list[str]) -> tuple[dict[str, str], list]:
@@ -218,6 +281,59 @@ def _print_summary(outputs, output: str, seconds: float) -> None:
           f"{os.path.join(output, local_run.EVALUATION_REPORT_HTML)}")
     print(f"all steps:    {outputs.run_dir}")
     print("=" * 72)
+
+
+# ------------------------------------------------------ submit, schedule
+def _submit(args: argparse.Namespace) -> int:
+    from kic.orchestration import remote
+
+    target, misplaced = _target(args)
+    layers, malformed = _parameter_layers(args)
+    print(f"kic: checking the parameters, then sending the pipeline to {target.platform}", flush=True)
+    run = remote.submit(target, layers, problems=malformed + misplaced, pipeline=args.pipeline, name=args.name,
+                        warn=_warn)
+    print(f"kic: started run {run.id} on {target.platform}\n{run.url}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from kic.orchestration import remote
+
+    target, misplaced = _target(args)
+    layers, malformed = _parameter_layers(args)
+    print(f"kic: checking the parameters, then sending the schedule to {target.platform}", flush=True)
+    schedule = remote.schedule(target, layers, args.cron, problems=malformed + misplaced, pipeline=args.pipeline,
+                               name=args.name, warn=_warn)
+    print(f"kic: created schedule {schedule.id} on {target.platform}: {' '.join(args.cron.split())!r}, at most one "
+          f"run at a time, missed runs skipped\n{schedule.url}")
+    return 0
+
+
+_KUBEFLOW_ONLY = ("host", "namespace", "experiment", "token_file", "cookies")
+_VERTEX_ONLY = ("project", "region", "api_endpoint")
+
+
+def _target(args: argparse.Namespace):
+    """The platform the options name, and a problem for each option of the other platform."""
+    from kic.errors import Problem
+    from kic.orchestration.kubeflow import KubeflowTarget
+    from kic.orchestration.vertex import VertexTarget
+
+    def misplaced(names: tuple[str, ...], platform: str) -> list[Problem]:
+        return [Problem("--" + name.replace("_", "-"), getattr(args, name), f"only for {platform}")
+                for name in names if getattr(args, name)]
+
+    both = {"pipeline_root": args.pipeline_root, "service_account": args.service_account, "token": args.token}
+    if args.vertex:
+        return (VertexTarget(project=args.project, region=args.region, api_endpoint=args.api_endpoint, **both),
+                misplaced(_KUBEFLOW_ONLY, "Kubeflow Pipelines"))
+    return (KubeflowTarget(host=args.host, namespace=args.namespace, experiment=args.experiment,
+                           token_file=args.token_file, cookies=args.cookies, **both),
+            misplaced(_VERTEX_ONLY, "Vertex AI (--vertex)"))
+
+
+def _warn(message: str) -> None:
+    print(f"kic: warning: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------- prepare

@@ -124,6 +124,9 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     # --- the 25 hyperparameters of the reference algorithm
     *_hyperparameters(),
 )
+# The parameters that name files, folders or URIs.
+LOCATIONS = ("data_source", "validation_source", "test_source", "tfds_data_dir", "pretrained_weights",
+             "base_model_uri", "baseline_model_uri", "export_uri", "batch_predict_source")
 PARAMETERS_BY_NAME: Mapping[str, Parameter] = {parameter.name: parameter for parameter in PIPELINE_PARAMETERS}
 HYPERPARAMETERS = config.TrainingConfig.field_names()
 
@@ -136,23 +139,27 @@ def defaults(target: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------- the front door
 
 
-def resolve(*layers: Mapping[str, Any], reachability: bool = True) -> dict[str, Any]:
-    """Every pipeline parameter's value: the defaults, then each layer over
-    the one before (values may be strings, as command lines and the
-    reference's JSON give them; the reference's aliases are accepted), typed
-    and validated. Raises ParameterError with every problem."""
+Reachability = bool | Callable[[str], bool]
+
+
+def resolve(*layers: Mapping[str, Any], reachability: Reachability = True, target: str = "") -> dict[str, Any]:
+    """Every pipeline parameter's value: the defaults (on this machine, or of a
+    cluster ``target``), then each layer over the one before (values may be
+    strings, as command lines and the reference's JSON give them; the
+    reference's aliases are accepted), typed and validated. Raises
+    ParameterError with every problem."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({config.ALIASES.get(name, name): value for name, value in layer.items()})
     values, found = _typed(merged)  # a value of the wrong type is left out of the rules below
-    values = {**defaults(), **values}
+    values = {**defaults(target), **values}
     found += problems(values, reachability=reachability)
     if found:
         raise ParameterError(found)
     return values
 
 
-def validate(values: Mapping[str, Any], *, reachability: bool = True) -> dict[str, Any]:
+def validate(values: Mapping[str, Any], *, reachability: Reachability = True) -> dict[str, Any]:
     """Checks any subset of the pipeline parameters (values may be strings;
     the reference's aliases are accepted) and returns them typed; raises
     ParameterError with every problem."""
@@ -163,11 +170,13 @@ def validate(values: Mapping[str, Any], *, reachability: bool = True) -> dict[st
     return typed
 
 
-def problems(values: Mapping[str, Any], *, reachability: bool = True) -> list[Problem]:
+def problems(values: Mapping[str, Any], *, reachability: Reachability = True) -> list[Problem]:
     """Every problem with ``values``, a subset of the pipeline parameters.
     Each rule runs when one of its parameters is given (the others take their
     defaults); with ``reachability`` off, URIs and weights are checked for
-    form, not looked up."""
+    form, not looked up. ``reachability`` may also be a function that says
+    which URIs (or weights choices) to look up: ``kic submit`` looks up the
+    gs:// URIs this machine can read, and leaves the rest to the cluster."""
     unknown = [name for name in values if name not in PARAMETERS_BY_NAME]
     found = [Problem(name, values[name], _unknown_hint(name)) for name in unknown]
     given = set(values) - set(unknown)
@@ -192,18 +201,18 @@ def derive_short_side(*, backbone: str, image_size: int, requested: int) -> int:
 # --------------------------------------------------------------------------- the rules
 
 Values = Mapping[str, Any]
-_RULES: list[tuple[tuple[str, ...], Callable[[Values, bool], list[Problem]]]] = []
+_RULES: list[tuple[tuple[str, ...], Callable[[Values, Reachability], list[Problem]]]] = []
 
 
 def _rule(*names: str):
-    def register(function: Callable[[Values, bool], list[Problem]]):
+    def register(function: Callable[[Values, Reachability], list[Problem]]):
         _RULES.append((names, function))
         return function
     return register
 
 
 @_rule(*HYPERPARAMETERS)
-def _hyperparameter_rules(values: Values, _reachability: bool) -> list[Problem]:
+def _hyperparameter_rules(values: Values, _reachability: Reachability) -> list[Problem]:
     try:
         config.TrainingConfig.from_dict({name: values[name] for name in HYPERPARAMETERS})
     except ParameterError as error:
@@ -212,7 +221,7 @@ def _hyperparameter_rules(values: Values, _reachability: bool) -> list[Problem]:
 
 
 @_rule("backbone", "image_size", "pretrained_weights")
-def _model_rules(values: Values, reachability: bool) -> list[Problem]:
+def _model_rules(values: Values, reachability: Reachability) -> list[Problem]:
     if values["image_size"] < 0:
         return [Problem("image_size", values["image_size"], "0 (the backbone's native size) or a positive int")]
     try:
@@ -222,12 +231,12 @@ def _model_rules(values: Values, reachability: bool) -> list[Problem]:
     found = backbones.image_size_problems(backbone, values["image_size"])
     if not found:
         found += weights.problems(values["pretrained_weights"], backbone, values["image_size"],
-                                  reachability=reachability)
+                                  reachability=_looks_up(reachability, values["pretrained_weights"]))
     return found
 
 
 @_rule("image_short_side")
-def _short_side_rule(values: Values, _reachability: bool) -> list[Problem]:
+def _short_side_rule(values: Values, _reachability: Reachability) -> list[Problem]:
     if values["image_short_side"] < 0:
         return [Problem("image_short_side", values["image_short_side"],
                         "0 (derived from the model's input size) or a positive number of pixels")]
@@ -235,19 +244,20 @@ def _short_side_rule(values: Values, _reachability: bool) -> list[Problem]:
 
 
 @_rule("data_source", "validation_source", "test_source", "tfds_data_dir")
-def _source_rules(values: Values, reachability: bool) -> list[Problem]:
+def _source_rules(values: Values, reachability: Reachability) -> list[Problem]:
     found = []
     if not values["data_source"]:
         found.append(Problem("data_source", values["data_source"], "required: the training images"))
     for name in ("data_source", "validation_source", "test_source"):
         found += _source_problems(name, values[name], reachability)
-    if values["tfds_data_dir"] and reachability and not _exists(values["tfds_data_dir"]):
-        found.append(Problem("tfds_data_dir", values["tfds_data_dir"], "no such folder"))
+    tfds_data_dir = values["tfds_data_dir"]
+    if tfds_data_dir and _looks_up(reachability, tfds_data_dir) and not _exists(tfds_data_dir):
+        found.append(Problem("tfds_data_dir", tfds_data_dir, "no such folder"))
     return found
 
 
 @_rule("validation_fraction", "test_fraction", "validation_source", "test_source", "max_rejected_fraction")
-def _split_rules(values: Values, _reachability: bool) -> list[Problem]:
+def _split_rules(values: Values, _reachability: Reachability) -> list[Problem]:
     return (splits.fraction_problems(validation_fraction=values["validation_fraction"],
                                      test_fraction=values["test_fraction"],
                                      validation_source=values["validation_source"],
@@ -256,11 +266,11 @@ def _split_rules(values: Values, _reachability: bool) -> list[Problem]:
 
 
 @_rule("base_model_uri", "baseline_model_uri")
-def _model_uri_rules(values: Values, reachability: bool) -> list[Problem]:
+def _model_uri_rules(values: Values, reachability: Reachability) -> list[Problem]:
     found = []
     for name in ("base_model_uri", "baseline_model_uri"):
         uri = values[name]
-        if not uri or not reachability:
+        if not uri or not _looks_up(reachability, uri):
             continue
         marker = uri if uri.endswith((".tar.gz", ".tgz")) else storage.join(uri, artifacts.MODEL_INFO)
         try:
@@ -285,14 +295,14 @@ def _accelerator_rules(values: Values, _reachability: bool) -> list[Problem]:
 
 
 @_rule("gate_metric", "gate_minimum", "max_regression", "binary_mode", "top_k")
-def _gate_rules(values: Values, _reachability: bool) -> list[Problem]:
+def _gate_rules(values: Values, _reachability: Reachability) -> list[Problem]:
     return gate.option_problems(metric=values["gate_metric"], minimum=values["gate_minimum"],
                                 max_regression=values["max_regression"], binary_mode=values["binary_mode"],
                                 top_k=values["top_k"])
 
 
 @_rule("tflite", "top_k", "export_uri", "batch_predict_source", "batch_predict_format")
-def _serving_rules(values: Values, reachability: bool) -> list[Problem]:
+def _serving_rules(values: Values, reachability: Reachability) -> list[Problem]:
     found = contract.export_problems(tflite=values["tflite"], top_k=values["top_k"])
     found += [problem for problem in contract.prediction_problems(
         output_format=values["batch_predict_format"], batch_size=contract.DEFAULT_PREDICTION_BATCH_SIZE,
@@ -306,14 +316,19 @@ def _serving_rules(values: Values, reachability: bool) -> list[Problem]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _source_problems(name: str, source: str, reachability: bool) -> list[Problem]:
+def _looks_up(reachability: Reachability, uri: str) -> bool:
+    """Whether the rules look ``uri`` up: always, never, or as the caller's function says."""
+    return reachability(uri) if callable(reachability) else bool(reachability)
+
+
+def _source_problems(name: str, source: str, reachability: Reachability) -> list[Problem]:
     if not source:
         return []
     if source.startswith(TFDS_PREFIX):
         if not source[len(TFDS_PREFIX):].partition(":")[0]:
             return [Problem(name, source, "tfds:NAME or tfds:NAME:CONFIG")]
         return []
-    if not reachability:
+    if not _looks_up(reachability, source):
         return []
     try:
         found = storage.exists(source)

@@ -1,0 +1,186 @@
+"""Sends the pipeline to a cluster: one run now (``submit``) or a recurring
+run (``schedule``), on Kubeflow Pipelines (``kubeflow.KubeflowTarget``) or
+Vertex AI (``vertex.VertexTarget``).
+
+Everything is checked on this machine first, and every problem is reported at
+once; a bad value sends nothing. The parameters go through the front door
+(``kic.parameters``) for their form and combinations. What only the cluster
+can see is left to the pipeline's validate step, which runs there: paths are
+paths inside its containers, and ImageNet weights are downloaded there. gs://
+URIs are looked up here when this machine can read them, so a missing source
+or model fails now; without credentials or permission here they only warn,
+since the pipeline's service account may well have them. The target's options
+and the cron (in the target's dialect) are checked too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Protocol
+
+from kic import parameters, storage
+from kic.errors import ParameterError, Problem, UserError
+from kic.orchestration import cron
+
+Warn = Callable[[str], None]
+
+
+class RejectedError(UserError):
+    """The platform answered, and refused what was sent (its message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """A run or a schedule that the platform accepted."""
+
+    kind: str  # "run" or "schedule"
+    id: str
+    url: str  # where to watch it in the platform's UI
+
+
+class Target(Protocol):
+    """A platform to send the compiled pipeline to."""
+
+    platform: ClassVar[str]  # its name, for messages
+    compile_target: ClassVar[str]  # what kic.orchestration.compile calls it
+    cron_dialect: ClassVar[cron.Dialect]
+
+    def problems(self) -> list[Problem]: ...
+
+    def submit(self, pipeline_path: str, arguments: Mapping[str, Any], name: str) -> Submitted: ...
+
+    def schedule(self, pipeline_path: str, arguments: Mapping[str, Any], cron_expression: str,
+                 name: str) -> Submitted: ...
+
+
+def submit(target: Target, layers: Iterable[Mapping[str, Any]], *, problems: Iterable[Problem] = (),
+           pipeline: str = "", name: str = "", warn: Warn = print) -> Submitted:
+    """Checks everything, then starts one run of the pipeline on ``target``
+    with the parameters that ``layers`` set over the defaults (lowest first,
+    as in ``parameters.resolve``). ``problems`` are the caller's own (a
+    malformed option), reported with the rest. ``pipeline`` is a compiled
+    pipeline to send; by default the pipeline is compiled for the target."""
+    values = _checked(target, layers, problems, None, pipeline, warn)
+    with _pipeline_file(target, pipeline) as path:
+        return target.submit(path, values, name or default_name())
+
+
+def schedule(target: Target, layers: Iterable[Mapping[str, Any]], cron_expression: str, *,
+             problems: Iterable[Problem] = (), pipeline: str = "", name: str = "", warn: Warn = print) -> Submitted:
+    """As ``submit``, but a recurring run on ``cron_expression`` (in the
+    target's dialect): at most one run at a time, and runs missed while one
+    was running (or while the schedule was paused) are skipped, not caught up."""
+    values = _checked(target, layers, problems, cron_expression, pipeline, warn)
+    cron_expression = " ".join(cron_expression.split())
+    with _pipeline_file(target, pipeline) as path:
+        return target.schedule(path, values, cron_expression, name or default_name(cron_expression))
+
+
+def default_name(cron_expression: str = "") -> str:
+    from kic.pipelines.training_pipeline import PIPELINE_NAME
+
+    if cron_expression:
+        return f"{PIPELINE_NAME} ({cron_expression})"
+    return f"{PIPELINE_NAME} {datetime.datetime.now():%Y-%m-%d %H-%M-%S}"
+
+
+def compile_for(target: str, directory: str) -> str:
+    """The pipeline compiled for ``target`` ("kfp" or "vertex") into
+    ``directory``: the one place where submit and schedule compile."""
+    from kic.orchestration import compile as kic_compile
+
+    return kic_compile.compile_pipeline(os.path.join(directory, f"pipeline-{target}.yaml"), target)
+
+
+def check_parameters(layers: Iterable[Mapping[str, Any]], target: str, warn: Warn = print) -> dict[str, Any]:
+    """The front door for a run on a cluster ``target`` ("kfp" or "vertex";
+    see the module docstring), with that target's defaults (train asks for a
+    GPU); raises ParameterError with every problem."""
+    values = parameters.resolve(*layers, reachability=GcsLookups(warn), target=target)
+    for name in parameters.LOCATIONS:
+        value = values[name]
+        if value and not storage.is_gcs(value) and os.path.exists(value):
+            warn(f"{name}={value!r} is a path on this machine; the pipeline reads it inside its containers, "
+                 "where it must exist too (nothing is uploaded): use a gs:// URI or a mounted volume")
+    return values
+
+
+class GcsLookups:
+    """Which URIs the front door looks up for a cluster: gs:// URIs that this
+    machine can read. Each one it cannot read is a warning, not a problem."""
+
+    def __init__(self, warn: Warn) -> None:
+        self._warn = warn
+        self._unreadable_buckets: set[str] = set()
+        self._no_access = False  # no credentials or no connection: nothing on GCS can be looked up here
+
+    def __call__(self, uri: str) -> bool:
+        if not storage.is_gcs(uri) or self._no_access:
+            return False
+        bucket = uri[len(storage.GCS_SCHEME):].partition("/")[0]
+        if bucket in self._unreadable_buckets:
+            return False
+        try:
+            storage.exists(uri)
+        except storage.StoragePermissionError as error:
+            self._unreadable_buckets.add(bucket)
+            self._warn(f"gs://{bucket} cannot be read from this machine, so its URIs are checked on the cluster, by "
+                       f"the pipeline's validate step ({error})")
+            return False
+        except storage.StorageError as error:
+            self._no_access = True
+            self._warn(f"gs:// URIs are checked on the cluster, by the pipeline's validate step: GCS cannot be "
+                       f"reached from here ({error})")
+            return False
+        return True
+
+
+def pipeline_problems(path: str, values: Mapping[str, Any]) -> list[Problem]:
+    """Whether ``path`` is a compiled pipeline that takes every parameter sent."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            spec = next(yaml.safe_load_all(handle), None) or {}
+    except (OSError, yaml.YAMLError) as error:
+        return [Problem("--pipeline", path, f"a compiled pipeline (YAML): {error}")]
+    inputs = (spec.get("root") or {}).get("inputDefinitions", {}).get("parameters")
+    if not isinstance(inputs, dict):
+        return [Problem("--pipeline", path, "a compiled pipeline (YAML): it has no root.inputDefinitions")]
+    unknown = sorted(set(values) - set(inputs))
+    if unknown:
+        return [Problem("--pipeline", path, f"does not take {', '.join(unknown)}: compiled by another kic version? "
+                                            "Recompile it with `kic compile`")]
+    return []
+
+
+def _checked(target: Target, layers: Iterable[Mapping[str, Any]], problems: Iterable[Problem],
+             cron_expression: str | None, pipeline: str, warn: Warn) -> dict[str, Any]:
+    found = list(problems) + target.problems()
+    if cron_expression is not None:
+        found += cron.problems(cron_expression, target.cron_dialect)
+    values: dict[str, Any] = {}
+    try:
+        values = check_parameters(layers, target.compile_target, warn)
+    except ParameterError as error:
+        found += error.problems
+    if pipeline and values:
+        found += pipeline_problems(pipeline, values)
+    if found:
+        raise ParameterError(found)
+    return values
+
+
+@contextlib.contextmanager
+def _pipeline_file(target: Target, pipeline: str) -> Iterator[str]:
+    """The pipeline to send: the one given, or one compiled for the target into a temporary folder."""
+    if pipeline:
+        yield pipeline
+        return
+    with tempfile.TemporaryDirectory(prefix="kic-pipeline-") as folder:
+        yield compile_for(target.compile_target, folder)
