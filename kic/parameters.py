@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -102,6 +103,9 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
               "Number of GPUs train asks for; with 1 or more, train fails at once when it sees none (0: whatever "
               "the machine has). The compiled cluster pipelines default to 1.",
               target_defaults={"kfp": 1, "vertex": 1}),
+    Parameter("tf_data_service", str, "",
+              "Address of a tf.data service dispatcher (grpc://HOST:PORT) whose workers decode and augment train's "
+              "images, for when train's own CPUs cannot feed its GPUs; empty: train's own CPUs."),
     # --- evaluate
     Parameter("gate_metric", str, "", "Metric of the quality gate; empty: the monitored metric (accuracy, or "
                                       "eval_metric in binary mode)."),
@@ -280,6 +284,14 @@ def _model_uri_rules(values: Values, reachability: Reachability) -> list[Problem
         except storage.StorageError as error:
             found.append(Problem(name, uri, f"cannot be read: {error}"))
     return found
+
+
+@_rule("tf_data_service")
+def _data_service_rule(values: Values, _reachability: Reachability) -> list[Problem]:
+    address = values["tf_data_service"]
+    if address and not re.fullmatch(r"(grpc://)?[A-Za-z0-9._-]+:\d{1,5}", address):
+        return [Problem("tf_data_service", address, "a dispatcher address, grpc://HOST:PORT (or HOST:PORT)")]
+    return []
 
 
 @_rule("accelerator_type", "accelerator_count")

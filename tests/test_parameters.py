@@ -188,3 +188,10 @@ def test_export_and_batch_prediction_options():
     with pytest.raises(ParameterError) as error:
         parameters.validate({"tflite": "int4", "batch_predict_format": "parquet", "export_uri": "gs://"})
     assert names(error.value) == {"tflite", "batch_predict_format", "export_uri"}
+
+
+def test_a_tf_data_service_is_named_by_its_dispatchers_address():
+    parameters.validate({"tf_data_service": "grpc://dispatcher.kubeflow.svc:5050"})
+    parameters.validate({"tf_data_service": "10.0.0.7:5050"})
+    with pytest.raises(ParameterError, match="grpc://HOST:PORT"):
+        parameters.validate({"tf_data_service": "http://dispatcher"})

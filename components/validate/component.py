@@ -23,6 +23,7 @@ def validate(
     seed: int = 42,
     accelerator_type: str = "",
     accelerator_count: int = 0,
+    tf_data_service: str = "",
     gate_metric: str = "",
     gate_minimum: float = 0.0,
     baseline_model_uri: str = "",

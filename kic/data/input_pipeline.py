@@ -1,13 +1,33 @@
 """tf.data input for training and evaluation, read from prepare's TFRecords.
 
-Records are read with parallel interleave, decoded and resized in parallel
-with the shared preprocessing function, cached when they fit in memory, and
-augmented (training only) after the cache so every epoch sees new variants.
+Each record is decoded and resized once, with the preprocessing function that
+serving uses too (``kic.model.preprocessing.decode_and_resize``), and kept as
+uint8 until the model: the backbone's pixel scaling is a layer inside it, so
+the batch only has to become float32 on its way in. Where the decoded images
+are kept decides how fast every later epoch is:
+
+* in memory, when they fit ``memory_cache_bytes`` (2 GiB by default: about
+  14,000 images at 224 px);
+* else in a cache on local disk (``disk_cache_dir``; about 150 KB an image at
+  224 px, 450 KB at 380 px), one file per shard, so later epochs read raw
+  pixels instead of decoding JPEGs; shards are read in a new order each epoch
+  and mixed in a shuffle buffer;
+* else nowhere: every epoch decodes again (serialized records are shuffled
+  before decoding, which is cheap, rather than decoded images).
+
+Augmentation runs after the cache, on batches, so every epoch sees new
+variants. Record order is deterministic when asked (training asks for it
+where it makes a seeded run repeatable: on CPU), and free otherwise, which is
+faster. With
+``data_service`` (the address of a tf.data service dispatcher) the decoding
+and augmentation run on the service's workers instead of this machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 
 import keras
 import tensorflow as tf
@@ -17,8 +37,14 @@ from kic.data import schema
 from kic.errors import DataError
 from kic.model import preprocessing
 
-# Decoded, resized float32 images are cached in memory below this size.
-CACHE_BUDGET_BYTES = 2 * 1024**3
+# Decoded images are kept in memory up to this many bytes.
+DEFAULT_MEMORY_CACHE_BYTES = 2 * 1024**3
+# Decoded images mixed across shards in the training order: about 300 MB at 224 px.
+SHUFFLE_IMAGES = 2048
+# Serialized records (tens of KB each) mixed before decoding when nothing is cached.
+SHUFFLE_RECORDS = 10_000
+# A disk cache is only written where it leaves this much room besides.
+DISK_HEADROOM_BYTES = 1024**3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,60 +84,102 @@ class Augmentation:
 def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str, batch_size: int,
                  num_classes: int, binary_mode: bool, training: bool, num_examples: int,
                  augmentation: Augmentation | None = None, seed: int = 0,
-                 with_source: bool = False, decoded: tf.Variable | None = None) -> tf.data.Dataset:
-    """Batches of (pixels float32 [0,255], target); targets are one-hot for
+                 with_source: bool = False, decoded: tf.Variable | None = None,
+                 memory_cache_bytes: int | None = None, disk_cache_dir: str = "",
+                 data_service: str = "", deterministic: bool = True) -> tf.data.Dataset:
+    """Batches of (pixels float32 [0, 255], target); targets are one-hot for
     multi-class and a float 0/1 column in binary mode. With ``with_source`` the
     elements are (pixels, label index, source URI) for evaluation reports.
 
     ``decoded``, an int64 variable, counts the records that decoded; the
-    difference to the number of records is what was skipped as corrupt."""
+    difference to the number of records is what was skipped as corrupt.
+    ``memory_cache_bytes``: the in-memory cache budget (None: the default; 0:
+    never cache in memory). ``disk_cache_dir``: a local folder for the disk
+    cache (empty: none); the caller removes it after use.
+    ``data_service``: a tf.data service dispatcher's address (grpc://host:port).
+    ``deterministic``: the same order for the same seed (slower where cores wait on each other)."""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
+    budget = DEFAULT_MEMORY_CACHE_BYTES if memory_cache_bytes is None else memory_cache_bytes
+    image_bytes = image_size * image_size * 3
+    in_memory = not data_service and num_examples * image_bytes <= budget
+    on_disk = not data_service and not in_memory and _room_for(disk_cache_dir, num_examples * image_bytes)
+    decode = _decoder(image_size, interpolation, decoded)
+
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
     if training:
         files = files.shuffle(len(shard_paths), seed=seed, reshuffle_each_iteration=True)
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shard_paths), 8),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    cycle = min(len(shard_paths), 8)
+    if on_disk:
+        # One cache file per shard: later epochs still read the shards in a new order.
+        def cached_shard(path):
+            name = tf.strings.regex_replace(tf.strings.split(path, "/")[-1], r"[^\w.-]", "_")
+            cache = tf.strings.join([disk_cache_dir, "/", name, f".{image_size}-{interpolation}.cache"])
+            return tf.data.TFRecordDataset(path).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                                                     deterministic=deterministic).ignore_errors().cache(cache)
 
+        images = files.interleave(cached_shard, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
+                                  deterministic=deterministic)
+    else:
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=deterministic)
+        if training and not in_memory:
+            records = records.shuffle(min(num_examples, SHUFFLE_RECORDS), seed=seed, reshuffle_each_iteration=True)
+        images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        # A record that fails to parse or decode is dropped instead of ending the run.
+        images = images.ignore_errors(log_warning=True)
+        if in_memory:
+            images = images.cache()
+    if training and (in_memory or on_disk):
+        images = images.shuffle(min(num_examples, SHUFFLE_IMAGES), seed=seed, reshuffle_each_iteration=True)
+
+    batches = images.batch(batch_size)
+    if with_source:
+        batches = batches.map(lambda pixels, label, source: (tf.cast(pixels, tf.float32), label, source))
+        return _served(batches, data_service).prefetch(tf.data.AUTOTUNE)
+
+    def to_model(pixels, label, _source):
+        target = tf.cast(tf.expand_dims(label, -1), tf.float32) if binary_mode else tf.one_hot(label, num_classes)
+        return tf.cast(pixels, tf.float32), target
+
+    batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if training and augmentation is not None:
+        layers = augmentation.layers(seed)
+        if layers:
+            pipeline = keras.Sequential(layers, name="augmentation")
+            batches = batches.map(lambda pixels, target: (pipeline(pixels, training=True), target),
+                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return _served(batches, data_service).prefetch(tf.data.AUTOTUNE)
+
+
+def _decoder(image_size: int, interpolation: str, decoded: tf.Variable | None):
     feature_spec = schema.feature_spec()
 
     def decode(serialized):
         example = tf.io.parse_single_example(serialized, feature_spec)
         pixels = preprocessing.decode_and_resize(example[schema.IMAGE_ENCODED], image_size, interpolation)
+        pixels = tf.cast(pixels, tf.uint8)  # whole numbers already: exact
+        if decoded is not None:
+            with tf.control_dependencies([pixels]):  # counted only once the decode succeeded
+                counted = decoded.assign_add(1)
+            with tf.control_dependencies([counted]):
+                pixels = tf.identity(pixels)
         return pixels, example[schema.LABEL], example[schema.SOURCE_URI]
 
-    dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # A record that fails to parse or decode is dropped instead of ending the run.
-    dataset = dataset.ignore_errors(log_warning=True)
-    if decoded is not None:
+    return decode
 
-        def count(pixels, label, source):
-            with tf.control_dependencies([decoded.assign_add(1)]):
-                return tf.identity(pixels), label, source
 
-        dataset = dataset.map(count)
-    if num_examples * image_size * image_size * 3 * 4 <= CACHE_BUDGET_BYTES:
-        dataset = dataset.cache()
+def _served(dataset: tf.data.Dataset, data_service: str) -> tf.data.Dataset:
+    """The dataset as the tf.data service's workers produce it: each worker
+    reads its own shard files (dynamic sharding), so an epoch is one pass."""
+    if not data_service:
+        return dataset
+    return dataset.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC, service=data_service))
 
-    if with_source:
-        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def to_target(pixels, label, _source):
-        if binary_mode:
-            return pixels, tf.cast(tf.expand_dims(label, -1), tf.float32)
-        return pixels, tf.one_hot(label, num_classes)
-
-    dataset = dataset.map(to_target, num_parallel_calls=tf.data.AUTOTUNE)
-    if training:
-        dataset = dataset.shuffle(min(num_examples, 10_000), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
-    if training and augmentation is not None:
-        layers = augmentation.layers(seed)
-        if layers:
-            pipeline = keras.Sequential(layers, name="augmentation")
-
-            def augment(pixels, target):
-                return pipeline(pixels, training=True), target
-
-            dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+def _room_for(folder: str, size: int) -> bool:
+    if not folder:
+        return False
+    os.makedirs(folder, exist_ok=True)
+    return shutil.disk_usage(folder).free >= size * 1.1 + DISK_HEADROOM_BYTES

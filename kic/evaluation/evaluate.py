@@ -96,7 +96,7 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
     dataset = input_pipeline.make_dataset(
         data.shard_paths(dataset_dir, split), image_size=info.image_size, interpolation=info.interpolation,
         batch_size=BATCH_SIZE, num_classes=data.num_classes, binary_mode=info.binary_mode, training=False,
-        num_examples=data.splits[split].num_examples, with_source=True)
+        num_examples=data.splits[split].num_examples, with_source=True, memory_cache_bytes=0)  # one pass
     labels, probabilities = [], []
     worst: list[tuple[float, int, dict]] = []  # min-heap of the most confident mistakes
     for pixels, batch_labels, _sources in dataset:

@@ -159,13 +159,14 @@ def _copy_if_exists(source: str, destination: str) -> None:
 # -------------------------------------------------------------------- train
 @fails_cleanly
 def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
-               seed, required_gpus=0, base_model_fingerprint="", **hyperparameters) -> None:
+               seed, required_gpus=0, tf_data_service="", base_model_fingerprint="", **hyperparameters) -> None:
     from kic.config import TrainingConfig
     from kic.training import TrainOptions, train
 
     config = TrainingConfig.from_dict(hyperparameters)
     options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
-                           base_model=base_model_uri, seed=seed, required_gpus=required_gpus)
+                           base_model=base_model_uri, seed=seed, required_gpus=required_gpus,
+                           data_service=tf_data_service)
     result = train(examples.path, model.path, config, options, log=log)
     _log_metrics(training_metrics, {**result.best_metrics, "best_epoch": result.best_epoch})
     model.metadata.update({"framework": "keras", "backbone": backbone, "best_epoch": result.best_epoch,

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import warnings
 
 import keras
@@ -36,6 +37,9 @@ class TrainOptions:
     base_model: str = ""  # an earlier kic model (directory or model.tar.gz) to continue from
     seed: int = DEFAULT_SEED
     required_gpus: int = 0  # fail at once with fewer visible (what the pipeline asked the platform for)
+    # Local scratch for decoded images of datasets too large for memory (empty: the temporary folder).
+    scratch_dir: str = ""
+    data_service: str = ""  # a tf.data service dispatcher (grpc://host:port) to decode on its workers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +56,13 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
     log(f"train: devices: {devices.describe()}")
     devices.require_gpus(options.required_gpus)
     earlier_model = loading.local_model_dir(options.base_model) if options.base_model else contextlib.nullcontext("")
-    with earlier_model as base_dir:
-        return _train(dataset_dir, model_dir, config, options, log, base_dir)
+    with earlier_model as base_dir, \
+            tempfile.TemporaryDirectory(prefix="kic-decoded-", dir=options.scratch_dir or None) as cache_dir:
+        return _train(dataset_dir, model_dir, config, options, log, base_dir, cache_dir)
 
 
 def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions, log: Log,
-           base_dir: str) -> TrainResult:
+           base_dir: str, cache_dir: str) -> TrainResult:
     data = dataset_info.load(dataset_dir)
     config.check_against_data(data.num_classes)
     base_info = model_info.load(base_dir) if base_dir else None
@@ -68,7 +73,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     if not data.splits.get("validation") or not data.splits["validation"].num_examples:
         raise DataError("the prepared dataset has no validation split; training needs one to pick the best epoch")
 
-    _seed_everything(options.seed)
+    repeatable = _seed_everything(options.seed)
     log(f"train: {data.num_classes} classes, {data.splits['train'].num_examples} training and "
         f"{data.splits['validation'].num_examples} validation images, backbone {backbone.name} at "
         f"{image_size}x{image_size}, optimizer {config.optimizer}")
@@ -83,7 +88,8 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             interpolation=config.image_resize_interpolation, batch_size=config.batch_size,
             num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
             num_examples=data.splits[split].num_examples, augmentation=input_pipeline.Augmentation.from_config(config),
-            seed=options.seed, decoded=decoded if split == "train" else None)
+            seed=options.seed, decoded=decoded if split == "train" else None, disk_cache_dir=cache_dir,
+            data_service=options.data_service, deterministic=repeatable)
         for split in ("train", "validation"))
 
     with _strategy().scope():
@@ -163,11 +169,14 @@ def _metrics(config: TrainingConfig) -> list[keras.metrics.Metric]:
 
 
 # ------------------------------------------------------------ environment
-def _seed_everything(seed: int) -> None:
+def _seed_everything(seed: int) -> bool:
+    """Seeds everything; returns whether the run is repeatable: on CPU,
+    deterministic kernels (and input order) cost little and make it so."""
     keras.utils.set_random_seed(seed)
-    if not tf.config.list_physical_devices("GPU"):
-        # On CPU, deterministic kernels cost little and make a seeded run repeatable.
-        tf.config.experimental.enable_op_determinism()
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    tf.config.experimental.enable_op_determinism()
+    return True
 
 
 def _strategy() -> tf.distribute.Strategy:

@@ -1,0 +1,184 @@
+"""The training input, alone: kic's make_dataset against the plain Keras peer, on real photographs.
+
+    .venv/bin/python benchmarks/bench_input.py [--images 2000] [--epochs 3] [--sizes 500x375,1024x768]
+
+The images are crops of the two photographs scikit-learn ships
+(sklearn.datasets.load_sample_images: a temple in China, a flower; 640x427),
+randomly placed, flipped and tinted, saved as JPEG (quality 90) at each size,
+in 5 classes. For each size, in one process, it times passes (epochs) over:
+
+* peer: ``keras.utils.image_dataset_from_directory`` on the original files
+  (224 px, batch 32, bilinear, shuffled) + prefetch: what the keras-io
+  examples do; it decodes every file every epoch;
+* kic: prepare once (timed apart: it is paid once per dataset), then
+  ``make_dataset`` with its decoded images kept in memory (small datasets),
+  on local disk (``memory_cache_bytes=0`` with ``disk_cache_dir``: the
+  large-dataset path), and nowhere (every epoch decodes again);
+* levers, one at a time, on the no-cache path: the pipeline as it was
+  (float32 images, always antialiased, shuffled after decoding), then with
+  each change added: antialiasing only from a 2x shrink, uint8 until the
+  model with records shuffled before decoding, and free ordering;
+* with augmentation (flip + rotation + zoom) on both sides.
+
+It prints images per second for the first epoch and for the later ones, and
+each against the peer's. Not a test: nothing is asserted, numbers are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image, ImageEnhance  # noqa: E402
+from sklearn.datasets import load_sample_images  # noqa: E402
+
+from kic.data import dataset_info, input_pipeline, schema  # noqa: E402
+from kic.data.prepare import PrepareOptions, prepare_dataset  # noqa: E402
+from kic.model import preprocessing  # noqa: E402
+from kic.parameters import derive_short_side  # noqa: E402
+
+SIZE, BATCH, CLASSES = 224, 32, 5
+AUGMENTATION = input_pipeline.Augmentation(flip="horizontal_and_vertical", rotation=0.2, zoom=0.1)
+
+
+def make_photos(root: str, count: int, size: tuple[int, int], seed: int = 0) -> None:
+    """Crops of real photographs, scaled to ``size`` (width, height): photo statistics, not noise."""
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(image) for image in load_sample_images().images]
+    width, height = size
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        crop_w = int(rng.integers(photo.width // 2, photo.width + 1))
+        crop_h = min(photo.height, int(crop_w * height / width))
+        left, top = int(rng.integers(0, photo.width - crop_w + 1)), int(rng.integers(0, photo.height - crop_h + 1))
+        image = photo.crop((left, top, left + crop_w, top + crop_h)).resize(size, Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        image = ImageEnhance.Color(image).enhance(float(rng.uniform(0.6, 1.4)))
+        folder = os.path.join(root, f"class_{index % CLASSES}")
+        os.makedirs(folder, exist_ok=True)
+        image.save(os.path.join(folder, f"{index:05d}.jpg"), quality=90)
+
+
+def passes(dataset: tf.data.Dataset, epochs: int) -> tuple[int, list[float]]:
+    """Images per pass, and each pass's seconds (every batch pulled to the host)."""
+    seconds, count = [], 0
+    for _ in range(epochs):
+        started, count = time.perf_counter(), 0
+        for batch in dataset:
+            count += int(batch[0].shape[0])
+        seconds.append(time.perf_counter() - started)
+    return count, seconds
+
+
+def peer(folder: str, augmentation: bool) -> tf.data.Dataset:
+    dataset = keras.utils.image_dataset_from_directory(folder, image_size=(SIZE, SIZE), batch_size=BATCH,
+                                                       label_mode="categorical", shuffle=True, seed=0, verbose=False)
+    if augmentation:
+        layers = keras.Sequential(AUGMENTATION.layers(seed=0))
+        dataset = dataset.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def legacy(shards: list[str], count: int, *, antialias: str, uint8: bool, deterministic: bool) -> tf.data.Dataset:
+    """The no-cache input with the levers switched by hand: ``antialias`` "always" (the pipeline before)
+    or "from 2x" (now); ``uint8`` also shuffles records before decoding, as now."""
+    spec = schema.feature_spec()
+
+    def decode(serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        image = preprocessing.decode_rgb(example[schema.IMAGE_ENCODED], min_size=SIZE)
+        if antialias == "always":
+            pixels = tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), [SIZE, SIZE], antialias=True), 0,
+                                      255)
+        else:
+            pixels = preprocessing.resize(image, SIZE, "bilinear")
+        return (tf.cast(pixels, tf.uint8) if uint8 else pixels), tf.one_hot(example[schema.LABEL], CLASSES)
+
+    files = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=0)
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shards), 8),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if uint8:
+        records = records.shuffle(min(count, input_pipeline.SHUFFLE_RECORDS), seed=0)
+    images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if not uint8:
+        images = images.shuffle(min(count, 10_000), seed=0)
+    batches = images.batch(BATCH)
+    if uint8:
+        batches = batches.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def row(name: str, images: int, seconds: list[float], reference: tuple[float, float] | None) -> tuple[float, float]:
+    first, later = images / seconds[0], images / (sum(seconds[1:]) / len(seconds[1:]))
+    versus = f"{first / reference[0]:6.2f}x {later / reference[1]:6.2f}x" if reference else f"{'1.00x':>7} {'1.00x':>7}"
+    print(f"  {name:58} {first:8.0f} {later:8.0f}   {versus}", flush=True)
+    return first, later
+
+
+def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) -> None:
+    folder, prepared = os.path.join(scratch, "photos"), os.path.join(scratch, "prepared")
+    make_photos(folder, images, size)
+    started = time.perf_counter()
+    prepare_dataset(PrepareOptions(source=folder, output_dir=prepared, validation_fraction=0.1, test_fraction=0.0,
+                                   image_short_side=derive_short_side(backbone="", image_size=SIZE, requested=0)))
+    prepare_seconds = time.perf_counter() - started
+    info = dataset_info.load(prepared)
+    shards, count = info.shard_paths(prepared, "train"), info.splits["train"].num_examples
+    print(f"\n{images} photos {size[0]}x{size[1]} JPEG, {CLASSES} classes, {os.cpu_count()} cores; prepare "
+          f"(once per dataset) {images / prepare_seconds:.0f} img/s; kic reads {count} training images")
+    print(f"  {'images/s':58} {'epoch 1':>8} {'later':>8}   {'vs peer (epoch 1, later)':>15}")
+
+    for augment in (False, True):
+        print(f" {'with augmentation (flip, rotation, zoom)' if augment else 'no augmentation'}:")
+        n, seconds = passes(peer(folder, augment), epochs)
+        reference = row("peer: image_dataset_from_directory + prefetch", n, seconds, None)
+
+        def kic(name: str, augmentation=AUGMENTATION if augment else None, reference=reference, **options) -> None:
+            dataset = input_pipeline.make_dataset(
+                shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
+                binary_mode=False, training=True, num_examples=count, deterministic=False,
+                augmentation=augmentation, **options)
+            row(name, *passes(dataset, epochs), reference)
+
+        kic("kic, decoded images in memory (small datasets)")
+        cache = tempfile.mkdtemp(dir=scratch, prefix="cache-")
+        kic("kic, decoded images on local disk (large datasets)", memory_cache_bytes=0, disk_cache_dir=cache)
+        cache_bytes = sum(os.path.getsize(os.path.join(cache, name)) for name in os.listdir(cache))
+        print(f"  {'':58} (the disk cache: {cache_bytes / count / 1024:.0f} KB an image)")
+        shutil.rmtree(cache)
+        kic("kic, nothing cached (decodes every epoch)", memory_cache_bytes=0)
+        if not augment:
+            print("  levers on the no-cache path, one at a time:")
+            for name, options in (("as before: float32, always antialiased, deterministic",
+                                   dict(antialias="always", uint8=False, deterministic=True)),
+                                  ("+ antialiased only from a 2x shrink",
+                                   dict(antialias="from 2x", uint8=False, deterministic=True)),
+                                  ("+ uint8 to the model, records shuffled before decoding",
+                                   dict(antialias="from 2x", uint8=True, deterministic=True)),
+                                  ("+ free ordering", dict(antialias="from 2x", uint8=True, deterministic=False))):
+                row(name, *passes(legacy(shards, count, **options), epochs), reference)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--sizes", default="500x375,1024x768")
+    args = parser.parse_args()
+    for text in args.sizes.split(","):
+        width, height = (int(part) for part in text.split("x"))
+        with tempfile.TemporaryDirectory(prefix="kic-bench-input-") as scratch:
+            bench_size(scratch, (width, height), args.images, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
