@@ -19,6 +19,14 @@ PACKAGE_DIRS = {
     "kic.pipelines": "pipelines",
 }
 
+# Only to compile and run the Vertex AI target (`pip install kic[vertex]`).
+VERTEX = [
+    # ModelUploadOp, the Model Registry step of pipeline-vertex.yaml: exactly the version whose image tag
+    # the committed YAML names.
+    "google-cloud-pipeline-components==2.22.0",
+    "google-cloud-aiplatform>=1.14,<2",  # Vertex AI's client (GCPC's own range)
+]
+
 setup(
     name="kic",
     version=VERSION,
@@ -42,7 +50,9 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
+        "vertex": VERTEX,
         "test": [
+            *VERTEX,  # the freshness test compiles pipeline-vertex.yaml
             "pytest>=8",
             "ruff>=0.6",
             "scikit-learn>=1.5",  # independent reference for the evaluation metrics
