@@ -22,10 +22,11 @@ from kic.serving import contract
 
 # Vertex AI's newest prebuilt TensorFlow prediction container (2.15; none is
 # newer, while kic trains with TensorFlow 2.20/2.21). The exported graph uses only
-# ops that TensorFlow 2.15 knows (checked by loading and serving an export in
-# TensorFlow 2.15: see the README). Override with the vertex_serving_image
-# parameter: a GPU variant (tf2-gpu.2-15), a regional copy (europe-docker.pkg.dev,
-# asia-docker.pkg.dev) or a newer version once Vertex AI offers one.
+# ops that TensorFlow 2.15 knows: exports of eight backbone families load and serve
+# in TensorFlow 2.15.1 with the same probabilities (see the README). Override with
+# the vertex_serving_image parameter: a GPU variant (tf2-gpu.2-15), a regional copy
+# (europe-docker.pkg.dev, asia-docker.pkg.dev) or a newer version once Vertex AI
+# offers one.
 VERTEX_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
 
 DISPLAY_NAME_MAX = 128  # Vertex AI's limit on a model's display name
