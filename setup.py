@@ -19,9 +19,15 @@ PACKAGE_DIRS = {
     "kic.pipelines": "pipelines",
 }
 
-# `kic submit --vertex` and `kic schedule --vertex`: PipelineJob and
-# PipelineJobSchedule over the REST transport.
-VERTEX = ["google-cloud-aiplatform>=2.7,<3"]
+# Only to compile the Vertex AI target and to send runs to Vertex AI (`pip install kic[vertex]`).
+VERTEX = [
+    # ModelUploadOp, the Model Registry step of pipeline-vertex.yaml: exactly the version whose image tag
+    # the committed YAML names.
+    "google-cloud-pipeline-components==2.22.0",
+    # Vertex AI's client: `kic submit --vertex` and `kic schedule --vertex` (PipelineJob and
+    # PipelineJobSchedule over the REST transport); the range is GCPC's own.
+    "google-cloud-aiplatform>=1.14,<2",
+]
 
 setup(
     name="kic",
@@ -48,7 +54,7 @@ setup(
     extras_require={
         "vertex": VERTEX,
         "test": [
-            *VERTEX,  # the Vertex AI client runs against a loopback stand-in of its API
+            *VERTEX,  # the freshness test compiles pipeline-vertex.yaml; submit's tests talk to loopback stand-ins
             "pytest>=8",
             "ruff>=0.6",
             "scikit-learn>=1.5",  # independent reference for the evaluation metrics

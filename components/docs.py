@@ -14,8 +14,9 @@ def hyperparameter_args() -> dict[str, str]:
     return config.descriptions()
 
 
-def pipeline_parameter_args() -> dict[str, str]:
-    return {parameter.name: parameter.help for parameter in parameters.PIPELINE_PARAMETERS}
+def pipeline_parameter_args(target: str = "") -> dict[str, str]:
+    """The descriptions of the pipeline parameters (of ``target``'s pipeline; "": all)."""
+    return {parameter.name: parameter.help for parameter in parameters.for_target(target)}
 
 
 def parameter_args(*names: str) -> dict[str, str]:

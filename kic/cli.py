@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         "compile", help="compile the pipeline for Kubeflow Pipelines (pipeline.yaml) and Vertex AI "
                         "(pipeline-vertex.yaml), and the component YAML files")
     compile_.add_argument("--target", choices=("kfp", "vertex"), default="",
-                          help="only this target's pipeline (default: both, and the components)")
+                          help="only this target's pipeline (default: both, and the components); vertex needs "
+                               "the optional extra: pip install kic[vertex]")
     compile_.add_argument("--output", default="", help="where the pipeline goes (default: pipeline.yaml for kfp, "
                                                        "pipeline-vertex.yaml for vertex); needs --target")
     compile_.add_argument("--image-cpu", default="", help="image of every step but train (default: "
@@ -190,7 +191,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_params:
         for parameter in parameters.PIPELINE_PARAMETERS:
             default = "(required)" if parameter.required else repr(parameter.default)
-            print(f"{parameter.name:30} {parameter.type.__name__:6} {default:26} {parameter.help}")
+            only = f"[only in {parameters.target_names(parameter.targets)}] " if parameter.targets else ""
+            print(f"{parameter.name:30} {parameter.type.__name__:6} {default:26} {only}{parameter.help}")
         return 0
 
     started = time.perf_counter()
@@ -205,15 +207,15 @@ def _run(args: argparse.Namespace) -> int:
         demo_data.write_demo_dataset(demo_dir)
         layers = [dict(DEMO_PARAMETERS), *layers, {"data_source": demo_dir}]
         print(f"kic: using the built-in demo dataset ({len(demo_data.CLASSES)} classes) at {demo_dir}")
+    from kic.orchestration import compile as kic_compile
+    from kic.orchestration import local_run
+
     try:  # every problem, in seconds, before any step starts
-        values = parameters.resolve(*layers)
+        values = parameters.resolve(*layers, target=kic_compile.LOCAL)
     except ParameterError as error:
         raise ParameterError(malformed + error.problems) from None
     if malformed:
         raise ParameterError(malformed)
-
-    from kic.orchestration import compile as kic_compile
-    from kic.orchestration import local_run
 
     os.makedirs(output, exist_ok=True)
     pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML), kic_compile.LOCAL)
@@ -418,6 +420,8 @@ def _compile(args: argparse.Namespace) -> int:
         raise ParameterError(problems)
     from kic.orchestration import compile as kic_compile
 
+    for target in targets:  # nothing is written when a target cannot be compiled here
+        kic_compile.require(target)
     for target in targets:
         cluster = ClusterOptions(target=target, **(kubernetes_options if target == "kfp" else {}))
         path = args.output or kic_compile.PIPELINE_YAMLS[target]

@@ -55,3 +55,7 @@ class NotFoundError(UserError, FileNotFoundError):
 class UnreachableError(UserError, OSError):
     """A URI that exists, perhaps, but cannot be reached: no permission, no
     credentials, no network."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional extra that the command needs is not installed; the message names it."""

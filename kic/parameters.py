@@ -29,10 +29,10 @@ from kic.data.sources import TFDS_PREFIX
 from kic.errors import ParameterError, Problem
 from kic.evaluation import gate
 from kic.model import backbones, weights
-from kic.serving import contract
+from kic.serving import contract, registry
 
 __all__ = ["PIPELINE_PARAMETERS", "Parameter", "ParameterError", "Problem", "defaults", "derive_short_side",
-           "problems", "resolve", "validate"]
+           "for_target", "problems", "resolve", "validate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,8 @@ class Parameter:
     help: str
     # Where a compiled cluster target ("kfp", "vertex") defaults otherwise: the GPU of train.
     target_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # The only pipelines ("kfp", "vertex", "local": `kic run`) that have it; empty: every one.
+    targets: tuple[str, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -50,6 +52,10 @@ class Parameter:
 
     def default_for(self, target: str) -> Any:
         return self.target_defaults.get(target, self.default)
+
+    def belongs_to(self, target: str) -> bool:
+        """Whether the pipeline compiled for ``target`` has it ("": any pipeline)."""
+        return not self.targets or not target or target in self.targets
 
 
 def _hyperparameters() -> tuple[Parameter, ...]:
@@ -125,6 +131,16 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
                                                "with the exported model; empty: no batch prediction."),
     Parameter("batch_predict_format", str, contract.PREDICTION_FORMATS[0],
               "Format of the batch predictions: " + ", ".join(contract.PREDICTION_FORMATS) + "."),
+    # --- Vertex AI Model Registry (pipeline-vertex.yaml only)
+    Parameter("vertex_model_display_name", str, "",
+              "After export, upload the SavedModel to the Vertex AI Model Registry under this display "
+              "name, with vertex_serving_image to serve it; empty: no upload.", targets=("vertex",)),
+    Parameter("vertex_parent_model", str, "",
+              "Upload as a new version of this model (" + registry.MODEL_RESOURCE_FORM + ", in the "
+              "pipeline's region); empty: a new model.", targets=("vertex",)),
+    Parameter("vertex_serving_image", str, registry.VERTEX_SERVING_IMAGE,
+              "The prediction container of the uploaded model; the default is Vertex AI's newest "
+              "prebuilt TensorFlow CPU container (tf2-gpu.2-15 for a GPU).", targets=("vertex",)),
     # --- the 25 hyperparameters of the reference algorithm
     *_hyperparameters(),
 )
@@ -140,6 +156,19 @@ def defaults(target: str = "") -> dict[str, Any]:
     return {parameter.name: parameter.default_for(target) for parameter in PIPELINE_PARAMETERS}
 
 
+TARGET_NAMES = {"kfp": "the Kubeflow Pipelines pipeline", "vertex": "the Vertex AI pipeline",
+                "local": "`kic run`"}
+
+
+def target_names(targets: tuple[str, ...]) -> str:
+    return " and ".join(TARGET_NAMES.get(target, target) for target in targets)
+
+
+def for_target(target: str) -> tuple[Parameter, ...]:
+    """The parameters of the pipeline compiled for ``target`` ("kfp", "vertex", "local")."""
+    return tuple(parameter for parameter in PIPELINE_PARAMETERS if parameter.belongs_to(target))
+
+
 # --------------------------------------------------------------------------- the front door
 
 
@@ -147,20 +176,24 @@ Reachability = bool | Callable[[str], bool]
 
 
 def resolve(*layers: Mapping[str, Any], reachability: Reachability = True, target: str = "") -> dict[str, Any]:
-    """Every pipeline parameter's value: the defaults (on this machine, or of a
-    cluster ``target``), then each layer over the one before (values may be
-    strings, as command lines and the reference's JSON give them; the
-    reference's aliases are accepted), typed and validated. Raises
-    ParameterError with every problem."""
+    """Every pipeline parameter's value: the defaults, then each layer over
+    the one before (values may be strings, as command lines and the
+    reference's JSON give them; the reference's aliases are accepted), typed
+    and validated. With ``target`` ("kfp", "vertex", "local"), that
+    pipeline's parameters with its defaults: setting another is a problem.
+    Raises ParameterError with every problem."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({config.ALIASES.get(name, name): value for name, value in layer.items()})
     values, found = _typed(merged)  # a value of the wrong type is left out of the rules below
+    found += [Problem(name, values[name], f"only {target_names(PARAMETERS_BY_NAME[name].targets)} has this "
+                                          f"parameter, not {target_names((target,))}")
+              for name in values if not PARAMETERS_BY_NAME[name].belongs_to(target)]
     values = {**defaults(target), **values}
     found += problems(values, reachability=reachability)
     if found:
         raise ParameterError(found)
-    return values
+    return {name: value for name, value in values.items() if PARAMETERS_BY_NAME[name].belongs_to(target)}
 
 
 def validate(values: Mapping[str, Any], *, reachability: Reachability = True) -> dict[str, Any]:
@@ -304,6 +337,13 @@ def _accelerator_rules(values: Values, _reachability: bool) -> list[Problem]:
                                                   f"accelerator type starting with {VERTEX_GPU_PREFIX} (such as "
                                                   "NVIDIA_L4); TensorFlow here runs on NVIDIA GPUs")]
     return []
+
+
+@_rule("vertex_model_display_name", "vertex_parent_model", "vertex_serving_image")
+def _model_registry_rules(values: Values, _reachability: Reachability) -> list[Problem]:
+    return registry.problems(display_name=values["vertex_model_display_name"],
+                             parent_model=values["vertex_parent_model"],
+                             serving_image=values["vertex_serving_image"])
 
 
 @_rule("gate_metric", "gate_minimum", "max_regression", "binary_mode", "top_k")

@@ -1,8 +1,11 @@
 """validate -> snapshot -> prepare -> train -> evaluate -> export (only when
-the quality gate blesses the model) -> batch prediction (only when asked for).
+the quality gate blesses the model) -> batch prediction (only when asked for)
+and, in the Vertex AI pipeline, the upload to its Model Registry (only when
+asked for: ``kic.pipelines.model_registry``).
 
 The pipeline's parameters are ``kic.parameters.PIPELINE_PARAMETERS``: its
-signature is generated from that list, so every parameter has one name, type,
+signature is generated from that list (those of the target: the Model Registry's
+are the Vertex AI pipeline's only), so every parameter has one name, type,
 default and description. ``build`` makes the pipeline for a target
 (``kic.orchestration.placement``): ``kfp`` and ``vertex`` place each step in
 their platform's terms (train on a GPU), ``local`` is what ``kic run`` runs.
@@ -24,6 +27,7 @@ from kic.components.snapshot.component import snapshot
 from kic.components.train.component import train
 from kic.components.validate.component import validate
 from kic.orchestration.placement import ClusterOptions, place
+from kic.pipelines import model_registry
 
 PIPELINE_NAME = "image-classification-training"
 
@@ -43,8 +47,11 @@ class Outputs(NamedTuple):
 
 
 def build(cluster: ClusterOptions | None = None):
-    """The pipeline, placed for ``cluster.target`` (by default Kubeflow Pipelines')."""
+    """The pipeline, placed for ``cluster.target`` (by default Kubeflow Pipelines'); the
+    Vertex AI one needs Google Cloud Pipeline Components (``pip install kic[vertex]``)."""
     cluster = cluster or ClusterOptions()
+    if cluster.target == "vertex":
+        model_registry.require_components()  # before anything is built
 
     def training_pipeline(**p):
         hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
@@ -95,6 +102,8 @@ def build(cluster: ClusterOptions | None = None):
                     package=exported.outputs[artifacts.PACKAGE_KEY], inputs=p["batch_predict_source"],
                     output_format=p["batch_predict_format"], top_k=p["top_k"],
                 ), "batch_predict", cluster).set_display_name(PREDICT_TASK)
+            if cluster.target == "vertex":
+                model_registry.upload(exported, p)
 
         return Outputs(examples=prepared.outputs[artifacts.EXAMPLES_KEY],
                        metrics=evaluated.outputs[artifacts.METRICS_KEY],
@@ -106,19 +115,19 @@ def build(cluster: ClusterOptions | None = None):
     pipeline.__doc__ = docs.docstring(
         "Transfer learning of a pretrained image backbone: validate every parameter, prepare the images, train, "
         "evaluate, and export when the quality gate passes.",
-        docs.pipeline_parameter_args(),
+        docs.pipeline_parameter_args(cluster.target),
     )
     return dsl.pipeline(name=PIPELINE_NAME)(pipeline)
 
 
 def _with_parameters(body, name: str, target: str):
-    """``body(**values)`` as a function whose signature is the pipeline's
+    """``body(**values)`` as a function whose signature is the target's
     parameters with the target's defaults, which is what KFP reads (it calls it
     with one channel per parameter, in order)."""
     signature = inspect.Signature([
         inspect.Parameter(parameter.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=parameter.type,
                           default=inspect.Parameter.empty if parameter.required else parameter.default_for(target))
-        for parameter in parameters.PIPELINE_PARAMETERS], return_annotation=Outputs)
+        for parameter in parameters.for_target(target)], return_annotation=Outputs)
 
     def pipeline(*args, **kwargs):
         return body(**signature.bind(*args, **kwargs).arguments)

@@ -36,6 +36,8 @@ def test_list_params_shows_every_pipeline_parameter(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == [parameter.name for parameter in parameters.PIPELINE_PARAMETERS]
     assert lines[0].split()[:3] == ["data_source", "str", "(required)"]
+    only_vertex = [line.split()[0] for line in lines if "[only in the Vertex AI pipeline]" in line]
+    assert only_vertex == ["vertex_model_display_name", "vertex_parent_model", "vertex_serving_image"]
 
 
 def test_prepare_command_writes_a_finished_dataset(tmp_path, capsys):
@@ -135,6 +137,14 @@ def test_run_layers_the_demo_preset_a_hyperparameter_file_and_params(tmp_path, m
     assert seen["epochs"] == cli.DEMO_PARAMETERS["epochs"] and seen["backbone"] == cli.DEMO_PARAMETERS["backbone"]
     assert (seen["optimizer"], seen["epsilon"], seen["learning_rate"]) == ("sgd", 1e-6, 0.01)
     assert seen["data_source"] == str(tmp_path / "out" / "demo-data")
+    assert set(seen) == {parameter.name for parameter in parameters.for_target("local")}  # the local pipeline's
+
+
+def test_run_refuses_a_parameter_of_the_vertex_pipeline_only(tmp_path, capsys):
+    assert cli.main(["run", "--output", str(tmp_path / "out"), "--param", "vertex_model_display_name=flowers"]) == 2
+    err = capsys.readouterr().err
+    assert "vertex_model_display_name='flowers': only the Vertex AI pipeline has this parameter, not `kic run`" in err
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def test_run_names_a_missing_data_folder(tmp_path, capsys):

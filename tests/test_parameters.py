@@ -195,3 +195,45 @@ def test_a_tf_data_service_is_named_by_its_dispatchers_address():
     parameters.validate({"tf_data_service": "10.0.0.7:5050"})
     with pytest.raises(ParameterError, match="grpc://HOST:PORT"):
         parameters.validate({"tf_data_service": "http://dispatcher"})
+
+
+# --------------------------------------------------------------------------- Vertex AI Model Registry
+
+
+PARENT = "projects/my-project/locations/europe-west4/models/1234567890"
+
+
+def test_model_registry_options():
+    parameters.validate({"vertex_model_display_name": "flowers", "vertex_parent_model": PARENT})
+    parameters.validate({"vertex_model_display_name": "", "vertex_serving_image": ""})  # no upload, nothing to serve
+    parameters.validate({"vertex_model_display_name": "fleurs – l'été",
+                         "vertex_serving_image": "europe-docker.pkg.dev/vertex-ai/prediction/tf2-gpu.2-15:latest"})
+    for display_name in ("   ", 'say "cheese"', "back\\slash", "two\nlines", "x" * 129):
+        with pytest.raises(ParameterError, match="vertex_model_display_name") as error:
+            parameters.validate({"vertex_model_display_name": display_name})
+        assert names(error.value) == {"vertex_model_display_name"}, display_name
+    for parent in ("1234567890", "models/1", "projects/p/locations/l/models/", "projects/p/locations/l/endpoints/1",
+                   PARENT + "/versions/2", PARENT + "@2", "projects/p/locations/l/models/a b"):
+        with pytest.raises(ParameterError, match="projects/PROJECT/locations/LOCATION/models/MODEL_ID"):
+            parameters.validate({"vertex_model_display_name": "flowers", "vertex_parent_model": parent})
+    with pytest.raises(ParameterError, match="needs vertex_model_display_name") as error:
+        parameters.validate({"vertex_parent_model": PARENT})  # a version of nothing: the upload would not run
+    with pytest.raises(ParameterError, match="prediction container image URI"):
+        parameters.validate({"vertex_model_display_name": "flowers", "vertex_serving_image": " "})
+
+
+def test_a_parameter_of_one_pipeline_only(tmp_path):
+    source = {"data_source": str(tmp_path), "pretrained_weights": "none"}
+    registry_names = {"vertex_model_display_name", "vertex_parent_model", "vertex_serving_image"}
+    vertex = parameters.resolve(source, target="vertex")
+    assert registry_names <= set(vertex) and vertex["accelerator_type"] == "NVIDIA_L4"  # the target's defaults
+    for target in ("kfp", "local"):
+        values = parameters.resolve(source, target=target)
+        assert set(values) == {parameter.name for parameter in parameters.for_target(target)}
+        assert not registry_names & set(values)
+        with pytest.raises(ParameterError) as error:
+            parameters.resolve(source, {"vertex_model_display_name": "flowers", "vertex_parent_model": "bad"},
+                               target=target)
+        assert names(error.value) == {"vertex_model_display_name", "vertex_parent_model"}  # and the form as well
+        assert "only the Vertex AI pipeline has this parameter" in str(error.value)
+    assert set(parameters.resolve(source)) == set(parameters.PARAMETERS_BY_NAME)  # no target: every one

@@ -72,8 +72,11 @@ def _assert_matches_front_door(inputs: dict, names, *, renamed=None, target="") 
 @pytest.mark.parametrize("target", ["kfp", "vertex"])
 def test_the_pipeline_parameters_are_the_front_doors(fresh, vertex, target):
     inputs = _inputs(fresh[0] if target == "kfp" else vertex)
-    assert list(inputs) == sorted(FRONT_DOOR)  # the IR sorts them
-    _assert_matches_front_door(inputs, FRONT_DOOR, target=target)
+    # The IR sorts them; a parameter of other targets only (the Vertex AI Model Registry's) is not there.
+    assert list(inputs) == sorted(parameter.name for parameter in parameters.for_target(target))
+    assert {name for name in FRONT_DOOR if name not in inputs} == (
+        set() if target == "vertex" else {"vertex_model_display_name", "vertex_parent_model", "vertex_serving_image"})
+    _assert_matches_front_door(inputs, inputs, target=target)
     for name, spec in inputs.items():
         assert " ".join(spec["description"].split()) == FRONT_DOOR[name].help, name
     # On a cluster train asks for a GPU unless told otherwise; on this machine, for none.
@@ -81,14 +84,17 @@ def test_the_pipeline_parameters_are_the_front_doors(fresh, vertex, target):
     assert inputs["accelerator_type"]["defaultValue"] == {"kfp": "nvidia.com/gpu", "vertex": "NVIDIA_L4"}[target]
 
 
-def test_validate_takes_every_pipeline_parameter(fresh):
+@pytest.mark.parametrize("target", ["kfp", "vertex"])
+def test_validate_takes_every_pipeline_parameter(fresh, vertex, target):
+    """The component has every parameter of every target (its literal defaults are the front door's); each
+    pipeline passes its own, and the others keep those defaults."""
     inputs = _inputs(fresh[1]["validate"])
     assert set(inputs) == set(FRONT_DOOR)
     _assert_matches_front_door(inputs, FRONT_DOOR)
-    tasks = fresh[0]["root"]["dag"]["tasks"]
+    tasks = (fresh[0] if target == "kfp" else vertex)["root"]["dag"]["tasks"]
     passed = tasks["validate"]["inputs"]["parameters"]
-    assert {name: spec["componentInputParameter"] for name, spec in passed.items()} == {name: name for name in
-                                                                                         FRONT_DOOR}
+    assert {name: spec["componentInputParameter"] for name, spec in passed.items()} == {
+        parameter.name: parameter.name for parameter in parameters.for_target(target)}
 
 
 def test_train_takes_every_hyperparameter_and_the_front_doors_defaults(fresh):
@@ -181,13 +187,17 @@ def test_kic_compile_sets_the_images_of_the_pipeline_and_the_components(tmp_path
         for name, executor in spec["deploymentSpec"]["executors"].items():
             assert executor["container"]["image"] == (gpu if name == "exec-train" else cpu), name
 
-    # --image: one image for every step.
+    # --image: one image for every kic step (the Model Registry upload runs in Google's image, its importers
+    # in none).
     subprocess.run([sys.executable, "-m", "kic.cli", "compile", "--target", "vertex", "--image",
                     "registry.example/kic:1", "--output", str(tmp_path / "one.yaml"), "--no-components"],
                    check=True, cwd=tmp_path,
                    capture_output=True)
-    executors = _load(tmp_path / "one.yaml")["deploymentSpec"]["executors"].values()
-    assert {executor["container"]["image"] for executor in executors} == {"registry.example/kic:1"}
+    executors = _load(tmp_path / "one.yaml")["deploymentSpec"]["executors"]
+    kic_steps = [executor for name, executor in executors.items()
+                 if name.removeprefix("exec-").replace("-", "_") in kic_compile.COMPONENT_NAMES]
+    assert len(kic_steps) == len(kic_compile.COMPONENT_NAMES)
+    assert {executor["container"]["image"] for executor in kic_steps} == {"registry.example/kic:1"}
 
 
 def test_export_runs_only_when_the_gate_blesses_the_model(fresh):

@@ -153,10 +153,10 @@ def chain(prepared, tiny_backbone, tmp_path_factory):
     blessed = steps.evaluate_step(examples=examples, model=model, gate_metric="", gate_minimum=0.0,
                                   baseline_model_uri="", max_regression=0.0, top_k=2, **evaluated)
     package = artifact(dsl.Model, tmp_path, "package")
-    steps.export_step(model=model, evaluation=evaluated["metrics"], package=package, destination_uri="", tflite="",
-                      top_k=2)
+    exported = steps.export_step(model=model, evaluation=evaluated["metrics"], package=package, destination_uri="",
+                                 tflite="", top_k=2)
     return {"tmp_path": tmp_path, "examples": examples, "model": model, "training_metrics": training_metrics,
-            "blessed": blessed, "package": package, **evaluated}
+            "blessed": blessed, "package": package, "exported": exported, **evaluated}
 
 
 def test_train_step_saves_the_model_and_records_its_best_epoch(chain):
@@ -221,6 +221,16 @@ def test_export_step_packages_the_model_with_its_evaluation(chain):
     info = json.loads(open(os.path.join(package.path, artifacts.MODEL_INFO)).read())
     assert info["evaluation_metrics"] == json.loads(open(chain["metrics"].path).read())
     assert info["serving"]["top_k"] == 2
+
+
+def test_export_step_tells_a_model_registry_where_the_saved_model_is_and_what_it_is(chain):
+    saved_model_uri, labels, description = chain["exported"]
+    assert saved_model_uri == os.path.join(chain["package"].uri, artifacts.SAVED_MODEL_VERSION_DIR)
+    assert os.path.isfile(os.path.join(saved_model_uri, "saved_model.pb"))
+    assert labels["backbone"] == "tiny_test_net" and labels["classes"] == "3" and labels["mode"] == "multiclass"
+    accuracy = json.loads(open(chain["metrics"].path).read())["accuracy"]
+    assert description.startswith("kic image classifier: tiny_test_net at 32x32 pixels, 3 classes")
+    assert f"test accuracy {accuracy:.4f}" in description
 
 
 def test_export_step_publishes_a_version_per_run_and_points_latest_at_it(chain, tmp_path):

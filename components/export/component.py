@@ -1,5 +1,7 @@
 """export: a SavedModel serving raw image bytes, packaged like the reference algorithm's."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
@@ -15,11 +17,11 @@ def export(
     run_id: str = "",
     tflite: str = "",
     top_k: int = 5,
-):
+) -> NamedTuple("Exported", [("saved_model_uri", str), ("model_labels", dict), ("model_description", str)]):
     arguments = dict(locals())
     from kic.orchestration import steps
 
-    steps.export_step(**arguments)
+    return steps.export_step(**arguments)
 
 
 export.__doc__ = docs.docstring(
@@ -35,6 +37,12 @@ export.__doc__ = docs.docstring(
         **docs.parameter_args("tflite"),
         "top_k": "Number of top labels the serving signature returns.",
     },
-    {"package": "The serving package: 1/ (SavedModel), label map, model info, and model.tar.gz."},
+    {
+        "package": "The serving package: 1/ (SavedModel), label map, model info, and model.tar.gz.",
+        "saved_model_uri": "URI of the package's SavedModel folder (1/), for a model registry.",
+        "model_labels": "Labels for a model registry (backbone, input size, classes, mode, kic version), in Google "
+                        "Cloud's label alphabet.",
+        "model_description": "One line for a model registry: backbone, input size, classes, test accuracy.",
+    },
 )
 export = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(export)

@@ -33,6 +33,9 @@ def validate(
     top_k: int = 5,
     batch_predict_source: str = "",
     batch_predict_format: str = "jsonl",
+    vertex_model_display_name: str = "",
+    vertex_parent_model: str = "",
+    vertex_serving_image: str = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest",
     augmentation: bool = False,
     augmentation_random_flip: str = "horizontal_and_vertical",
     augmentation_random_rotation: float = 0.2,
@@ -68,8 +71,8 @@ def validate(
 validate.__doc__ = docs.docstring(
     "Checks every pipeline parameter at the start of the pipeline (the hyperparameters against the contract, "
     "backbone and image size, split fractions, sources and model URIs that must exist, the pretrained weights, "
-    "the quality gate, export and batch-prediction options), so that a bad value fails the run in seconds with "
-    "one message listing every problem.",
+    "the quality gate, export, batch-prediction and model-registry options), so that a bad value fails the run in "
+    "seconds with one message listing every problem.",
     docs.pipeline_parameter_args(),
     {"Output": "The short side, in pixels, that prepare should store."},
 )

@@ -12,7 +12,15 @@ PIPELINE_YAML = PIPELINE_YAMLS["kfp"]
 COMPONENT_NAMES = ("validate", "snapshot", "prepare", "train", "evaluate", "export", "batch_predict")
 
 __all__ = ["COMPONENT_NAMES", "LOCAL", "PIPELINE_YAML", "PIPELINE_YAMLS", "TARGETS", "ClusterOptions",
-           "compile_components", "compile_pipeline"]
+           "compile_components", "compile_pipeline", "require"]
+
+
+def require(target: str) -> None:
+    """Raises MissingDependencyError, naming the extra to install, when ``target`` cannot be compiled here."""
+    if target == "vertex":
+        from kic.pipelines import model_registry
+
+        model_registry.require_components()
 
 
 def compile_pipeline(path: str = PIPELINE_YAML, target: str = "kfp", cluster: ClusterOptions | None = None) -> str:

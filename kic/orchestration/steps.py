@@ -220,7 +220,11 @@ def _log_confusion_matrix(target, result) -> None:
 
 # ------------------------------------------------------------------- export
 @fails_cleanly
-def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, run_id="") -> None:
+def export_step(*, model, evaluation, package, destination_uri, tflite, top_k,
+                run_id="") -> tuple[str, dict, str]:
+    """Returns what a model registry is told: the SavedModel folder's URI, labels and a description."""
+    from kic.model import model_info
+    from kic.serving import registry
     from kic.serving.export import ExportOptions, export_model
 
     evaluation_metrics = json.loads(storage.read_text(evaluation.path)) if os.path.exists(evaluation.path) else {}
@@ -233,6 +237,9 @@ def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, r
         package.metadata["published"] = result.published
         log(f"export: published to {result.published}")
     sys.stdout.flush()
+    info = model_info.load(package.path)
+    return (storage.join(package.uri, artifacts.SAVED_MODEL_VERSION_DIR), registry.labels(info),
+            registry.description(info, evaluation_metrics))
 
 
 # ------------------------------------------------------------ batch predict
