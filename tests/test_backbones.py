@@ -278,3 +278,18 @@ def test_saved_model_with_scaling_reloads_in_safe_mode(tmp_path):
     assert_same_outputs(reloaded(pixels), model(pixels))
     scaling = reloaded.get_layer(extractor.name).get_layer("pixel_scaling")
     assert isinstance(scaling, PixelScaling) and scaling.mode == "tf"
+
+
+def test_an_efficientnet_without_imagenet_weights_can_be_recalibrated():
+    """Its input stack is rebuilt (see above); every layer must still have one input, or the batch-norm
+    recalibration before each validation cannot read the layers' inputs."""
+    import tensorflow as tf
+
+    from kic.config import TrainingConfig
+    from kic.model import classifier
+    from kic.training import batch_norm
+
+    extractor = build_feature_extractor(resolve("efficientnet_b0"), image_size=32, weights="none")
+    model = classifier.build_new(extractor, image_size=32, num_classes=3, config=TrainingConfig(), seed=0)
+    batches = tf.data.Dataset.from_tensor_slices((random_pixels(32, batch=4), np.zeros((4, 3)))).batch(2)
+    assert batch_norm.recalibrate(model, batches, max_batches=2) == 2

@@ -421,7 +421,14 @@ def _with_imagenet_input_stack(backbone: Backbone, model: keras.Model) -> keras.
     normalization.adapt_mean.assign(mean_rgb)
     normalization.adapt_variance.assign([std ** 2 for std in IMAGENET_STDDEV_RGB])
     normalization.finalize_state()
-    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    # Fresh layers (not the same layer objects in two graphs, which would leave each layer's
+    # input ambiguous to anything that reads it, like the batch-norm recalibration), same weights.
+    clone = keras.models.clone_model(model, call_function=call)
+    clone.set_weights(model.get_weights())
+    for layer in clone.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()  # its mean and variance follow the weights just set
+    return clone
 
 
 def build_feature_extractor(backbone: Backbone | str, *, image_size: int | None = None,

@@ -17,8 +17,11 @@ from kic.model.model_info import ModelInfo
 from kic.serving.contract import INPUT_NAME, SIGNATURE_NAME
 
 # Max abs difference of probabilities allowed between the reloaded SavedModel
-# and the in-memory Keras model (same pixels, same float32 maths).
-SAVED_MODEL_TOLERANCE = 1e-5
+# and the in-memory Keras model: the same float32 maths, but not the same
+# kernels (the SavedModel's graph is optimised and fused differently), which
+# adds up over a deep network (4e-5 measured on Inception V3); a real skew,
+# such as another resize, is 1e-2 or more.
+SAVED_MODEL_TOLERANCE = 1e-4
 
 
 class ExportVerificationError(RuntimeError):
