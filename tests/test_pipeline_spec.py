@@ -152,9 +152,12 @@ def test_validation_runs_before_any_data_is_read(fresh):
 
 
 @pytest.mark.parametrize("target", kic_compile.TARGETS)
-def test_committed_pipeline_yaml_is_fresh(tmp_path, target):
-    path = kic_compile.compile_pipeline(str(tmp_path / "pipeline.yaml"), target)
-    committed_path = os.path.join(ROOT, kic_compile.PIPELINE_YAMLS[target])
+@pytest.mark.parametrize("compile_, yamls", [(kic_compile.compile_pipeline, kic_compile.PIPELINE_YAMLS),
+                                             (kic_compile.compile_tuning_pipeline, kic_compile.TUNING_PIPELINE_YAMLS)],
+                         ids=["training", "tuning"])
+def test_committed_pipeline_yaml_is_fresh(tmp_path, target, compile_, yamls):
+    path = compile_(str(tmp_path / "pipeline.yaml"), target)
+    committed_path = os.path.join(ROOT, yamls[target])
     with open(committed_path, encoding="utf-8") as committed, open(path) as new:
         assert committed.read() == new.read(), f"{committed_path} is stale: run `kic compile`"
 
@@ -232,14 +235,6 @@ def _tuning_tasks(spec) -> dict:
     for component in [spec["root"], *spec["components"].values()]:
         found.update(component.get("dag", {}).get("tasks", {}))
     return found
-
-
-@pytest.mark.parametrize("target", kic_compile.TARGETS)
-def test_committed_tuning_pipeline_yaml_is_fresh(tmp_path, target):
-    path = kic_compile.compile_tuning_pipeline(str(tmp_path / "tuning.yaml"), target)
-    committed_path = os.path.join(ROOT, kic_compile.TUNING_PIPELINE_YAMLS[target])
-    with open(committed_path, encoding="utf-8") as committed, open(path) as new:
-        assert committed.read() == new.read(), f"{committed_path} is stale: run `kic compile`"
 
 
 @pytest.mark.parametrize("target", kic_compile.TARGETS)

@@ -70,7 +70,6 @@ REFERENCE_INTERNAL_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
 NAME = "search_space"
 
 _OUR_KEYS = ("parameters", "objective", "strategy", "trials", "parallelism", "seed")
-_TYPES = {bool: "bool", int: INT, float: FLOAT, str: "str"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,8 +239,7 @@ def _our_dimension(raw_name: str, spec: Any, found: list[Problem]) -> Dimension 
     if declared != field_type:
         found.append(Problem(where, declared, f"{name} is a {field_type}: its range has type {field_type}"))
         return None
-    return _range(name, where, field_type, spec.get("min"), spec.get("max"), spec.get("scale", LINEAR), SCALES,
-                  found)
+    return _range(name, where, field_type, spec.get("min"), spec.get("max"), spec.get("scale", LINEAR), found)
 
 
 def _parse_reference(payload: Mapping[str, Any], found: list[Problem]) -> SearchDocument:
@@ -311,12 +309,12 @@ def _reference_dimension(key: str, kind: str, entry: Any, found: list[Problem]) 
     if kind == INT and scale == REVERSE_LOG:
         found.append(Problem(where, "ReverseLogarithmic", "Auto, Linear or Logarithmic for an integer range"))
         return None
-    return _range(name, where, kind, entry.get("MinValue"), entry.get("MaxValue"), scale, SCALES, found,
+    return _range(name, where, kind, entry.get("MinValue"), entry.get("MaxValue"), scale, found,
                   scale_names="Auto, Linear, Logarithmic or ReverseLogarithmic")
 
 
-def _range(name: str, where: str, kind: str, low: Any, high: Any, scale: Any, scales: Sequence[str],
-           found: list[Problem], scale_names: str = "") -> Dimension | None:
+def _range(name: str, where: str, kind: str, low: Any, high: Any, scale: Any, found: list[Problem],
+           scale_names: str = "") -> Dimension | None:
     bounds = []
     for label, value in (("min", low), ("max", high)):
         try:
@@ -328,8 +326,8 @@ def _range(name: str, where: str, kind: str, low: Any, high: Any, scale: Any, sc
             found.append(Problem(f"{where}.{label}", value, "a finite number"))
             continue
         bounds.append(number)
-    if scale not in scales:
-        found.append(Problem(f"{where}.scale", scale, scale_names or ", ".join(scales)))
+    if scale not in SCALES:
+        found.append(Problem(f"{where}.scale", scale, scale_names or ", ".join(SCALES)))
         return None
     if len(bounds) < 2:
         return None

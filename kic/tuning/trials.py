@@ -148,7 +148,8 @@ def best(results: Sequence[TrialResult], objective: Objective) -> TrialResult:
     TuningError, listing why each failed, when none succeeded."""
     succeeded = [result for result in results if result.status == SUCCEEDED and finite(result.objective)]
     if not succeeded:
-        reasons = "; ".join(f"trial {result.trial}: {result.error}" for result in sorted(results, key=_order))
+        ordered = sorted(results, key=lambda result: result.trial)
+        reasons = "; ".join(f"trial {result.trial}: {result.error}" for result in ordered)
         raise TuningError(f"every one of the {len(results)} trials failed, so there is no model to evaluate: "
                           f"{reasons}")
     return min(succeeded, key=lambda result: (objective.sort_key(result.objective), result.trial))
@@ -159,10 +160,6 @@ def check_complete(results: Sequence[TrialResult], settings: Settings) -> None:
     indices = sorted(result.trial for result in results)
     if indices != list(range(settings.trials)):
         raise RuntimeError(f"collected the results of trials {indices}, planned 0 to {settings.trials - 1}")
-
-
-def _order(result: TrialResult) -> int:
-    return result.trial
 
 
 def _short(value: Any) -> str:
