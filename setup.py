@@ -48,7 +48,9 @@ setup(
         "tensorflow-datasets>=4.9.9",
         "google-cloud-storage>=2.18",
         "pillow>=11.0",  # image validation and normalisation in prepare
-        "matplotlib>=3.9",  # plots of the evaluation report
+        "matplotlib>=3.9",  # plots of the evaluation and tuning reports
+        "optuna>=4.0",  # the tuning strategies: random, Sobol (QMC), TPE and grid samplers
+        "scipy>=1.11",  # Optuna's Sobol sequence; the tuning report's rank correlations
         "numpy>=1.26",
     ],
     extras_require={

@@ -36,3 +36,10 @@ def docstring(summary: str, args: dict[str, str], returns: dict[str, str] | None
             parts.append(textwrap.fill(f"{name}: {text}", width=100, initial_indent="    ",
                                        subsequent_indent="        "))
     return "\n".join(parts) + "\n"
+
+
+def tuning_parameter_args(*names: str) -> dict[str, str]:
+    """The tuning pipeline's description of each named tuning parameter."""
+    from kic.tuning.settings import TUNING_PARAMETERS_BY_NAME
+
+    return {name: TUNING_PARAMETERS_BY_NAME[name].help for name in names}

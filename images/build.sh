@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the CPU and GPU images, pushes them to REGISTRY and recompiles pipeline.yaml,
-# pipeline-vertex.yaml and components/*/component.yaml to run them, pinned by digest. Needs
+# pipeline-vertex.yaml, the tuning pipelines and components/*/component.yaml to run them, pinned by digest. Needs
 # Docker with buildx, logged in to REGISTRY, and the project's virtualenv active (for
 # `kic compile`). From anywhere:
 #   images/build.sh REGISTRY          e.g. images/build.sh us-docker.pkg.dev/my-project/kic

@@ -1,5 +1,5 @@
-"""kic: run the pipeline locally or on a cluster, schedule it, prepare, validate, predict,
-compile, list backbones.
+"""kic: run the pipeline locally or on a cluster, schedule it, search hyperparameters, prepare,
+validate, predict, compile, list backbones.
 
 Every command checks its parameters through the one front door
 (``kic.parameters``) before it does any work. Listing and validating import
@@ -17,6 +17,7 @@ import time
 from kic.errors import ParameterError, UserError
 
 DEFAULT_OUTPUT = "kic-output"
+DEFAULT_TUNE_OUTPUT = "kic-tune-output"
 
 # The built-in demo trains from scratch on CPU in a few minutes: no download,
 # a small backbone at a small input size, and enough epochs to really learn.
@@ -63,6 +64,30 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--list-params", action="store_true", help="list the pipeline parameters and exit")
     run.set_defaults(handler=_run)
 
+    tune = commands.add_parser("tune", help="search hyperparameters on this machine: trials in parallel on data "
+                                            "prepared once, then evaluate and export the best (KFP local runner)")
+    _add_parameter_options(tune, data_help="training images: folder, gs:// prefix, manifest or tfds:NAME; "
+                                           "default: the built-in demo dataset")
+    tune.add_argument("--search-space", required=True, metavar="FILE.json",
+                      help="the hyperparameter ranges: kic's JSON, or the reference's tuning job (its ParameterRanges, "
+                           "objective, strategy, limits and static hyperparameters) as is")
+    tune.add_argument("--trials", type=int, default=0, metavar="N",
+                      help="number of trials (default: the search space's, else 8; grid: the whole grid)")
+    tune.add_argument("--parallelism", type=int, default=0, metavar="P",
+                      help="trials at once (default: the search space's, else 1); the local runner runs at most 2")
+    tune.add_argument("--strategy", default="", help="random, sobol, tpe or grid (default: the search space's, "
+                                                     "else random)")
+    tune.add_argument("--objective", default="", metavar="METRIC",
+                      help="the metric of each trial's best epoch to optimise, e.g. val_accuracy, val_loss or "
+                           "validation:accuracy (default: the search space's, else the monitored metric)")
+    tune.add_argument("--direction", default="", help="maximize or minimize (default: the search space's, else "
+                                                      "minimize for a loss, maximize otherwise)")
+    tune.add_argument("--output", default=DEFAULT_TUNE_OUTPUT,
+                      help=f"output folder (default: {DEFAULT_TUNE_OUTPUT})")
+    tune.add_argument("--cache", action="store_true", help="reuse the outputs of unchanged steps of an earlier "
+                                                           "search into the same --output (as kic run --cache)")
+    tune.set_defaults(handler=_tune)
+
     cluster_data_help = ("training images: gs:// prefix, manifest or tfds:NAME (a path is read inside the "
                          "pipeline's containers)")
     submit = commands.add_parser("submit", help="run the pipeline once on Kubeflow Pipelines or Vertex AI")
@@ -84,13 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     schedule.set_defaults(handler=_schedule)
 
     compile_ = commands.add_parser(
-        "compile", help="compile the pipeline for Kubeflow Pipelines (pipeline.yaml) and Vertex AI "
-                        "(pipeline-vertex.yaml), and the component YAML files")
+        "compile", help="compile the training and tuning pipelines for Kubeflow Pipelines (pipeline.yaml, "
+                        "tuning-pipeline.yaml) and Vertex AI (pipeline-vertex.yaml, tuning-pipeline-vertex.yaml), "
+                        "and the component YAML files")
     compile_.add_argument("--target", choices=("kfp", "vertex"), default="",
-                          help="only this target's pipeline (default: both, and the components); vertex needs "
+                          help="only this target's pipelines (default: both, and the components); vertex needs "
                                "the optional extra: pip install kic[vertex]")
     compile_.add_argument("--output", default="", help="where the pipeline goes (default: pipeline.yaml for kfp, "
-                                                       "pipeline-vertex.yaml for vertex); needs --target")
+                                                       "pipeline-vertex.yaml for vertex); needs --target, and "
+                                                       "writes only the training pipeline unless --tuning")
+    compile_.add_argument("--tuning", action="store_true", help="with --output: the tuning pipeline")
+    compile_.add_argument("--parallelism", type=int, default=0, metavar="P",
+                          help="how many trials the tuning pipeline runs at once (default: 4)")
     compile_.add_argument("--image-cpu", default="", help="image of every step but train (default: "
                                                           "ghcr.io/kic-project/kic-cpu:<version>)")
     compile_.add_argument("--image-gpu", default="", help="image of train (default: "
@@ -199,14 +229,7 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the steps inherit it: keep TensorFlow's C++ logs quiet
     output = os.path.abspath(args.output)
     layers, malformed = _parameter_layers(args)
-    if not any(layer.get("data_source") for layer in layers):
-        # The demo data is the default source, made first: the check below looks for it.
-        from kic import demo_data
-
-        demo_dir = os.path.join(output, "demo-data")
-        demo_data.write_demo_dataset(demo_dir)
-        layers = [dict(DEMO_PARAMETERS), *layers, {"data_source": demo_dir}]
-        print(f"kic: using the built-in demo dataset ({len(demo_data.CLASSES)} classes) at {demo_dir}")
+    layers = _with_demo_data(layers, output)
     from kic.orchestration import compile as kic_compile
     from kic.orchestration import local_run
 
@@ -229,6 +252,19 @@ def _run(args: argparse.Namespace) -> int:
     outputs = local_run.collect_outputs(run, output, prediction_format=values["batch_predict_format"])
     _print_summary(outputs, output, time.perf_counter() - started)
     return 0
+
+
+def _with_demo_data(layers: list[dict], output: str) -> list[dict]:
+    """``layers``, with the built-in demo dataset (and settings that suit it) when they name no data source."""
+    if any(layer.get("data_source") for layer in layers):
+        return layers
+    # The demo data is the default source, made first: the front door looks for it.
+    from kic import demo_data
+
+    demo_dir = os.path.join(output, "demo-data")
+    demo_data.write_demo_dataset(demo_dir)
+    print(f"kic: using the built-in demo dataset ({len(demo_data.CLASSES)} classes) at {demo_dir}")
+    return [dict(DEMO_PARAMETERS), *layers, {"data_source": demo_dir}]
 
 
 def _parameter_layers(args: argparse.Namespace) -> tuple[list[dict], list]:
@@ -261,14 +297,14 @@ def _assignments(assignments: list[str]) -> tuple[dict[str, str], list]:
     return values, problems
 
 
-def _print_summary(outputs, output: str, seconds: float) -> None:
+def _print_summary(outputs, output: str, seconds: float, command: str = "run", extra: tuple[str, ...] = ()) -> None:
     from kic.orchestration import local_run
 
     metrics = outputs.metrics
     headline = [name for name in ("accuracy", "top_5_accuracy", "precision", "recall", "auc", "prc", "log_loss")
                 if name in metrics]
     print("\n" + "=" * 72)
-    print(f"kic run finished in {seconds / 60:.1f} min")
+    print(f"kic {command} finished in {seconds / 60:.1f} min")
     print("test metrics: " + ", ".join(f"{name} {metrics[name]:.4f}" for name in headline))
     if outputs.model:
         print(f"model:        {os.path.join(output, 'model.tar.gz')} (unpacked in {outputs.model})")
@@ -281,8 +317,105 @@ def _print_summary(outputs, output: str, seconds: float) -> None:
         print(f"predictions:  {outputs.predictions}")
     print(f"reports:      {os.path.join(output, 'data_report.html')}, "
           f"{os.path.join(output, local_run.EVALUATION_REPORT_HTML)}")
+    for line in extra:
+        print(line)
     print(f"all steps:    {outputs.run_dir}")
     print("=" * 72)
+
+
+# ------------------------------------------------------------------ tune
+def _tune(args: argparse.Namespace) -> int:
+    from kic import parameters
+    from kic.orchestration.placement import LOCAL
+    from kic.tuning import settings as tuning_settings
+    from kic.tuning import space as spaces
+
+    started = time.perf_counter()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    output = os.path.abspath(args.output)
+    found, document, payload = [], None, None
+    try:
+        payload = spaces.load_json(args.search_space)
+        document, form = spaces.parse(payload)
+        found += form
+    except ParameterError as error:
+        found += error.problems
+    layers, malformed = _parameter_layers(args)
+    found += malformed
+    if document and document.static_hyperparameters:
+        # The reference job's fixed hyperparameters, under --hyperparameters and --param.
+        layers.insert(0, dict(document.static_hyperparameters))
+    layers = _with_demo_data(layers, output)
+    values = None
+    try:  # every problem, in seconds, before any step starts
+        values = parameters.resolve(*layers, target=LOCAL)
+    except ParameterError as error:
+        found += error.problems
+    parallelism = args.parallelism or (document.parallelism if document else 0) or 1
+    settings = None
+    if document:
+        try:  # the search is checked even when other parameters are wrong: with those of theirs that are right
+            settings = tuning_settings.resolve(document, values=values or _valid_values(layers),
+                                               strategy=args.strategy, trials=args.trials,
+                                               objective_metric=args.objective, objective_direction=args.direction,
+                                               parallelism=parallelism)
+        except ParameterError as error:
+            found += error.problems
+    if found:
+        raise ParameterError(found)
+    for note in settings.notes:
+        print(f"kic: {note}")
+    print(f"kic: {settings.strategy} search of {settings.trials} trials, {parallelism} at a time, for the "
+          f"{settings.objective.direction[:3]}imum of {settings.objective.metric}")
+
+    from kic.orchestration import compile as kic_compile
+    from kic.orchestration import local_run
+
+    os.makedirs(output, exist_ok=True)
+    pipeline_yaml = kic_compile.compile_tuning_pipeline(
+        os.path.join(output, kic_compile.TUNING_PIPELINE_YAML), kic_compile.LOCAL, parallelism=parallelism)
+    arguments = {**values, "search_space": json.dumps(payload), "strategy": args.strategy, "trials": args.trials,
+                 "objective_metric": args.objective, "objective_direction": args.direction}
+    print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}", flush=True)
+    try:
+        run = local_run.run_compiled_pipeline(pipeline_yaml, arguments, os.path.join(output, "runs"),
+                                              cache=args.cache)
+    except RuntimeError as error:  # a step failed; its own log above says why
+        print(f"\nkic: the search failed: {error}\nkic: each step's artifacts are under "
+              f"{os.path.join(output, 'runs')}", file=sys.stderr)
+        return 1
+    outputs = local_run.collect_tuning_outputs(run, output, prediction_format=values["batch_predict_format"])
+    _print_summary(outputs, output, time.perf_counter() - started, command="tune", extra=_tuning_summary(output))
+    return 0
+
+
+def _valid_values(layers: list[dict]) -> dict:
+    """The defaults, and each value of ``layers`` that is valid on its own, typed."""
+    from kic import parameters
+
+    values = parameters.defaults()
+    for layer in layers:
+        for name, value in layer.items():
+            try:
+                values.update(parameters.validate({name: value}, reachability=False))
+            except ParameterError:
+                pass
+    return values
+
+
+def _tuning_summary(output: str) -> tuple[str, ...]:
+    from kic.orchestration.local_run import TUNING_FILES
+
+    with open(os.path.join(output, TUNING_FILES["trials"]), encoding="utf-8") as handle:
+        document = json.load(handle)
+    metric = document["objective"]["metric"]
+    best = next(trial for trial in document["trials"] if trial["trial"] == document["best_trial"])
+    return (f"trials:       {len(document['trials'])} ({document['succeeded']} succeeded, {document['failed']} "
+            f"failed) in {os.path.join(output, TUNING_FILES['trials'])}",
+            f"best trial:   {best['trial']}, {metric} {best['objective']:.4f}, with "
+            + ", ".join(f"{name}={value}" for name, value in best["hyperparameters"].items()),
+            f"best values:  {os.path.join(output, TUNING_FILES['best_hyperparameters'])} (kic run --hyperparameters)",
+            f"tuning:       {os.path.join(output, TUNING_FILES['tuning_report'])}")
 
 
 # ------------------------------------------------------ submit, schedule
@@ -398,6 +531,10 @@ def _compile(args: argparse.Namespace) -> int:
     problems = []
     if args.output and not args.target:
         problems.append(Problem("--output", args.output, "needs --target: one pipeline per file"))
+    if args.tuning and not args.output:
+        problems.append(Problem("--tuning", True, "only with --output (without it, both pipelines are written)"))
+    if args.parallelism < 0:
+        problems.append(Problem("--parallelism", args.parallelism, "1 or more trials at once"))
     selector = {}
     for pair in args.gpu_node_selector:
         key, separator, value = pair.partition("=")
@@ -424,8 +561,12 @@ def _compile(args: argparse.Namespace) -> int:
         kic_compile.require(target)
     for target in targets:
         cluster = ClusterOptions(target=target, **(kubernetes_options if target == "kfp" else {}))
-        path = args.output or kic_compile.PIPELINE_YAMLS[target]
-        print(f"wrote {kic_compile.compile_pipeline(path, target, cluster)}")
+        if not (args.output and args.tuning):
+            path = args.output or kic_compile.PIPELINE_YAMLS[target]
+            print(f"wrote {kic_compile.compile_pipeline(path, target, cluster)}")
+        if args.tuning or not args.output:
+            path = args.output or kic_compile.TUNING_PIPELINE_YAMLS[target]
+            print(f"wrote {kic_compile.compile_tuning_pipeline(path, target, cluster, args.parallelism or None)}")
     if not args.no_components:
         for path in kic_compile.compile_components():
             print(f"wrote {path}")

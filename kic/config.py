@@ -143,6 +143,11 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_reference_dict(self) -> dict[str, str]:
+        """Every value as a string, as the reference algorithm's hyperparameter
+        JSON carries them ("True", "32", "0.001"): what ``from_reference_json`` reads."""
+        return {name: repr(value) if isinstance(value, float) else str(value) for name, value in self.to_dict().items()}
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(field.name for field in dataclasses.fields(cls))

@@ -55,23 +55,7 @@ def build(cluster: ClusterOptions | None = None):
 
     def training_pipeline(**p):
         hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
-
-        # Every parameter is checked here, in seconds, before any step reads data.
-        validated = place(validate(**p), "validate", cluster).set_display_name(VALIDATE_TASK)
-
-        # Never cached: what the sources are now decides whether the cached steps below can be reused.
-        sources = place(snapshot(
-            data_source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
-            tfds_data_dir=p["tfds_data_dir"], base_model_uri=p["base_model_uri"],
-            baseline_model_uri=p["baseline_model_uri"],
-        ), "snapshot", cluster).set_display_name(SNAPSHOT_TASK).set_caching_options(False).after(validated)
-
-        prepared = place(prepare(
-            source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
-            validation_fraction=p["validation_fraction"], test_fraction=p["test_fraction"], seed=p["split_seed"],
-            image_short_side=validated.output, tfds_data_dir=p["tfds_data_dir"],
-            max_rejected_fraction=p["max_rejected_fraction"], source_fingerprint=sources.outputs["data"],
-        ), "prepare", cluster).set_display_name(PREPARE_TASK)
+        _, sources, prepared = validate_and_prepare(p, cluster)
 
         trained = place(train(
             examples=prepared.outputs[artifacts.EXAMPLES_KEY], backbone=p["backbone"],
@@ -82,36 +66,16 @@ def build(cluster: ClusterOptions | None = None):
         ), "train", cluster, accelerator_type=p["accelerator_type"],
             accelerator_count=p["accelerator_count"]).set_display_name(TRAIN_TASK)
 
-        evaluated = place(evaluate(
-            examples=prepared.outputs[artifacts.EXAMPLES_KEY], model=trained.outputs[artifacts.MODEL_KEY],
-            gate_metric=p["gate_metric"], gate_minimum=p["gate_minimum"],
-            baseline_model_uri=p["baseline_model_uri"], baseline_fingerprint=sources.outputs["baseline_model"],
-            max_regression=p["max_regression"], top_k=p["top_k"],
-        ), "evaluate", cluster).set_display_name(EVALUATE_TASK)
-
-        # The single output (not a named one): kfp.local resolves conditions only on
-        # `<task>-Output` channels (kfp 2.17), and clusters read both alike.
-        with dsl.If(evaluated.outputs[artifacts.BLESSED_KEY] == True, name="model-blessed"):  # noqa: E712 (KFP)
-            exported = place(export(
-                model=trained.outputs[artifacts.MODEL_KEY], evaluation=evaluated.outputs[artifacts.METRICS_KEY],
-                destination_uri=p["export_uri"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tflite=p["tflite"],
-                top_k=p["top_k"],
-            ), "export", cluster).set_display_name(EXPORT_TASK).set_caching_options(False)  # a version per run
-            with dsl.If(p["batch_predict_source"] != "", name="batch-prediction-requested"):
-                place(batch_predict(
-                    package=exported.outputs[artifacts.PACKAGE_KEY], inputs=p["batch_predict_source"],
-                    output_format=p["batch_predict_format"], top_k=p["top_k"],
-                ), "batch_predict", cluster).set_display_name(PREDICT_TASK)
-            if cluster.target == "vertex":
-                model_registry.upload(exported, p)
-
+        evaluated = evaluate_and_export(p, cluster, examples=prepared.outputs[artifacts.EXAMPLES_KEY],
+                                        model=trained.outputs[artifacts.MODEL_KEY], sources=sources)
         return Outputs(examples=prepared.outputs[artifacts.EXAMPLES_KEY],
                        metrics=evaluated.outputs[artifacts.METRICS_KEY],
                        evaluation=evaluated.outputs[artifacts.EVALUATION_KEY],
                        evaluation_report=evaluated.outputs[artifacts.EVALUATION_REPORT_KEY],
                        blessing=evaluated.outputs[artifacts.BLESSING_KEY])
 
-    pipeline = _with_parameters(training_pipeline, "training_pipeline", cluster.target)
+    pipeline = with_parameters(training_pipeline, "training_pipeline", cluster.target,
+                               parameters.for_target(cluster.target), Outputs)
     pipeline.__doc__ = docs.docstring(
         "Transfer learning of a pretrained image backbone: validate every parameter, prepare the images, train, "
         "evaluate, and export when the quality gate passes.",
@@ -120,21 +84,74 @@ def build(cluster: ClusterOptions | None = None):
     return dsl.pipeline(name=PIPELINE_NAME)(pipeline)
 
 
-def _with_parameters(body, name: str, target: str):
-    """``body(**values)`` as a function whose signature is the target's
-    parameters with the target's defaults, which is what KFP reads (it calls it
-    with one channel per parameter, in order)."""
+def validate_and_prepare(p: dict, cluster: ClusterOptions):
+    """validate -> snapshot -> prepare, as every pipeline of ours begins: the
+    validate, snapshot and prepare tasks."""
+    # Every parameter is checked here, in seconds, before any step reads data.
+    validated = place(validate(**{name: value for name, value in p.items() if name in parameters.PARAMETERS_BY_NAME}),
+                      "validate", cluster).set_display_name(VALIDATE_TASK)
+
+    # Never cached: what the sources are now decides whether the cached steps below can be reused.
+    sources = place(snapshot(
+        data_source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
+        tfds_data_dir=p["tfds_data_dir"], base_model_uri=p["base_model_uri"],
+        baseline_model_uri=p["baseline_model_uri"],
+    ), "snapshot", cluster).set_display_name(SNAPSHOT_TASK).set_caching_options(False).after(validated)
+
+    prepared = place(prepare(
+        source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
+        validation_fraction=p["validation_fraction"], test_fraction=p["test_fraction"], seed=p["split_seed"],
+        image_short_side=validated.output, tfds_data_dir=p["tfds_data_dir"],
+        max_rejected_fraction=p["max_rejected_fraction"], source_fingerprint=sources.outputs["data"],
+    ), "prepare", cluster).set_display_name(PREPARE_TASK)
+    return validated, sources, prepared
+
+
+def evaluate_and_export(p: dict, cluster: ClusterOptions, *, examples, model, sources):
+    """evaluate -> export (only when the quality gate blesses ``model``) ->
+    batch prediction (only when asked for), as every pipeline of ours ends:
+    the evaluate task."""
+    evaluated = place(evaluate(
+        examples=examples, model=model,
+        gate_metric=p["gate_metric"], gate_minimum=p["gate_minimum"],
+        baseline_model_uri=p["baseline_model_uri"], baseline_fingerprint=sources.outputs["baseline_model"],
+        max_regression=p["max_regression"], top_k=p["top_k"],
+    ), "evaluate", cluster).set_display_name(EVALUATE_TASK)
+
+    # The single output (not a named one): kfp.local resolves conditions only on
+    # `<task>-Output` channels (kfp 2.17), and clusters read both alike.
+    with dsl.If(evaluated.outputs[artifacts.BLESSED_KEY] == True, name="model-blessed"):  # noqa: E712 (KFP)
+        exported = place(export(
+            model=model, evaluation=evaluated.outputs[artifacts.METRICS_KEY],
+            destination_uri=p["export_uri"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tflite=p["tflite"],
+            top_k=p["top_k"],
+        ), "export", cluster).set_display_name(EXPORT_TASK).set_caching_options(False)  # a version per run
+        with dsl.If(p["batch_predict_source"] != "", name="batch-prediction-requested"):
+            place(batch_predict(
+                package=exported.outputs[artifacts.PACKAGE_KEY], inputs=p["batch_predict_source"],
+                output_format=p["batch_predict_format"], top_k=p["top_k"],
+            ), "batch_predict", cluster).set_display_name(PREDICT_TASK)
+        if cluster.target == "vertex":
+            model_registry.upload(exported, p)
+    return evaluated
+
+
+def with_parameters(body, name: str, target: str, pipeline_parameters, outputs):
+    """``body(**values)`` as a function whose signature is ``pipeline_parameters``
+    with the target's defaults, which is what KFP reads (it calls it with one
+    channel per parameter, in order), returning ``outputs``."""
+    ordered = sorted(pipeline_parameters, key=lambda parameter: not parameter.required)  # required ones first
     signature = inspect.Signature([
         inspect.Parameter(parameter.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=parameter.type,
                           default=inspect.Parameter.empty if parameter.required else parameter.default_for(target))
-        for parameter in parameters.for_target(target)], return_annotation=Outputs)
+        for parameter in ordered], return_annotation=outputs)
 
     def pipeline(*args, **kwargs):
         return body(**signature.bind(*args, **kwargs).arguments)
 
     pipeline.__signature__ = signature
     pipeline.__name__ = pipeline.__qualname__ = name
-    pipeline.__module__ = __name__
+    pipeline.__module__ = body.__module__
     return pipeline
 
 

@@ -164,3 +164,24 @@ def test_the_demo_preset_uses_the_registrys_cpu_backbone():
     assert cli.DEMO_PARAMETERS["backbone"] == backbones.CPU_DEMO_BACKBONE
     assert cli.DEMO_PARAMETERS["pretrained_weights"] == "none"  # no download in the default run
     parameters.resolve(cli.DEMO_PARAMETERS, {"data_source": "x"}, reachability=False)
+
+
+def test_tune_refuses_a_bad_search_and_bad_parameters_at_once_before_anything_runs(tmp_path, capsys):
+    write_demo_dataset(str(tmp_path / "images"), images_per_class=4, size=32)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"HyperParameterTuningJobConfig": {
+        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "validation:auc"},
+        "ParameterRanges": {
+            "ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0", "MaxValue": "2"}],
+            "IntegerParameterRanges": [{"Name": "batch_sise", "MinValue": "8", "MaxValue": "64"}],
+            "CategoricalParameterRanges": [{"Name": "eval_metric", "Values": ["accuracy", "prc"]}]}}}))
+    output = tmp_path / "out"
+    code = cli.main(["tune", "--data", str(tmp_path / "images"), "--output", str(output), "--search-space",
+                     str(space), "--strategy", "annealing", "--param", "epochs=0", "--param", "nonsense",
+                     "--param", "pretrained_weights=none"])
+    assert code == 2
+    err = capsys.readouterr().err
+    for expected in ("search_space.learning_rate=2.0", "did you mean 'batch_size'", "search_space.eval_metric='prc'",
+                     "objective_metric='val_auc'", "strategy='annealing'", "epochs=0", "--param='nonsense'"):
+        assert expected in err, expected
+    assert not (output / "runs").exists()

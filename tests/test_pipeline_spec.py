@@ -14,10 +14,15 @@ from kic import artifacts, parameters
 from kic.data import images
 from kic.orchestration import compile as kic_compile
 from kic.serving import contract
+from kic.tuning import settings as tuning_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IR_TYPE = {bool: "BOOLEAN", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", str: "STRING"}
 FRONT_DOOR = parameters.PARAMETERS_BY_NAME
+TUNING = tuning_settings.TUNING_PARAMETERS_BY_NAME
+# The steps of the tuning pipeline: the training pipeline's, with trials for train.
+TUNING_PIPELINE_STEPS = (*(name for name in kic_compile.TRAINING_COMPONENTS if name != "train"),
+                         *kic_compile.TUNING_COMPONENTS)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +36,13 @@ def fresh(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vertex(tmp_path_factory):
     return _load(kic_compile.compile_pipeline(str(tmp_path_factory.mktemp("vertex") / "p.yaml"), "vertex"))
+
+
+@pytest.fixture(scope="module")
+def tuning(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuning")
+    return {target: _load(kic_compile.compile_tuning_pipeline(str(out / f"{target}.yaml"), target))
+            for target in kic_compile.TARGETS}
 
 
 def _load(path):
@@ -146,9 +158,12 @@ def test_validation_runs_before_any_data_is_read(fresh):
 
 
 @pytest.mark.parametrize("target", kic_compile.TARGETS)
-def test_committed_pipeline_yaml_is_fresh(tmp_path, target):
-    path = kic_compile.compile_pipeline(str(tmp_path / "pipeline.yaml"), target)
-    committed_path = os.path.join(ROOT, kic_compile.PIPELINE_YAMLS[target])
+@pytest.mark.parametrize("compile_, yamls", [(kic_compile.compile_pipeline, kic_compile.PIPELINE_YAMLS),
+                                             (kic_compile.compile_tuning_pipeline, kic_compile.TUNING_PIPELINE_YAMLS)],
+                         ids=["training", "tuning"])
+def test_committed_pipeline_yaml_is_fresh(tmp_path, target, compile_, yamls):
+    path = compile_(str(tmp_path / "pipeline.yaml"), target)
+    committed_path = os.path.join(ROOT, yamls[target])
     with open(committed_path, encoding="utf-8") as committed, open(path) as new:
         assert committed.read() == new.read(), f"{committed_path} is stale: run `kic compile`"
 
@@ -161,15 +176,19 @@ def test_committed_component_yaml_is_fresh(name, tmp_path):
         assert committed.read() == new.read(), f"{committed_path} is stale: run `kic compile`"
 
 
-def test_train_runs_the_gpu_image_and_every_other_step_the_cpu_image(fresh):
-    executors = fresh[0]["deploymentSpec"]["executors"]
-    assert len(executors) == len(kic_compile.COMPONENT_NAMES)
-    images = {name.removeprefix("exec-"): executor["container"]["image"] for name, executor in executors.items()}
-    assert images == {name.replace("_", "-"): f"ghcr.io/kic-project/kic-{'gpu' if name == 'train' else 'cpu'}:"
-                                              f"{kic.__version__}" for name in kic_compile.COMPONENT_NAMES}
+def test_train_runs_the_gpu_image_and_every_other_step_the_cpu_image(fresh, tuning):
+    gpu_steps = ("train", "trial")
+    for spec, names in ((fresh[0], kic_compile.TRAINING_COMPONENTS), (tuning["kfp"], TUNING_PIPELINE_STEPS)):
+        executors = spec["deploymentSpec"]["executors"]
+        # The second wave's trials are a second instance of the trial component: exec-trial-2.
+        images = {name.removeprefix("exec-").removesuffix("-2"): executor["container"]["image"]
+                  for name, executor in executors.items()}
+        assert images == {name.replace("_", "-"): f"ghcr.io/kic-project/kic-{'gpu' if name in gpu_steps else 'cpu'}:"
+                                                  f"{kic.__version__}" for name in names}
     for name, component in fresh[1].items():
         [executor] = component["deploymentSpec"]["executors"].values()
-        assert executor["container"]["image"] == images[name.replace("_", "-")]
+        image = f"ghcr.io/kic-project/kic-{'gpu' if name in gpu_steps else 'cpu'}:{kic.__version__}"
+        assert executor["container"]["image"] == image, name
     for executor in executors.values():
         assert "pip install" not in " ".join(executor["container"]["command"])
 
@@ -185,7 +204,7 @@ def test_kic_compile_sets_the_images_of_the_pipeline_and_the_components(tmp_path
                                                       for name in kic_compile.COMPONENT_NAMES)]
     for spec in compiled:
         for name, executor in spec["deploymentSpec"]["executors"].items():
-            assert executor["container"]["image"] == (gpu if name == "exec-train" else cpu), name
+            assert executor["container"]["image"] == (gpu if name in ("exec-train", "exec-trial") else cpu), name
 
     # --image: one image for every kic step (the Model Registry upload runs in Google's image, its importers
     # in none).
@@ -195,8 +214,8 @@ def test_kic_compile_sets_the_images_of_the_pipeline_and_the_components(tmp_path
                    capture_output=True)
     executors = _load(tmp_path / "one.yaml")["deploymentSpec"]["executors"]
     kic_steps = [executor for name, executor in executors.items()
-                 if name.removeprefix("exec-").replace("-", "_") in kic_compile.COMPONENT_NAMES]
-    assert len(kic_steps) == len(kic_compile.COMPONENT_NAMES)
+                 if name.removeprefix("exec-").replace("-", "_") in kic_compile.TRAINING_COMPONENTS]
+    assert len(kic_steps) == len(kic_compile.TRAINING_COMPONENTS)  # the training pipeline's
     assert {executor["container"]["image"] for executor in kic_steps} == {"registry.example/kic:1"}
 
 
@@ -215,3 +234,89 @@ def test_component_descriptions_reach_the_yaml(fresh):
     assert _inputs(spec)["source"]["description"].startswith("Training images")
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
     assert outputs["examples"]["description"].startswith("The prepared dataset")
+
+
+# ------------------------------------------------------------------ the tuning pipeline
+
+
+def _tuning_tasks(spec) -> dict:
+    """Every task of the pipeline, those inside loops and conditions too."""
+    found = {}
+    for component in [spec["root"], *spec["components"].values()]:
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+@pytest.mark.parametrize("target", kic_compile.TARGETS)
+def test_the_tuning_pipeline_takes_the_training_parameters_and_the_tuning_ones(tuning, target):
+    inputs = _inputs(tuning[target])
+    own = [parameter.name for parameter in parameters.for_target(target)]
+    assert list(inputs) == sorted({*own, *TUNING})
+    _assert_matches_front_door(inputs, own, target=target)
+    assert inputs["accelerator_count"]["defaultValue"] == 1
+    for name, parameter in TUNING.items():
+        assert inputs[name]["parameterType"] == IR_TYPE[parameter.type], name
+        assert " ".join(inputs[name]["description"].split()) == parameter.help, name
+        assert ("defaultValue" in inputs[name]) != parameter.required, name
+    assert inputs["trials"]["defaultValue"] == 0 and inputs["strategy"]["defaultValue"] == ""
+
+
+def test_plan_trials_takes_every_hyperparameter_and_the_front_doors_defaults(fresh, tuning):
+    plan = _inputs(fresh[1]["plan_trials"])
+    _assert_matches_front_door(plan, [*parameters.HYPERPARAMETERS, "gate_metric", "top_k", "seed"])
+    assert plan["parallelism"]["defaultValue"] == tuning_settings.DEFAULT_PARALLELISM
+    for name in ("strategy", "trials", "objective_metric", "objective_direction"):
+        assert plan[name]["defaultValue"] == TUNING[name].default, name
+    passed = _tuning_tasks(tuning["kfp"])["plan-trials"]["inputs"]["parameters"]
+    for name in (*parameters.HYPERPARAMETERS, *TUNING):
+        assert passed[name]["componentInputParameter"] == name, name
+    assert passed["parallelism"]["runtimeValue"]["constant"] == tuning_settings.DEFAULT_PARALLELISM
+
+
+def test_the_search_is_checked_before_any_data_is_read_and_the_trials_share_the_prepared_data(tuning):
+    tasks = _tuning_tasks(tuning["kfp"])
+    assert "plan-trials" in tasks["prepare"]["dependentTasks"] and "dependentTasks" not in tasks["plan-trials"]
+    for trial in ("trial", "trial-2"):
+        assert tasks[trial]["inputs"]["artifacts"]["examples"] == {
+            "componentInputArtifact": "pipelinechannel--prepare-examples"}
+        assert tasks[trial]["inputs"]["parameters"]["required_gpus"] == {
+            "componentInputParameter": "pipelinechannel--accelerator_count"}
+
+
+def test_trials_run_in_two_parallel_waves_and_only_the_winner_is_evaluated_and_exported(tuning):
+    spec = tuning["kfp"]
+    root = spec["root"]["dag"]["tasks"]
+    waves = {task["taskInfo"]["name"]: task for task in root.values() if "parameterIterator" in task}
+    assert set(waves) == {"first-wave", "second-wave"}
+    assert waves["first-wave"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--plan-trials-Output"
+    assert waves["second-wave"]["parameterIterator"]["items"]["inputParameter"] == (
+        "pipelinechannel--plan-second-wave-Output")
+    for wave in waves.values():
+        assert wave["iteratorPolicy"]["parallelismLimit"] == tuning_settings.DEFAULT_PARALLELISM
+    # The second wave is planned from the first's results, collected.
+    assert root["plan-second-wave"]["inputs"]["parameters"]["first_wave"]["taskOutputParameter"] == {
+        "producerTask": "for-loop-1", "outputParameterKey": "pipelinechannel--trial-Output"}
+    select = root["select-best"]["inputs"]
+    assert select["artifacts"]["first_wave_models"]["taskOutputArtifact"]["producerTask"] == "for-loop-1"
+    assert select["artifacts"]["second_wave_models"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    assert select["parameters"]["second_wave"]["taskOutputParameter"]["producerTask"] == "for-loop-2"
+    winner = {"taskOutputArtifact": {"producerTask": "select-best", "outputArtifactKey": "best_model"}}
+    assert root["evaluate"]["inputs"]["artifacts"]["model"] == winner
+    condition = next(task for task in root.values() if "triggerPolicy" in task)
+    assert f"evaluate-{artifacts.BLESSED_KEY}" in condition["triggerPolicy"]["condition"]
+    export = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]["export"]
+    assert export["inputs"]["artifacts"]["model"] == {
+        "componentInputArtifact": "pipelinechannel--select-best-best_model"}
+    assert not {"train"} & set(_tuning_tasks(spec))
+
+
+def test_kic_compile_writes_both_pipelines_and_sets_the_tuning_parallelism(tmp_path):
+    from kic import cli
+
+    assert cli.main(["compile", "--target", "vertex", "--tuning", "--parallelism", "3", "--output",
+                     str(tmp_path / "tuning.yaml"), "--no-components"]) == 0
+    spec = _load(tmp_path / "tuning.yaml")
+    assert {task["iteratorPolicy"]["parallelismLimit"] for task in spec["root"]["dag"]["tasks"].values()
+            if "iteratorPolicy" in task} == {3}
+    assert _tuning_tasks(spec)["plan-trials"]["inputs"]["parameters"]["parallelism"]["runtimeValue"]["constant"] == 3
+    assert spec["pipelineInfo"]["name"] == "image-classification-tuning"

@@ -134,3 +134,38 @@ def test_accelerator_parameters_are_checked_by_the_front_door():
     assert "0 (no GPU asked for) or more" in str(error.value)
     with pytest.raises(parameters.ParameterError, match="TensorFlow here runs on NVIDIA GPUs"):
         parameters.validate({"accelerator_type": "amd.com/gpu", "accelerator_count": 1})
+
+
+# ------------------------------------------------------------------ the tuning pipeline
+TUNING_STEPS = {**{task: step for task, step in STEPS.items() if step != "train"}, "plan-trials": "plan_trials",
+                "plan-second-wave": "plan_trials", "trial": "train", "trial-2": "train", "select-best": "select_best"}
+
+
+@pytest.fixture(scope="module")
+def tuning(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tuning-placement")
+    return {target: load_pipeline_yaml(kic_compile.compile_tuning_pipeline(str(root / f"{target}.yaml"), target))
+            for target in ("kfp", "vertex", "local")}
+
+
+@pytest.mark.parametrize("target", ["kfp", "vertex"])
+def test_each_trial_is_placed_as_train_is_and_the_tuning_steps_get_their_own(tuning, target):
+    spec = tuning[target]
+    for task, step in TUNING_STEPS.items():
+        resources, expected = _resources(spec, task), STEP_RESOURCES[step]
+        assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == (
+            expected.cpu_limit, expected.memory_limit), task
+        if step == "train":
+            assert resources["accelerator"]["resourceCount"] == (
+                "{{$.inputs.parameters['pipelinechannel--accelerator_count']}}"), task
+            assert _tasks(spec)[task]["retryPolicy"]["maxRetryCount"] == 2
+        else:
+            assert "accelerator" not in resources, task
+
+
+def test_trials_get_trains_timeout_on_kubeflow_and_nothing_is_placed_locally(tuning):
+    executors = tuning["kfp"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {name: int(config["activeDeadlineSeconds"]) for name, config in executors.items()} == {
+        "exec-prepare": TIMEOUT_S["prepare"], "exec-trial": TIMEOUT_S["train"], "exec-trial-2": TIMEOUT_S["train"]}
+    assert all(not _resources(tuning["local"], task) for task in TUNING_STEPS)
+    assert all("retryPolicy" not in task for task in _tasks(tuning["local"]).values())

@@ -59,7 +59,7 @@ _IMAGE_SIGNATURES = (
     (b"BM", "image/bmp"),
 )
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em; color: #222; }
 h1 { margin-bottom: 0.2em; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -103,12 +103,12 @@ def render_html(
     sections.append(_confusion_matrix_html(result))
     if result.roc_curve is not None and result.pr_curve is not None:
         sections.append("<h2>ROC and precision-recall curves</h2>")
-        sections.append(_img(_plot_curves(result), "ROC and precision-recall curves"))
+        sections.append(image_html(_plot_curves(result), "ROC and precision-recall curves"))
     sections.append("<h2>Per-class metrics (worst F1 first)</h2>")
     sections.append(_per_class_html(result))
     if history:
         sections.append("<h2>Training curves</h2>")
-        sections.append(_img(_plot_history(history), "training curves"))
+        sections.append(image_html(_plot_history(history), "training curves"))
     if misclassified:
         sections.append("<h2>Misclassified examples (most confident first)</h2>")
         sections.append(_misclassified_html(misclassified))
@@ -117,7 +117,7 @@ def render_html(
     body = "\n".join(sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{_escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
+        f"<title>{_escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
         f"<body>\n{body}\n</body>\n</html>\n"
     )
 
@@ -127,9 +127,9 @@ def render_markdown(result: EvaluationResult, *, blessing: Blessing | None = Non
     lines = ["# Evaluation summary", ""]
     if blessing is not None:
         verdict = "BLESSED" if blessing.blessed else "NOT BLESSED"
-        lines.append(f"**Verdict: {verdict}** (gate on {_markdown_escape(blessing.metric)})")
+        lines.append(f"**Verdict: {verdict}** (gate on {markdown_escape(blessing.metric)})")
         lines.append("")
-        lines.extend(f"- {_markdown_escape(reason)}" for reason in blessing.reasons)
+        lines.extend(f"- {markdown_escape(reason)}" for reason in blessing.reasons)
         lines.append("")
     lines += ["## Headline metrics", "", "| Metric | Value |", "|---|---:|"]
     lines += [f"| {name} | {_format_number(value)} |" for name, value in _headline_metrics(result)]
@@ -140,7 +140,7 @@ def render_markdown(result: EvaluationResult, *, blessing: Blessing | None = Non
     lines += ["| Class | Precision | Recall | F1 | Support |", "|---|---:|---:|---:|---:|"]
     for row in rows[:MAX_MARKDOWN_CLASS_ROWS]:
         lines.append(
-            f"| {_markdown_escape(row['class'])} | {row['precision']:.4f} | {row['recall']:.4f} "
+            f"| {markdown_escape(row['class'])} | {row['precision']:.4f} | {row['recall']:.4f} "
             f"| {row['f1']:.4f} | {row['support']} |"
         )
     return "\n".join(lines) + "\n"
@@ -212,7 +212,7 @@ def _confusion_matrix_html(result: EvaluationResult) -> str:
         )
     names = [result.class_names[i] for i in shown]
     image = _plot_confusion_matrix(matrix[np.ix_(shown, shown)], names)
-    return note + _img(image, "confusion matrix")
+    return note + image_html(image, "confusion matrix")
 
 
 def _misclassified_html(misclassified: list[dict]) -> str:
@@ -243,7 +243,7 @@ def _sniff_image_type(data: bytes) -> str | None:
     return None
 
 
-def _img(png: bytes, alt: str) -> str:
+def image_html(png: bytes, alt: str) -> str:
     encoded = base64.b64encode(png).decode("ascii")
     return f"<p><img src=\"data:image/png;base64,{encoded}\" alt=\"{_escape(alt)}\"></p>"
 
@@ -251,7 +251,7 @@ def _img(png: bytes, alt: str) -> str:
 # --- plots -----------------------------------------------------------------
 
 
-def _to_png(figure: Figure) -> bytes:
+def to_png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     return buffer.getvalue()
@@ -286,7 +286,7 @@ def _plot_confusion_matrix(matrix: np.ndarray, names: list[str]) -> bytes:
         for (row, column), count in np.ndenumerate(matrix):
             color = "white" if shares[row, column] > 0.5 else "black"
             axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=font_size)
-    return _to_png(figure)
+    return to_png(figure)
 
 
 def _plot_curves(result: EvaluationResult) -> bytes:
@@ -304,7 +304,7 @@ def _plot_curves(result: EvaluationResult) -> bytes:
     pr_axes.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
     pr_axes.legend(loc="lower left")
     figure.tight_layout()
-    return _to_png(figure)
+    return to_png(figure)
 
 
 def _plot_history(history: dict[str, list[float]]) -> bytes:
@@ -331,10 +331,10 @@ def _plot_history(history: dict[str, list[float]]) -> bytes:
     for axes in panels[len(bases):]:
         axes.set_visible(False)
     figure.tight_layout()
-    return _to_png(figure)
+    return to_png(figure)
 
 
-def _markdown_escape(text: object) -> str:
+def markdown_escape(text: object) -> str:
     # Markdown renderers pass raw HTML through, so escape it, and keep table
     # cells intact by escaping the column separator.
     escaped = html.escape(str(text), quote=False)

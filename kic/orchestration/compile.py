@@ -1,4 +1,4 @@
-"""Compiles the pipeline for each target, and every component, to their committed YAML files."""
+"""Compiles the pipelines (training and tuning) for each target, and every component, to their committed YAML files."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import os
 
 from kic.orchestration.placement import LOCAL, TARGETS, ClusterOptions
 
-# What each target's pipeline is committed as (kfp is the default pipeline.yaml).
+# What each target's pipelines are committed as (kfp is the default pipeline.yaml).
 PIPELINE_YAMLS = {"kfp": "pipeline.yaml", "vertex": "pipeline-vertex.yaml"}
 PIPELINE_YAML = PIPELINE_YAMLS["kfp"]
-COMPONENT_NAMES = ("validate", "snapshot", "prepare", "train", "evaluate", "export", "batch_predict")
+TUNING_PIPELINE_YAMLS = {"kfp": "tuning-pipeline.yaml", "vertex": "tuning-pipeline-vertex.yaml"}
+TUNING_PIPELINE_YAML = TUNING_PIPELINE_YAMLS["kfp"]
+TRAINING_COMPONENTS = ("validate", "snapshot", "prepare", "train", "evaluate", "export", "batch_predict")
+TUNING_COMPONENTS = ("plan_trials", "plan_second_wave", "trial", "select_best")  # the tuning pipeline's own
+COMPONENT_NAMES = (*TRAINING_COMPONENTS, *TUNING_COMPONENTS)
 
-__all__ = ["COMPONENT_NAMES", "LOCAL", "PIPELINE_YAML", "PIPELINE_YAMLS", "TARGETS", "ClusterOptions",
-           "compile_components", "compile_pipeline", "require"]
+__all__ = ["COMPONENT_NAMES", "LOCAL", "PIPELINE_YAML", "PIPELINE_YAMLS", "TARGETS", "TRAINING_COMPONENTS",
+           "TUNING_COMPONENTS", "TUNING_PIPELINE_YAML", "TUNING_PIPELINE_YAMLS", "ClusterOptions",
+           "compile_components", "compile_pipeline", "compile_tuning_pipeline", "require"]
 
 
 def require(target: str) -> None:
@@ -26,14 +31,32 @@ def require(target: str) -> None:
 def compile_pipeline(path: str = PIPELINE_YAML, target: str = "kfp", cluster: ClusterOptions | None = None) -> str:
     """Writes the pipeline placed for ``target`` (kfp, vertex, or local for
     ``kic run``); ``cluster`` adds a cluster's node pools and credentials."""
-    from kfp import compiler
-
     from kic.pipelines import training_pipeline
 
+    return _compile(training_pipeline.build(_cluster(target, cluster)), path)
+
+
+def compile_tuning_pipeline(path: str = TUNING_PIPELINE_YAML, target: str = "kfp",
+                            cluster: ClusterOptions | None = None, parallelism: int | None = None) -> str:
+    """Writes the tuning pipeline placed for ``target``, running at most
+    ``parallelism`` trials at once (default kic.tuning.settings.DEFAULT_PARALLELISM)."""
+    from kic.pipelines import tuning_pipeline
+    from kic.tuning.settings import DEFAULT_PARALLELISM
+
+    return _compile(tuning_pipeline.build(_cluster(target, cluster), parallelism or DEFAULT_PARALLELISM), path)
+
+
+def _cluster(target: str, cluster: ClusterOptions | None) -> ClusterOptions:
     cluster = cluster or ClusterOptions(target=target)
     if cluster.target != target:
         raise ValueError(f"cluster options for {cluster.target!r} given with target {target!r}")
-    compiler.Compiler().compile(training_pipeline.build(cluster), package_path=path)
+    return cluster
+
+
+def _compile(pipeline, path: str) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(pipeline, package_path=path)
     return path
 
 

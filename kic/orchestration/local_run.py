@@ -1,4 +1,4 @@
-"""Runs the compiled pipeline on this machine with the KFP local runner.
+"""Runs a compiled pipeline (training or tuning) on this machine with the KFP local runner.
 
 Each step runs as a subprocess in the current Python environment (where kic is
 installed), exactly the component code that runs on a cluster. The outputs
@@ -23,6 +23,9 @@ CACHE_DIR = ".kfp-cache"
 EVALUATION_REPORT_HTML = "evaluation_report.html"
 METRICS_JSON = "metrics.json"
 MODEL_DIR = "model"
+# What a tuning run adds, by the tuning pipeline's output names.
+TUNING_FILES = {"trials": "trials.json", "tuning_report": "tuning_report.html",
+                "tuning_report_markdown": "tuning_report.md", "best_hyperparameters": "best_hyperparameters.json"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +42,18 @@ def run_compiled_pipeline(pipeline_yaml: str, arguments: dict, pipeline_root: st
     so changed sources rerun what depends on them)."""
     from kfp import components, local
 
-    from kic.pipelines.training_pipeline import PIPELINE_NAME
-
     os.makedirs(pipeline_root, exist_ok=True)
     before = set(os.listdir(pipeline_root))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True,
                enable_caching=cache, cache_root=os.path.join(pipeline_root, CACHE_DIR))
     pipeline = components.load_component_from_file(pipeline_yaml)
+    name = pipeline.pipeline_spec.pipeline_info.name  # each run's folder starts with it
     with warnings.catch_warnings():
         # The subprocess runner warns that our image name lacks "python"; it
         # runs the same code in this environment, where kic is installed.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         task = pipeline(**arguments)
-    new_runs = sorted(name for name in set(os.listdir(pipeline_root)) - before if name.startswith(PIPELINE_NAME))
+    new_runs = sorted(folder for folder in set(os.listdir(pipeline_root)) - before if folder.startswith(name))
     if not new_runs:
         raise RuntimeError(f"the local run left no output under {pipeline_root}")
     return LocalRun(run_dir=os.path.join(pipeline_root, new_runs[-1]),
@@ -103,6 +105,16 @@ def collect_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = 
                        f"predictions.{prediction_format}")
     return RunOutputs(run_dir=run.run_dir, metrics=metrics, blessing=_read_json(run.outputs.get("blessing")),
                       model=model, predictions=predictions)
+
+
+def collect_tuning_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = "jsonl") -> RunOutputs:
+    """As ``collect_outputs``, and the search's: trials.json, the tuning report, best_hyperparameters.json."""
+    os.makedirs(output_dir, exist_ok=True)
+    for key, name in TUNING_FILES.items():
+        storage.remove_tree(os.path.join(output_dir, name))
+        if run.outputs.get(key) and os.path.isfile(run.outputs[key]):
+            shutil.copyfile(run.outputs[key], os.path.join(output_dir, name))
+    return collect_outputs(run, output_dir, prediction_format=prediction_format)
 
 
 def _read_json(path: str | None) -> dict | None:

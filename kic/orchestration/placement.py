@@ -50,6 +50,9 @@ STEP_RESOURCES: Mapping[str, Resources] = {
     "evaluate": Resources("4", "4", "8G", "16G"),
     "export": Resources("2", "4", "8G", "16G"),
     "batch_predict": Resources("4", "4", "8G", "16G"),
+    # The tuning pipeline's own steps (plan_second_wave is placed as plan_trials); its trials as train.
+    "plan_trials": Resources("1", "2", "1G", "2G"),
+    "select_best": Resources("1", "2", "1G", "2G"),
 }
 
 # Transient failures (a preempted node, an unreachable bucket) get a second and

@@ -254,3 +254,102 @@ def batch_predict_step(*, package, inputs, predictions, prediction_summary, outp
     _log_metrics(prediction_summary, {"total": summary.total, "succeeded": summary.succeeded,
                                       "failed": summary.failed, "skipped_files": summary.skipped_files})
     predictions.metadata.update({"format": output_format, "rows": summary.total})
+
+
+# ------------------------------------------------------------------- tuning
+@fails_cleanly
+def plan_trials_step(*, settings, search_space, strategy, trials, objective_metric, objective_direction, parallelism,
+                     gate_metric, top_k, seed, **hyperparameters) -> list:
+    """Checks the search and plans its first wave (see kic.tuning)."""
+    from kic import parameters
+    from kic.tuning import settings as tuning_settings
+    from kic.tuning import strategies
+    from kic.tuning import trials as tuning_trials
+
+    values = parameters.validate({**hyperparameters, "gate_metric": gate_metric, "top_k": top_k, "seed": seed},
+                                 reachability=False)
+    resolved = tuning_settings.resolve(search_space, values=values, strategy=strategy, trials=trials,
+                                       objective_metric=objective_metric, objective_direction=objective_direction,
+                                       parallelism=parallelism)
+    for note in resolved.notes:
+        log(f"plan_trials: {note}")
+    log(f"plan_trials: {resolved.strategy} search of {resolved.trials} trials ({resolved.first_wave}, then "
+        f"{resolved.trials - resolved.first_wave}) for the {resolved.objective.direction[:3]}imum of "
+        f"{resolved.objective.metric}, seed {resolved.seed}, over: "
+        + "; ".join(f"{dimension.name} {dimension.describe()}" for dimension in resolved.dimensions))
+    planned = tuning_trials.plan(resolved, 1, strategies.first_wave(resolved), first_index=0)
+    for item in planned:
+        log(f"plan_trials: {tuning_trials.describe(item)}")
+    storage.write_text(settings.path, json.dumps(resolved.to_json(), indent=2))
+    return planned
+
+
+@fails_cleanly
+def plan_second_wave_step(*, settings, first_wave) -> list:
+    from kic.tuning import strategies
+    from kic.tuning import trials as tuning_trials
+    from kic.tuning.settings import Settings
+
+    settings = Settings.from_json(json.loads(storage.read_text(settings.path)))
+    planned = tuning_trials.plan(settings, 2, strategies.second_wave(settings, first_wave),
+                                 first_index=settings.first_wave)
+    for item in planned:
+        log(f"plan_second_wave: {tuning_trials.describe(item)}")
+    return planned
+
+
+@fails_cleanly
+def trial_step(*, examples, model, trial_metrics, trial, backbone, pretrained_weights, image_size, base_model_uri,
+               seed, required_gpus=0, base_model_fingerprint="") -> dict:
+    from kic.training import TrainOptions
+    from kic.tuning import trials as tuning_trials
+
+    options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
+                           base_model=base_model_uri, seed=seed, required_gpus=required_gpus)
+    record = tuning_trials.run(trial, examples.path, model.path, options, log=log)
+    _log_metrics(trial_metrics, {"objective": record.objective, "epochs_run": record.epochs_run,
+                                 "seconds": record.seconds, "succeeded": int(record.status == tuning_trials.SUCCEEDED)})
+    model.metadata.update({"framework": "keras", "backbone": backbone, "trial": record.trial, "status": record.status,
+                           "objective": record.objective, "best_epoch": record.best_epoch,
+                           "epochs_run": record.epochs_run, "base_model_fingerprint": base_model_fingerprint})
+    # No nulls: kfp.local (2.17) cannot pass a None inside a struct (a failed trial has no objective).
+    return {name: value for name, value in record.to_json().items() if value is not None}
+
+
+@fails_cleanly
+def select_best_step(*, settings, first_wave, second_wave, first_wave_models, second_wave_models, best_model, trials,
+                     best_hyperparameters, report, report_markdown, tuning_metrics) -> None:
+    from kic.tuning import report as tuning_report
+    from kic.tuning import trials as tuning_trials
+    from kic.tuning.settings import Settings
+
+    settings = Settings.from_json(json.loads(storage.read_text(settings.path)))
+    results = tuning_trials.collected([*first_wave, *second_wave], settings)
+    tuning_trials.check_complete(results, settings)
+    for result in sorted(results, key=lambda result: result.trial):
+        outcome = (f"{settings.objective.metric} {result.objective:.4f}" if result.status == tuning_trials.SUCCEEDED
+                   else result.error)
+        log(f"select_best: trial {result.trial} {result.status}: {outcome}")
+    winner = tuning_trials.best(results, settings.objective)
+    document = tuning_report.trials_document(settings, results, winner)
+    storage.write_text(trials.path, json.dumps(document, indent=2))
+    storage.write_text(best_hyperparameters.path,
+                       json.dumps(tuning_report.best_hyperparameters(settings, winner), indent=2))
+    storage.write_text(report.path, tuning_report.render_html(document))
+    storage.write_text(report_markdown.path, tuning_report.render_markdown(document))
+    _log_metrics(tuning_metrics, {f"best_{settings.objective.metric}": winner.objective, "best_trial": winner.trial,
+                                  "succeeded": document["succeeded"], "failed": document["failed"]})
+
+    source = next(model for model in [*first_wave_models, *second_wave_models] if _trial_of(model) == winner.trial)
+    shutil.copytree(source.path, best_model.path, dirs_exist_ok=True)
+    best_model.metadata.update({**source.metadata, "trial": winner.trial, "objective": winner.objective})
+    log(f"select_best: trial {winner.trial} wins with {settings.objective.metric} {winner.objective:.4f}: "
+        + ", ".join(f"{name}={value}" for name, value in winner.hyperparameters.items()))
+
+
+def _trial_of(model) -> int | None:
+    """The trial a trial's model artifact belongs to, from the record inside it."""
+    from kic.tuning.trials import TRIAL_JSON
+
+    path = os.path.join(model.path, TRIAL_JSON)
+    return int(json.loads(storage.read_text(path))["trial"]) if os.path.exists(path) else None
