@@ -71,10 +71,12 @@ class TrainingConfig:
     augmentation_random_flip: str = _param(
         "horizontal_and_vertical", "Flip mode of the augmentation.", choices=FLIP_MODES)
     augmentation_random_rotation: float = _param(
-        0.2, "Largest random rotation, as a fraction of a full turn (2*pi); 0 disables it.",
+        0.2, "Largest random rotation, as a fraction of a full turn (2*pi): f > 0 turns either way by up to f, "
+        "f < 0 only clockwise by up to -f; 0 disables it.",
         low=-1.0, high=1.0)
     augmentation_random_zoom: float = _param(
-        0.1, "Largest random zoom; positive zooms out, negative zooms in; 0 disables it.",
+        0.1, "Largest random zoom, as a fraction of the image size: f > 0 zooms out or in by up to f, f < 0 only "
+        "in by up to -f; 0 disables it.",
         low=-1.0, high=1.0)
     batch_size: int = _param(32, "Global batch size, split across all replicas.", low=1)
     beta_1: float = _param(0.9, "Adam: decay rate of the first-moment estimates.", low=0.0, high=1.0)
