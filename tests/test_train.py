@@ -255,15 +255,29 @@ def test_continuing_from_our_model_keeps_or_replaces_the_head_and_keeps_its_back
     # learning_rate 0 keeps every weight: a kept head must equal the earlier one. The options name
     # another backbone and size: the earlier model's own must win.
     continued = train_options("efficientnet_b0", image_size=64, base_model=trained.model_dir)
-    frozen = dict(epochs=1, batch_size=8, learning_rate=0.0)
+    frozen = dict(epochs=1, batch_size=8, learning_rate=0.0, dropout_rate=0.5, regularizers_l2=0.01)
+    lines = []
     train(prepared, str(tmp_path / "kept"), TrainingConfig(**frozen, reinitialize_top_layer="False"), continued,
-          **QUIET)
+          log=lines.append)
     np.testing.assert_array_equal(_head(trained.model_dir), _head(tmp_path / "kept"))
     info = json.loads((tmp_path / "kept" / artifacts.MODEL_INFO).read_text())
     assert info["backbone"] == tiny_backbone and info["image_size"] == IMAGE_SIZE
+    # The kept top layer keeps the earlier run's dropout and L2 (the defaults): said, and recorded as they are.
+    assert any("warning: the earlier model's top layer is kept" in line and "dropout_rate=0.5 (it keeps 0.2)" in line
+               and "regularizers_l2=0.01 (it keeps 0.0001)" in line for line in lines), lines
+    assert (info["hyperparameters"]["dropout_rate"], info["hyperparameters"]["regularizers_l2"]) == \
+        pytest.approx((0.2, 0.0001))
+
+    lines.clear()
     train(prepared, str(tmp_path / "fresh"), TrainingConfig(**frozen, reinitialize_top_layer="True"),
-          dataclasses.replace(continued, seed=7), **QUIET)
+          dataclasses.replace(continued, seed=7), log=lines.append)
     assert not np.array_equal(_head(trained.model_dir), _head(tmp_path / "fresh"))
+    assert not any("warning" in line for line in lines)
+    fresh = load_keras_model(str(tmp_path / "fresh"))
+    assert classifier.head_settings(fresh) == pytest.approx({"dropout_rate": 0.5, "regularizers_l2": 0.01})
+    info = json.loads((tmp_path / "fresh" / artifacts.MODEL_INFO).read_text())
+    assert (info["hyperparameters"]["dropout_rate"], info["hyperparameters"]["regularizers_l2"]) == \
+        pytest.approx((0.5, 0.01))
 
 
 def test_a_corrupt_training_record_is_skipped_and_counted(prepared, tiny_backbone, tmp_path):

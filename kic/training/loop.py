@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import warnings
 
@@ -88,6 +89,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
 
     with _strategy().scope():
         model = _build_model(config, options, backbone, image_size, data.num_classes, plan, base_dir)
+        hyperparameters = _as_built(config, model, log)
         classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
         model.compile(optimizer=optimizers.build_optimizer(config), loss=_loss(config),
                       metrics=_metrics(config))
@@ -112,7 +114,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
 
     info = ModelInfo(backbone=backbone.name, image_size=image_size,
                      interpolation=config.image_resize_interpolation, class_names=data.class_names,
-                     binary_mode=config.binary_mode, hyperparameters=config.to_dict(),
+                     binary_mode=config.binary_mode, hyperparameters=hyperparameters,
                      data_fingerprint=data.fingerprint,
                      metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
                      skipped_records=skipped.count)
@@ -136,6 +138,20 @@ def _build_model(config, options, backbone, image_size, num_classes, plan, base_
                                                   weights=options.pretrained_weights)
     return classifier.build_new(extractor, image_size=image_size, num_classes=num_classes,
                                 config=config, seed=options.seed)
+
+
+def _as_built(config: TrainingConfig, model: keras.Model, log: Log) -> dict:
+    """The hyperparameters as the model has them: a top layer kept from an
+    earlier model keeps its own dropout rate and L2 factor, whatever was asked
+    (the log says which requests were ignored)."""
+    hyperparameters = config.to_dict()
+    actual = classifier.head_settings(model)
+    ignored = [f"{name}={hyperparameters[name]:g} (it keeps {value:g})" for name, value in actual.items()
+               if not math.isclose(value, hyperparameters[name], rel_tol=1e-6, abs_tol=1e-12)]
+    if ignored:
+        log("train: warning: the earlier model's top layer is kept, so these were ignored: " + ", ".join(ignored)
+            + "; set reinitialize_top_layer=True for a new top layer with them")
+    return {**hyperparameters, **actual}
 
 
 # ------------------------------------------------------- loss and metrics
