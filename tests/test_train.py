@@ -7,6 +7,7 @@ dataset and trained model (conftest.py)."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -39,6 +40,22 @@ def binary_prepared(tmp_path_factory, prepared):
     shutil.rmtree(root / "images" / "triangle")
     prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
                                    validation_fraction=0.25, test_fraction=0.0, image_short_side=40, workers=1))
+    return str(root / "prepared")
+
+
+@pytest.fixture(scope="module")
+def six_classes_prepared(tmp_path_factory):
+    """Six classes (two draws of the demo shapes), more than top-5 accuracy needs."""
+    from kic.data.prepare import PrepareOptions, prepare_dataset
+    from kic.demo_data import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("six")
+    for seed, suffix in ((0, "a"), (1, "b")):
+        write_demo_dataset(str(root / suffix), images_per_class=6, size=32, seed=seed)
+        for shape in os.listdir(root / suffix):
+            shutil.move(str(root / suffix / shape), str(root / "images" / f"{shape}_{suffix}"))
+    prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
+                                   validation_fraction=0.34, test_fraction=0.0, image_short_side=32, workers=1))
     return str(root / "prepared")
 
 
@@ -148,11 +165,39 @@ def test_multiclass_training_writes_a_model_and_the_reference_log_lines(trained)
 
 def test_binary_mode_monitors_eval_metric(binary_prepared, tiny_backbone, tmp_path):
     config = TrainingConfig(epochs=1, batch_size=8, binary_mode=True, eval_metric="auc")
-    result = train(binary_prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), **QUIET)
+    lines = []
+    result = train(binary_prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), log=lines.append)
     for name in ("val_auc", "val_prc", "val_precision", "val_recall", "val_true_positives"):
         assert name in result.history
     assert result.best_metrics["val_auc"] == result.history["val_auc"][0]
     assert load_keras_model(str(tmp_path / "model")).output.shape[-1] == 1
+    (line,) = [line for line in lines if line.startswith("Epoch ")]
+    _assert_tuning_regexes_read(line, result.history, ("loss", "accuracy", "precision", "recall", "auc", "prc"))
+
+
+# The reference's tuning jobs read metrics off the epoch lines with regexes of
+# this form, unanchored: the first match in a line is what they get.
+def _assert_tuning_regexes_read(line: str, history: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        for key in (name, f"val_{name}"):
+            match = re.search(key + r": ([0-9\.]+)", line)
+            assert match, (key, line)
+            assert float(match.group(1)) == pytest.approx(history[key][0], abs=5e-5), (key, line)
+
+
+def test_epoch_lines_read_as_the_reference_prints_them(six_classes_prepared, tiny_backbone, tmp_path):
+    """`- loss - accuracy - top_5_accuracy - val_loss - val_accuracy - val_top_5_accuracy`,
+    from a real run on six classes, and the reference's tuning regexes read each value."""
+    lines = []
+    config = TrainingConfig(epochs=2, batch_size=8)
+    result = train(six_classes_prepared, str(tmp_path / "model"), config, train_options(tiny_backbone),
+                   log=lines.append)
+    first, last = [line for line in lines if line.startswith("Epoch ")]
+    keys = re.findall(r"- ([a-z_0-9]+): [0-9.]+", first)
+    assert keys == ["loss", "accuracy", "top_5_accuracy", "val_loss", "val_accuracy", "val_top_5_accuracy"], first
+    _assert_tuning_regexes_read(first, result.history, ("loss", "accuracy", "top_5_accuracy"))
+    assert re.search(r"val_top_5_accuracy: ([0-9\.]+)", first)
+    assert re.search(r" - ETA \d+:\d\d$", first) and "ETA" not in last
 
 
 def test_binary_mode_on_three_classes_is_refused_before_training(prepared, tiny_backbone, tmp_path):

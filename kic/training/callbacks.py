@@ -5,7 +5,7 @@ count of corrupt records skipped."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -80,12 +80,16 @@ class BestEpoch(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One line per epoch in the reference format (`- loss: 0.41 - accuracy: ...`),
-    which tuning jobs parse with regexes, plus training throughput and time."""
+    """One line per epoch in the reference's format and order, which tuning
+    jobs parse with regexes such as ``val_accuracy: ([0-9\\.]+)``:
+    ``- loss - accuracy - <other metrics> - val_loss - val_accuracy - ...``,
+    the metrics in the order they were compiled (Keras 3 sorts its logs by
+    name). Then training throughput, the epoch's time, and the time left."""
 
-    def __init__(self, epochs: int, num_examples: int, log: Log):
+    def __init__(self, epochs: int, num_examples: int, log: Log, metric_names: Sequence[str] = ("accuracy",)):
         super().__init__()
         self.epochs, self.num_examples, self.log = epochs, num_examples, log
+        self._rank = {name: index for index, name in enumerate(("loss", *metric_names))}
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last_batch = time.perf_counter()
@@ -97,7 +101,25 @@ class EpochLog(keras.callbacks.Callback):
         training = self._last_batch - self._start  # without validation
         total = time.perf_counter() - self._start
         logs = logs or {}
-        ordered = [key for key in logs if not key.startswith("val_")] + [key for key in logs if key.startswith("val_")]
-        values = " ".join(f"- {key}: {logs[key]:.4f}" for key in ordered if key != "learning_rate")
+        values = " ".join(f"- {key}: {logs[key]:.4f}" for key in self.ordered(logs))
+        left = self.epochs - epoch - 1  # an upper bound with early stopping
+        eta = f" - ETA {format_duration(total * left)}" if left else ""
         self.log(f"Epoch {epoch + 1}/{self.epochs} {values} - {self.num_examples / max(training, 1e-9):.1f} images/s "
-                 f"- {total:.1f}s")
+                 f"- {total:.1f}s{eta}")
+
+    def ordered(self, keys) -> list[str]:
+        """Training metrics before validation ones, each in compile order."""
+
+        def position(key: str):
+            validation = key.startswith("val_")
+            name = key.removeprefix("val_")
+            return validation, self._rank.get(name, len(self._rank)), name
+
+        return sorted((key for key in keys if key != "learning_rate"), key=position)
+
+
+def format_duration(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"

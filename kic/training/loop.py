@@ -91,13 +91,13 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
         model = _build_model(config, options, backbone, image_size, data.num_classes, plan, base_dir)
         hyperparameters = _as_built(config, model, log)
         classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
-        model.compile(optimizer=optimizers.build_optimizer(config), loss=_loss(config),
-                      metrics=_metrics(config))
+        metrics = _metrics(config, data.num_classes)
+        model.compile(optimizer=optimizers.build_optimizer(config), loss=_loss(config), metrics=metrics)
 
     best = BestEpoch(config.monitored_metric)
     skipped = SkippedRecords(decoded, data.splits["train"].num_examples, log)
-    callbacks = [skipped, Validation(val_ds, train_ds), best,
-                 EpochLog(config.epochs, data.splits["train"].num_examples, log)]
+    epoch_log = EpochLog(config.epochs, data.splits["train"].num_examples, log, [metric.name for metric in metrics])
+    callbacks = [skipped, Validation(val_ds, train_ds), best, epoch_log]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitored_metric, mode="max", patience=config.early_stopping_patience,
@@ -161,9 +161,18 @@ def _loss(config: TrainingConfig) -> keras.losses.Loss:
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
 
 
-def _metrics(config: TrainingConfig) -> list[keras.metrics.Metric]:
+# The reference reports top-5 accuracy (``top_5_accuracy``, ``val_top_5_accuracy``)
+# when there are more classes than that.
+TOP_K_ACCURACY = 5
+
+
+def _metrics(config: TrainingConfig, num_classes: int) -> list[keras.metrics.Metric]:
     if not config.binary_mode:
-        return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        if num_classes > TOP_K_ACCURACY:
+            metrics.append(keras.metrics.TopKCategoricalAccuracy(k=TOP_K_ACCURACY,
+                                                                 name=f"top_{TOP_K_ACCURACY}_accuracy"))
+        return metrics
     # The model emits a logit: threshold 0 is probability 0.5.
     return [
         keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
