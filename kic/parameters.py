@@ -27,7 +27,7 @@ from kic.data import manifest, prepare, splits
 from kic.data.sources import TFDS_PREFIX
 from kic.errors import ParameterError, Problem
 from kic.evaluation import gate
-from kic.model import backbones, weights
+from kic.model import backbones, model_info, weights
 from kic.serving import contract
 
 __all__ = ["PIPELINE_PARAMETERS", "Parameter", "ParameterError", "Problem", "defaults", "derive_short_side",
@@ -262,7 +262,7 @@ def _model_uri_rules(values: Values, reachability: bool) -> list[Problem]:
         uri = values[name]
         if not uri or not reachability:
             continue
-        marker = uri if uri.endswith((".tar.gz", ".tgz")) else storage.join(uri, artifacts.MODEL_INFO)
+        marker = uri if uri.endswith(model_info.TARBALL_SUFFIXES) else storage.join(uri, artifacts.MODEL_INFO)
         try:
             if not storage.exists(marker):
                 found.append(Problem(name, uri, "not a kic model: expected a train output or export folder "

@@ -75,9 +75,11 @@ def _write_metadata(target) -> None:
 @fails_cleanly
 def validate_step(**values) -> int:
     """Checks every pipeline parameter; returns the short side prepare should
-    store (see parameters.derive_short_side)."""
+    store (see parameters.derive_short_side), sized for the model that will
+    really train: the earlier model's, when training continues one."""
     from kic import parameters
     from kic.config import TrainingConfig
+    from kic.model import model_info
 
     parameters.validate(values)
     log(f"validate: all {len(values)} parameters are valid (backbone {values['backbone']!r}, "
@@ -85,7 +87,13 @@ def validate_step(**values) -> int:
     config = TrainingConfig.from_dict({name: values[name] for name in parameters.HYPERPARAMETERS})
     if config.ignored_parameters():
         log(f"validate: ignored for optimizer {config.optimizer}: {', '.join(config.ignored_parameters())}")
-    short_side = parameters.derive_short_side(backbone=values["backbone"], image_size=values["image_size"],
+    backbone, image_size = values["backbone"], values["image_size"]
+    if values["base_model_uri"]:
+        earlier = model_info.read(values["base_model_uri"])
+        backbone, image_size = earlier.backbone, earlier.image_size
+        log(f"validate: training continues the earlier model's backbone {backbone} at {image_size}x{image_size} "
+            "(the backbone and image_size parameters are not used)")
+    short_side = parameters.derive_short_side(backbone=backbone, image_size=image_size,
                                               requested=values["image_short_side"])
     log(f"validate: prepare will store images with a short side of at most {short_side} pixels")
     return short_side
