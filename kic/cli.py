@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         layers.append({"data_source": demo_dir})
         print(f"kic: using the built-in demo dataset ({len(demo_data.CLASSES)} classes) at {demo_dir}")
     try:  # every problem, in seconds, before any step starts
-        values = parameters.resolve(*layers)
+        values = parameters.resolve(*layers, note=_note)
     except ParameterError as error:
         raise ParameterError(malformed + error.problems) from None
     if malformed:
@@ -180,6 +180,10 @@ def _run(args: argparse.Namespace) -> int:
     outputs = local_run.collect_outputs(run, output, prediction_format=values["batch_predict_format"])
     _print_summary(outputs, output, time.perf_counter() - started)
     return 0
+
+
+def _note(message: str) -> None:
+    print(f"kic: note: {message}", file=sys.stderr)
 
 
 def _assignments(assignments: list[str]) -> tuple[dict[str, str], list]:
@@ -328,7 +332,7 @@ def _validate(args: argparse.Namespace) -> int:
     from kic import parameters
     from kic.config import TrainingConfig, read_json_object
 
-    typed = parameters.validate(read_json_object(args.hyperparameters), reachability=args.check_uris)
+    typed = parameters.validate(read_json_object(args.hyperparameters), reachability=args.check_uris, note=_note)
     hyperparameters = TrainingConfig.from_dict({name: value for name, value in typed.items()
                                                 if name in parameters.HYPERPARAMETERS})
     others = {name: value for name, value in typed.items() if name not in parameters.HYPERPARAMETERS}

@@ -136,15 +136,17 @@ def defaults(target: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------- the front door
 
 
-def resolve(*layers: Mapping[str, Any], reachability: bool = True) -> dict[str, Any]:
+def resolve(*layers: Mapping[str, Any], reachability: bool = True, note: config.Note | None = None) -> dict[str, Any]:
     """Every pipeline parameter's value: the defaults, then each layer over
     the one before (values may be strings, as command lines and the
-    reference's JSON give them; the reference's aliases are accepted), typed
-    and validated. Raises ParameterError with every problem."""
+    reference's JSON give them; the reference's aliases are accepted; the
+    keys SageMaker adds are dropped, and ``note`` told so), typed and
+    validated. Raises ParameterError with every problem."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({config.ALIASES.get(name, name): value for name, value in layer.items()})
-    values, found = _typed(merged)  # a value of the wrong type is left out of the rules below
+    # A value of the wrong type is left out of the rules below.
+    values, found = _typed(config.without_sagemaker_keys(merged, note))
     values = {**defaults(), **values}
     found += problems(values, reachability=reachability)
     if found:
@@ -152,10 +154,13 @@ def resolve(*layers: Mapping[str, Any], reachability: bool = True) -> dict[str, 
     return values
 
 
-def validate(values: Mapping[str, Any], *, reachability: bool = True) -> dict[str, Any]:
+def validate(values: Mapping[str, Any], *, reachability: bool = True,
+             note: config.Note | None = None) -> dict[str, Any]:
     """Checks any subset of the pipeline parameters (values may be strings;
-    the reference's aliases are accepted) and returns them typed; raises
+    the reference's aliases are accepted; the keys SageMaker adds are
+    dropped, and ``note`` told so) and returns them typed; raises
     ParameterError with every problem."""
+    values = config.without_sagemaker_keys(values, note)
     typed, found = _typed({config.ALIASES.get(name, name): value for name, value in values.items()})
     found += problems(typed, reachability=reachability)
     if found:
