@@ -17,6 +17,7 @@ import time
 from kic.errors import ParameterError, UserError
 
 DEFAULT_OUTPUT = "kic-output"
+LOGS_DIR = "logs"  # under the output folder: run.log and <step>.log
 
 # The built-in demo trains from scratch on CPU in a few minutes: no download,
 # a small backbone at a small input size, and enough epochs to really learn.
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", action="store_true",
                      help="reuse the outputs of steps whose inputs are unchanged since an earlier run into the same "
                           "--output, as clusters do (changed images are noticed: the snapshot step is never cached)")
+    run.add_argument("--verbose", action="store_true",
+                     help="show everything the steps and KFP write (always in <output>/logs: run.log and one file per "
+                          "step)")
     run.add_argument("--list-params", action="store_true", help="list the pipeline parameters and exit")
     run.set_defaults(handler=_run)
 
@@ -140,7 +144,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     started = time.perf_counter()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the steps inherit it: keep TensorFlow's C++ logs quiet
     output = os.path.abspath(args.output)
     assigned, malformed = _assignments(args.param)
     data = args.data or assigned.get("data_source", "")
@@ -166,20 +169,39 @@ def _run(args: argparse.Namespace) -> int:
         raise ParameterError(malformed)
 
     from kic.orchestration import compile as kic_compile
-    from kic.orchestration import local_run
+    from kic.orchestration import local_run, run_log
 
     os.makedirs(output, exist_ok=True)
     pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML), kic_compile.LOCAL)
-    print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}", flush=True)
-    try:
-        run = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"), cache=args.cache)
-    except RuntimeError as error:  # a step failed; its own log above says why
-        print(f"\nkic: the pipeline failed: {error}\nkic: each step's artifacts are under "
-              f"{os.path.join(output, 'runs')}", file=sys.stderr)
+    logs = os.path.join(output, LOGS_DIR)
+    print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}, each step's log in {logs}",
+          flush=True)
+    failure = None
+    with run_log.RunLog(logs, verbose=args.verbose) as log:
+        try:
+            run = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"),
+                                                  cache=args.cache)
+        except RuntimeError as error:  # a step failed
+            failure = error
+    if failure is not None:
+        _print_failure(log, failure, output)
         return 1
     outputs = local_run.collect_outputs(run, output, prediction_format=values["batch_predict_format"])
     _print_summary(outputs, output, time.perf_counter() - started)
     return 0
+
+
+def _print_failure(log, error: RuntimeError, output: str) -> None:
+    step = log.failed_step
+    if step is None:
+        print(f"\nkic: the pipeline failed: {error}", file=sys.stderr)
+    else:
+        print(f"\nkic: the pipeline failed in step {step.name}; its log is {step.log_path}. Its last lines:",
+              file=sys.stderr)
+        for line in log.last_lines(step):
+            print(f"    {line}", file=sys.stderr)
+    print(f"kic: every step's log is in {os.path.join(output, LOGS_DIR)}, its artifacts under "
+          f"{os.path.join(output, 'runs')}", file=sys.stderr)
 
 
 def _note(message: str) -> None:
@@ -220,6 +242,8 @@ def _print_summary(outputs, output: str, seconds: float) -> None:
         print(f"predictions:  {outputs.predictions}")
     print(f"reports:      {os.path.join(output, 'data_report.html')}, "
           f"{os.path.join(output, local_run.EVALUATION_REPORT_HTML)}")
+    logs = os.path.join(output, LOGS_DIR)
+    print(f"logs:         {logs} ({', '.join(sorted(os.listdir(logs)))})")
     print(f"all steps:    {outputs.run_dir}")
     print("=" * 72)
 

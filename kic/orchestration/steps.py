@@ -19,24 +19,32 @@ import time
 
 from kic import artifacts, storage
 from kic.errors import UserError
+from kic.orchestration import quiet_startup
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def fails_cleanly(step):
+def fails_cleanly(step=None, *, tensorflow: bool = True):
     """A UserError (bad parameters or data, a missing file, an unreachable URI)
     ends the step with its message and a non-zero exit, not a traceback
     through KFP and TensorFlow. Anything else is a bug and keeps its
-    traceback; so does every error with KIC_DEBUG=1."""
-
+    traceback; so does every error with KIC_DEBUG=1. A step that uses
+    TensorFlow imports it first, without its startup noise
+    (kic.orchestration.quiet_startup)."""
+    if step is None:
+        return functools.partial(fails_cleanly, tensorflow=tensorflow)
     name = step.__name__.removesuffix("_step")
 
     @functools.wraps(step)
     def run(**arguments):
         started = time.perf_counter()
         try:
+            if tensorflow:
+                quiet_startup.import_tensorflow_quietly()
+            else:
+                quiet_startup.quiet_log_level()
             return step(**arguments)
         except UserError as error:
             if os.environ.get("KIC_DEBUG"):
@@ -72,15 +80,17 @@ def _write_metadata(target) -> None:
 
 
 # ----------------------------------------------------------------- validate
-@fails_cleanly
+@fails_cleanly(tensorflow=False)
 def validate_step(**values) -> int:
     """Checks every pipeline parameter; returns the short side prepare should
     store (see parameters.derive_short_side), sized for the model that will
     really train: the earlier model's, when training continues one."""
     from kic import parameters
     from kic.config import TrainingConfig
-    from kic.model import model_info
+    from kic.model import model_info, weights
 
+    if values.get("pretrained_weights") == weights.IMAGENET:  # asked of Keras
+        quiet_startup.import_tensorflow_quietly()
     parameters.validate(values)
     log(f"validate: all {len(values)} parameters are valid (backbone {values['backbone']!r}, "
         f"pretrained weights {values['pretrained_weights']!r})")
@@ -100,7 +110,7 @@ def validate_step(**values) -> int:
 
 
 # ----------------------------------------------------------------- snapshot
-@fails_cleanly
+@fails_cleanly(tensorflow=False)
 def snapshot_step(*, data_source, validation_source, test_source, tfds_data_dir, base_model_uri,
                   baseline_model_uri) -> tuple[str, str, str]:
     """Fingerprints (see kic.data.snapshot): of the data, the earlier model and the baseline model."""
