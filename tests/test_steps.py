@@ -120,9 +120,11 @@ def _prepare(tmp_path, source, **overrides):
     return outputs
 
 
-def test_prepare_writes_the_dataset_and_publishes_the_report(tmp_path):
+def test_prepare_writes_the_dataset_and_publishes_the_report(tmp_path, capsys):
     write_demo_dataset(str(tmp_path / "images"), images_per_class=8, size=40)
+    (tmp_path / "images" / "circle" / "broken.png").write_bytes(b"<html>not an image</html>")  # 1 of 25: allowed
     outputs = _prepare(tmp_path, str(tmp_path / "images"))
+    assert "prepare: warning: 1 file(s) rejected and 0 duplicate(s) dropped of 25" in capsys.readouterr().out
     examples = outputs["examples"]
     assert os.path.isfile(os.path.join(examples.path, artifacts.DATASET_INFO))
     assert examples.metadata["class_names"] == ["circle", "square", "triangle"]

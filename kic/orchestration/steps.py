@@ -147,6 +147,7 @@ def prepare_step(*, source, examples, report, report_markdown, data_metrics, val
         _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_HTML), report.path)
         _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_MARKDOWN), report_markdown.path)
     log(f"prepare: largest image worker's {_peak_memory(resource.RUSAGE_CHILDREN)}")
+    _warn_about_the_data(result.report)
     _log_metrics(data_metrics, result.report["metrics"])
     examples.metadata.update({"class_names": list(result.info.class_names), "fingerprint": result.info.fingerprint,
                               "source_fingerprint": source_fingerprint,
@@ -154,6 +155,16 @@ def prepare_step(*, source, examples, report, report_markdown, data_metrics, val
 
 
 REJECTIONS_LOGGED = 20
+
+
+def _warn_about_the_data(report: dict) -> None:
+    """What a person should look at in the data report, though prepare succeeded."""
+    metrics = report["metrics"]
+    if metrics["num_rejected"] or metrics["num_duplicates"]:
+        log(f"prepare: warning: {metrics['num_rejected']} file(s) rejected and {metrics['num_duplicates']} "
+            f"duplicate(s) dropped of {metrics['num_listed']}; the data report shows which and why")
+    for warning in report.get("warnings", []):
+        log(f"prepare: warning: {warning}")
 
 
 def _log_rejections(report_path: str) -> None:
