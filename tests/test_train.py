@@ -244,11 +244,15 @@ def test_recalibration_sets_exact_batch_statistics():
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.999)(inputs))
     batches = tf.data.Dataset.from_tensor_slices(
         (np.array([[[1.0, 10.0], [3.0, 30.0]], [[5.0, 50.0], [7.0, 70.0]]], dtype="float32"), np.zeros((2, 1))))
-    assert batch_norm.recalibrate(model, batches, max_batches=10) == 2
+    assert batch_norm.recalibrate(model, batches, images=100) == 4  # both batches of 2
     layer = model.layers[-1]
     np.testing.assert_allclose(layer.moving_mean.numpy(), [4.0, 40.0], rtol=1e-6)  # mean of the batch means
     np.testing.assert_allclose(layer.moving_variance.numpy(), [1.0, 100.0], rtol=1e-5)
     assert layer.momentum == 0.999
+    singles = tf.data.Dataset.from_tensor_slices(  # the same images one per batch: the sample is still 3 images
+        (np.array([[[1.0, 10.0]], [[3.0, 30.0]], [[5.0, 50.0]], [[7.0, 70.0]]], dtype="float32"), np.zeros((4, 1))))
+    assert batch_norm.recalibrate(model, singles, images=3) == 3
+    np.testing.assert_allclose(layer.moving_mean.numpy(), [3.0, 30.0], rtol=1e-6)
 
 
 def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
@@ -259,7 +263,7 @@ def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
     model = keras.Model(outer_input, keras.layers.Dense(1)(backbone(outer_input)))
     data = np.random.default_rng(0).normal(size=(3, 4, 3)).astype("float32")  # 3 batches of 4
     batches = tf.data.Dataset.from_tensor_slices((data, np.zeros((3, 1))))
-    assert batch_norm.recalibrate(model, batches, max_batches=2) == 2
+    assert batch_norm.recalibrate(model, batches, images=5) == 8  # whole batches of 4
     projections = data[:2].sum(axis=-1, keepdims=True) * np.ones(2)  # Dense with ones, no bias effect
     bias = backbone.get_layer("project").get_weights()[1]
     expected_mean = (projections + bias).mean(axis=1).mean(axis=0)

@@ -24,7 +24,7 @@ from kic.errors import DataError
 from kic.model import backbones, classifier, loading, model_info, weights
 from kic.model.model_info import ModelInfo
 from kic.training import devices, optimizers
-from kic.training.callbacks import BestEpoch, EpochLog, Log, SkippedRecords, Validation
+from kic.training.callbacks import RECALIBRATION_IMAGES, BestEpoch, EpochLog, Log, SkippedRecords, Validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class TrainOptions:
     base_model: str = ""  # an earlier kic model (directory or model.tar.gz) to continue from
     seed: int = DEFAULT_SEED
     required_gpus: int = 0  # fail at once with fewer visible (what the pipeline asked the platform for)
+    recalibration_images: int = RECALIBRATION_IMAGES  # batch-norm statistics before each validation; 0: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     best = BestEpoch(config.monitored_metric)
     skipped = SkippedRecords(decoded, data.splits["train"].num_examples, log)
     epoch_log = EpochLog(config.epochs, data.splits["train"].num_examples, log, [metric.name for metric in metrics])
-    callbacks = [skipped, Validation(val_ds, train_ds), best, epoch_log]
+    callbacks = [skipped, Validation(val_ds, train_ds, options.recalibration_images), best, epoch_log]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitored_metric, mode="max", patience=config.early_stopping_patience,
