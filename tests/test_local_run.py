@@ -27,8 +27,10 @@ KIC = [sys.executable, "-m", "kic.cli"]
 def default_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("kic-run") / "out"
     started = time.perf_counter()
+    # As a new user's shell has it: without the TensorFlow log level the tests set (conftest.py).
+    environment = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run([*KIC, "run", "--output", str(output)], cwd=str(output.parent), capture_output=True,
-                            text=True, timeout=1500)
+                            text=True, timeout=1500, env=environment)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return output, result.stdout + result.stderr, time.perf_counter() - started
 

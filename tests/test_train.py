@@ -227,6 +227,21 @@ def test_early_stopping_stops_when_nothing_improves(prepared, tiny_backbone, tmp
     assert result.epochs_run == 2
 
 
+def test_the_time_left_leaves_out_the_first_steps_tracing(monkeypatch):
+    from kic.training import callbacks
+
+    clock = iter([0.0, 20.0, *[21.0 + step for step in range(9)], 31.0])  # a 20 s first step, then 1 s steps
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    lines = []
+    epoch_log = callbacks.EpochLog(3, 80, lines.append)
+    epoch_log.on_epoch_begin(0)
+    for step in range(10):
+        epoch_log.on_train_batch_end(step)
+    epoch_log.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+    # 31 s, of which 19 s tracing: 12 s an epoch, two to go.
+    assert lines[0].endswith("- 31.0s - ETA 0:24"), lines[0]
+
+
 def test_best_epoch_is_restored_not_the_last():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     best = BestEpoch("val_accuracy")

@@ -100,9 +100,14 @@ class EpochLog(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._last_batch = time.perf_counter()
+        self._batches, self._first_batch = 0, 0.0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._last_batch = time.perf_counter()
+        now = time.perf_counter()
+        if not self._batches:
+            self._first_batch = now - self._start
+        self._batches += 1
+        self._last_batch = now
 
     def on_epoch_end(self, epoch, logs=None):
         training = self._last_batch - self._start  # without validation
@@ -110,9 +115,18 @@ class EpochLog(keras.callbacks.Callback):
         logs = logs or {}
         values = " ".join(f"- {key}: {logs[key]:.4f}" for key in self.ordered(logs))
         left = self.epochs - epoch - 1  # an upper bound with early stopping
-        eta = f" - ETA {format_duration(total * left)}" if left else ""
+        eta = f" - ETA {format_duration(self._epoch_estimate(epoch, training, total) * left)}" if left else ""
         self.log(f"Epoch {epoch + 1}/{self.epochs} {values} - {self.num_examples / max(training, 1e-9):.1f} images/s "
                  f"- {total:.1f}s{eta}")
+
+    def _epoch_estimate(self, epoch: int, training: float, total: float) -> float:
+        """How long the next epochs take: this one's time, but without the
+        first epoch's first step, where the training function is traced
+        (for a few steps of small images, most of the epoch)."""
+        if epoch or self._batches < 2:
+            return total
+        typical = (training - self._first_batch) / (self._batches - 1)
+        return total - self._first_batch + typical
 
     def ordered(self, keys) -> list[str]:
         """Training metrics before validation ones, each in compile order."""
