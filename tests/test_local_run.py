@@ -194,8 +194,9 @@ def test_a_cached_rerun_reuses_unchanged_data_and_notices_new_images(tmp_path):
     assert {PREPARE_TASK, "train", EVALUATE_TASK, EXPORT_TASK} <= first
     first_report = json.loads((output / "data_report.json").read_text())
 
-    _, unchanged = _cached_run(data, output)
+    shown, unchanged = _cached_run(data, output)
     assert unchanged == {"snapshot", EXPORT_TASK}  # every other step from the cache; each run exports its version
+    assert f"{PREPARE_TASK}: reused an earlier run's outputs (cache)" in shown and "train: started" not in shown
     assert (output / "model.tar.gz").is_file() and json.loads((output / "data_report.json").read_text()) == \
         first_report
 

@@ -34,10 +34,11 @@ def talkative(fail_second: bool = False):
     talk(fail=fail_second).after(first)
 
 
-def _run(tmp_path, *, fail: bool, verbose: bool = False) -> tuple[run_log.RunLog, str, str | None]:
+def _run(tmp_path, *, fail: bool, verbose: bool = False,
+         cache: bool = False) -> tuple[run_log.RunLog, str, str | None]:
     terminal = io.StringIO()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
-               raise_on_error=True)
+               raise_on_error=True, enable_caching=cache, cache_root=str(tmp_path / "cache"))
     error = None
     with run_log.RunLog(str(tmp_path / "logs"), verbose=verbose, terminal=terminal) as log:
         try:
@@ -94,3 +95,13 @@ def test_verbose_shows_everything(tmp_path):
     assert error is None and all(step.status == "SUCCESS" for step in log.steps.values())
     assert "Got executor_input" in shown and "a detail for the log file" in shown and "cuInit" in shown
     assert os.path.isfile(tmp_path / "logs" / "talk-2.log")
+
+
+def test_a_step_from_the_cache_says_so_and_nothing_else_leaks(tmp_path, capfd):
+    _run(tmp_path, fail=False, cache=True)
+    log, shown, error = _run(tmp_path, fail=False, cache=True)
+    assert error is None and [step.status for step in log.steps.values()] == ["CACHED", "CACHED"]
+    assert "talk: reused an earlier run's outputs (cache)" in shown and "talk: started" not in shown
+    assert "cache hit" in open(log.steps["talk"].log_path, encoding="utf-8").read()
+    captured = capfd.readouterr()
+    assert "cache hit" not in captured.out + captured.err  # KFP's INFO records go to the files only

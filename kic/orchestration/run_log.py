@@ -90,14 +90,27 @@ class RunLog(contextlib.AbstractContextManager):
         shutil.rmtree(self.folder, ignore_errors=True)
         os.makedirs(self.folder)
         self._run_file = self._open(RUN_LOG)
-        logging.getLogger().addFilter(self._on_record)
+        root = logging.getLogger()
+        # KFP also logs outside its logging context (a cache hit, a skipped task) at
+        # INFO, which the root logger's usual level drops and logging.basicConfig,
+        # called by logging.info on a root without handlers, would print: a handler
+        # of ours takes those records, and KFP's context swaps it out while it runs.
+        self._root_state = root.level, root.handlers[:]
+        self._handler = _Handler(self)
+        root.handlers[:] = [self._handler]
+        root.setLevel(logging.INFO)
+        root.addFilter(self._on_record)
         self._redirect = contextlib.redirect_stdout(_LineWriter(self._on_text))
         self._redirect.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._redirect.__exit__(*exc_info)
-        logging.getLogger().removeFilter(self._on_record)
+        root = logging.getLogger()
+        root.removeFilter(self._on_record)
+        level, handlers = self._root_state
+        root.setLevel(level)
+        root.handlers[:] = handlers
         if self._partial:
             self._on_line(self._partial)
         for handle in self._files.values():
@@ -127,7 +140,6 @@ class RunLog(contextlib.AbstractContextManager):
         elif match := _CACHED.match(message):
             step = self._start(match["step"], announce=False)
             step.seconds, step.status = 0.0, "CACHED"
-            self._write(f"{message}\n")  # KFP logs it where no handler listens
             self._show(f"{step.name}: reused an earlier run's outputs (cache)")
         return True
 
@@ -178,6 +190,22 @@ class RunLog(contextlib.AbstractContextManager):
 
     def _open(self, name: str) -> TextIO:
         return open(os.path.join(self.folder, name), "w", encoding="utf-8", buffering=1)
+
+
+class _Handler(logging.Handler):
+    """KFP's records outside its own logging context: to the files, and
+    warnings to the terminal too."""
+
+    def __init__(self, run_log: RunLog):
+        super().__init__(logging.INFO)
+        self.run_log = run_log
+        self.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = _ANSI.sub("", self.format(record))
+        self.run_log._write(line + "\n")
+        if self.run_log.verbose or record.levelno >= logging.WARNING:
+            self.run_log._print(line)
 
 
 class _LineWriter(io.TextIOBase):
