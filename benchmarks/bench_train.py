@@ -1,15 +1,12 @@
-"""Training speed: kic's input pipeline and training epoch vs what a user writes by hand.
+"""Training speed: kic's training epoch vs what a user writes by hand.
 
     .venv/bin/python benchmarks/bench_train.py [--images 256] [--size 1024x768] [--epochs 3]
 
 On the same generated photo-like JPEGs and the same backbone (MobileNetV3Small
-at 224, random weights: no download), it times
-
-(a) the input pipeline alone, one pass per epoch:
-    kic:   prepare's TFRecords -> make_dataset (parallel interleave/decode, cache);
-    plain: keras.utils.image_dataset_from_directory on the original files;
-(b) a training epoch with validation: kic's train() vs the plain Keras script
-    (directory dataset + model.fit with a 10% validation subset).
+at 224, random weights: no download), it times a training epoch with
+validation: kic's train() vs the plain Keras script (directory dataset +
+model.fit with a 10% validation subset). The input pipeline alone, on several
+image shapes and dataset sizes, is bench_input.py's.
 
 Epoch 1 includes tracing and cache filling; the later epochs are the steady
 state a longer run lives in. prepare's own time is printed separately: it is
@@ -30,21 +27,11 @@ import tensorflow as tf  # noqa: E402
 from bench_prepare import generate  # noqa: E402
 
 from kic.config import TrainingConfig  # noqa: E402
-from kic.data import dataset_info, input_pipeline  # noqa: E402
+from kic.data import dataset_info  # noqa: E402
 from kic.data.prepare import PrepareOptions, prepare_dataset  # noqa: E402
 from kic.training import TrainOptions, train  # noqa: E402
 
 SIZE, BATCH = 224, 32
-
-
-def timed_passes(dataset: tf.data.Dataset, epochs: int) -> list[float]:
-    seconds = []
-    for _ in range(epochs):
-        started = time.perf_counter()
-        for _batch in dataset:
-            pass
-        seconds.append(time.perf_counter() - started)
-    return seconds
 
 
 def plain_directory_datasets(folder: str) -> tuple[tf.data.Dataset, tf.data.Dataset]:
@@ -99,26 +86,11 @@ def main() -> None:
         info = dataset_info.load(prepared)
         n_train = info.splits["train"].num_examples
 
-        budget = input_pipeline.CACHE_BUDGET_BYTES
-        ours = input_pipeline.make_dataset(
-            info.shard_paths(prepared, "train"), image_size=SIZE, interpolation="bilinear", batch_size=BATCH,
-            num_classes=info.num_classes, binary_mode=False, training=True, num_examples=n_train)
         plain, plain_validation = plain_directory_datasets(images_dir)
         n_plain = sum(int(batch[0].shape[0]) for batch in plain)
         print(f"{args.images} images 1024x768 JPEG, {args.classes} classes, {os.cpu_count()} cores; "
               f"prepare to short side {args.short_side} (once per dataset): {prepare_seconds:.1f}s")
-        print(f"\n(a) input pipeline, images/s {'epoch 1':>26} {'later epochs':>12}")
-        print(row("kic: TFRecords + make_dataset", n_train, timed_passes(ours, args.epochs)))
-        # A dataset beyond the in-memory cache budget decodes every epoch.
-        input_pipeline.CACHE_BUDGET_BYTES = 0
-        uncached = input_pipeline.make_dataset(
-            info.shard_paths(prepared, "train"), image_size=SIZE, interpolation="bilinear", batch_size=BATCH,
-            num_classes=info.num_classes, binary_mode=False, training=True, num_examples=n_train)
-        print(row("kic: the same, too big to cache", n_train, timed_passes(uncached, args.epochs)))
-        input_pipeline.CACHE_BUDGET_BYTES = budget
-        print(row("plain: image_dataset_from_directory", n_plain, timed_passes(plain, args.epochs)))
-
-        print(f"\n(b) training, images/s {'epoch 1':>30} {'later epochs':>12}")
+        print(f"\ntraining, images/s {'epoch 1':>30} {'later epochs':>12}")
         lines: list[str] = []
         config = TrainingConfig(epochs=args.epochs, batch_size=BATCH)
         train(prepared, os.path.join(scratch, "model"), config,

@@ -18,6 +18,7 @@ from kic.errors import ParameterError, UserError
 
 DEFAULT_OUTPUT = "kic-output"
 DEFAULT_TUNE_OUTPUT = "kic-tune-output"
+LOGS_DIR = "logs"  # under the output folder: run.log and <step>.log
 
 # The built-in demo trains from scratch on CPU in a few minutes: no download,
 # a small backbone at a small input size, and enough epochs to really learn.
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", action="store_true",
                      help="reuse the outputs of steps whose inputs are unchanged since an earlier run into the same "
                           "--output, as clusters do (changed images are noticed: the snapshot step is never cached)")
+    run.add_argument("--verbose", action="store_true",
+                     help="show everything the steps and KFP write (always in <output>/logs: run.log and one file per "
+                          "step)")
     run.add_argument("--list-params", action="store_true", help="list the pipeline parameters and exit")
     run.set_defaults(handler=_run)
 
@@ -226,15 +230,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     started = time.perf_counter()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the steps inherit it: keep TensorFlow's C++ logs quiet
     output = os.path.abspath(args.output)
     layers, malformed = _parameter_layers(args)
     layers = _with_demo_data(layers, output)
     from kic.orchestration import compile as kic_compile
-    from kic.orchestration import local_run
+    from kic.orchestration import local_run, run_log
 
     try:  # every problem, in seconds, before any step starts
-        values = parameters.resolve(*layers, target=kic_compile.LOCAL)
+        values = parameters.resolve(*layers, target=kic_compile.LOCAL, note=_note)
     except ParameterError as error:
         raise ParameterError(malformed + error.problems) from None
     if malformed:
@@ -242,12 +245,18 @@ def _run(args: argparse.Namespace) -> int:
 
     os.makedirs(output, exist_ok=True)
     pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML), kic_compile.LOCAL)
-    print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}", flush=True)
-    try:
-        run = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"), cache=args.cache)
-    except RuntimeError as error:  # a step failed; its own log above says why
-        print(f"\nkic: the pipeline failed: {error}\nkic: each step's artifacts are under "
-              f"{os.path.join(output, 'runs')}", file=sys.stderr)
+    logs = os.path.join(output, LOGS_DIR)
+    print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}, each step's log in {logs}",
+          flush=True)
+    failure = None
+    with run_log.RunLog(logs, verbose=args.verbose) as log:
+        try:
+            run = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"),
+                                                  cache=args.cache)
+        except RuntimeError as error:  # a step failed
+            failure = error
+    if failure is not None:
+        _print_failure(log, failure, output)
         return 1
     outputs = local_run.collect_outputs(run, output, prediction_format=values["batch_predict_format"])
     _print_summary(outputs, output, time.perf_counter() - started)
@@ -281,6 +290,23 @@ def _parameter_layers(args: argparse.Namespace) -> tuple[list[dict], list]:
     if args.data:
         layers.append({"data_source": args.data})
     return layers, malformed
+
+
+def _print_failure(log, error: RuntimeError, output: str) -> None:
+    step = log.failed_step
+    if step is None:
+        print(f"\nkic: the pipeline failed: {error}", file=sys.stderr)
+    else:
+        print(f"\nkic: the pipeline failed in step {step.name}; its log is {step.log_path}. Its last lines:",
+              file=sys.stderr)
+        for line in log.last_lines(step):
+            print(f"    {line}", file=sys.stderr)
+    print(f"kic: every step's log is in {os.path.join(output, LOGS_DIR)}, its artifacts under "
+          f"{os.path.join(output, 'runs')}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    print(f"kic: note: {message}", file=sys.stderr)
 
 
 def _assignments(assignments: list[str]) -> tuple[dict[str, str], list]:
@@ -319,6 +345,9 @@ def _print_summary(outputs, output: str, seconds: float, command: str = "run", e
           f"{os.path.join(output, local_run.EVALUATION_REPORT_HTML)}")
     for line in extra:
         print(line)
+    logs = os.path.join(output, LOGS_DIR)
+    if os.path.isdir(logs):
+        print(f"logs:         {logs} ({', '.join(sorted(os.listdir(logs)))})")
     print(f"all steps:    {outputs.run_dir}")
     print("=" * 72)
 
@@ -331,7 +360,6 @@ def _tune(args: argparse.Namespace) -> int:
     from kic.tuning import space as spaces
 
     started = time.perf_counter()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     output = os.path.abspath(args.output)
     found, document, payload = [], None, None
     try:
@@ -348,7 +376,7 @@ def _tune(args: argparse.Namespace) -> int:
     layers = _with_demo_data(layers, output)
     values = None
     try:  # every problem, in seconds, before any step starts
-        values = parameters.resolve(*layers, target=LOCAL)
+        values = parameters.resolve(*layers, target=LOCAL, note=_note)
     except ParameterError as error:
         found += error.problems
     parallelism = args.parallelism or (document.parallelism if document else 0) or 1
@@ -589,7 +617,7 @@ def _validate(args: argparse.Namespace) -> int:
     from kic import parameters
     from kic.config import TrainingConfig, read_json_object
 
-    typed = parameters.validate(read_json_object(args.hyperparameters), reachability=args.check_uris)
+    typed = parameters.validate(read_json_object(args.hyperparameters), reachability=args.check_uris, note=_note)
     hyperparameters = TrainingConfig.from_dict({name: value for name, value in typed.items()
                                                 if name in parameters.HYPERPARAMETERS})
     others = {name: value for name, value in typed.items() if name not in parameters.HYPERPARAMETERS}

@@ -18,7 +18,8 @@ import difflib
 import json
 import math
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kic.errors import ParameterError, Problem
@@ -47,6 +48,14 @@ OPTIMIZER_SPECIFIC = frozenset(p for params in OPTIMIZER_PARAMETERS.values() for
 # The reference training script's own spellings.
 ALIASES = {"train_only_top_layer": "train_only_on_top_layer", "eps": "epsilon"}
 
+# What SageMaker adds to a training job's hyperparameters: the SDK's
+# sagemaker_program, sagemaker_submit_directory, sagemaker_region,
+# sagemaker_job_name, sagemaker_container_log_level, ..., and a tuning job's
+# _tuning_objective_metric. They configure SageMaker, not training: a job's
+# hyperparameters brought as they are drop them, with a note.
+SAGEMAKER_PREFIX = "sagemaker_"
+SAGEMAKER_KEYS = frozenset({"_tuning_objective_metric"})
+
 # The seed of initialisation, shuffling and augmentation (not one of the 25).
 DEFAULT_SEED = 42
 
@@ -55,6 +64,9 @@ def _param(default: Any, help: str, *, low: float | None = None, high: float | N
            choices: tuple[str, ...] | None = None):
     return dataclasses.field(default=default, metadata={
         "help": help, "low": low, "high": high, "choices": choices})
+
+
+Note = Callable[[str], None]
 
 
 class HyperparameterError(ParameterError):
@@ -71,10 +83,12 @@ class TrainingConfig:
     augmentation_random_flip: str = _param(
         "horizontal_and_vertical", "Flip mode of the augmentation.", choices=FLIP_MODES)
     augmentation_random_rotation: float = _param(
-        0.2, "Largest random rotation, as a fraction of a full turn (2*pi); 0 disables it.",
+        0.2, "Largest random rotation, as a fraction of a full turn (2*pi): f > 0 turns either way by up to f, "
+        "f < 0 only clockwise by up to -f; 0 disables it.",
         low=-1.0, high=1.0)
     augmentation_random_zoom: float = _param(
-        0.1, "Largest random zoom; positive zooms out, negative zooms in; 0 disables it.",
+        0.1, "Largest random zoom, as a fraction of the image size: f > 0 zooms out or in by up to f, f < 0 only "
+        "in by up to -f; 0 disables it.",
         low=-1.0, high=1.0)
     batch_size: int = _param(32, "Global batch size, split across all replicas.", low=1)
     beta_1: float = _param(0.9, "Adam: decay rate of the first-moment estimates.", low=0.0, high=1.0)
@@ -153,13 +167,14 @@ class TrainingConfig:
         return tuple(field.name for field in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
+    def from_dict(cls, values: Mapping[str, Any], note: Note | None = None) -> TrainingConfig:
         """Builds a config from typed values or strings (as the reference JSON
-        and command lines carry them). Unknown names are errors."""
+        and command lines carry them). Unknown names are errors, except the
+        keys SageMaker adds (see without_sagemaker_keys)."""
         problems: list[Problem] = []
         typed: dict[str, Any] = {}
         fields = {field.name: field for field in dataclasses.fields(cls)}
-        for raw_name, raw_value in values.items():
+        for raw_name, raw_value in without_sagemaker_keys(values, note).items():
             name = ALIASES.get(raw_name, raw_name)
             if name not in fields:
                 problems.append(Problem(raw_name, raw_value, _unknown_name_hint(raw_name, fields)))
@@ -197,10 +212,29 @@ def _valid_text(field: dataclasses.Field) -> str:
     return ""
 
 
-def from_reference_json(source: str | os.PathLike | Mapping[str, Any]) -> TrainingConfig:
+def from_reference_json(source: str | os.PathLike | Mapping[str, Any], note: Note | None = None) -> TrainingConfig:
     """Reads the reference algorithm's hyperparameter JSON: a dict, a JSON
-    string or a path to a JSON file; values may all be strings."""
-    return TrainingConfig.from_dict(source if isinstance(source, Mapping) else read_json_object(source))
+    string or a path to a JSON file; values may all be strings. The keys
+    SageMaker adds to a job's hyperparameters are dropped with a note."""
+    return TrainingConfig.from_dict(source if isinstance(source, Mapping) else read_json_object(source), note)
+
+
+def is_sagemaker_key(name: str) -> bool:
+    return name.startswith(SAGEMAKER_PREFIX) or name in SAGEMAKER_KEYS
+
+
+def without_sagemaker_keys(values: Mapping[str, Any], note: Note | None = None) -> dict[str, Any]:
+    """``values`` without the keys SageMaker adds to a job's hyperparameters;
+    ``note`` (by default a warning) is told which were dropped."""
+    dropped = sorted(name for name in values if is_sagemaker_key(name))
+    if dropped:
+        message = (f"ignored {', '.join(dropped)}: SageMaker adds these to a job's hyperparameters; they configure "
+                   "SageMaker, not training")
+        if note is None:
+            warnings.warn(message, stacklevel=3)
+        else:
+            note(message)
+    return {name: value for name, value in values.items() if name not in dropped}
 
 
 def read_json_object(source: str | os.PathLike) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from kic.data import manifest, prepare, splits
 from kic.data.sources import TFDS_PREFIX
 from kic.errors import ParameterError, Problem
 from kic.evaluation import gate
-from kic.model import backbones, weights
+from kic.model import backbones, model_info, weights
 from kic.serving import contract, registry
 
 __all__ = ["PIPELINE_PARAMETERS", "Parameter", "ParameterError", "Problem", "defaults", "derive_short_side",
@@ -175,17 +175,20 @@ def for_target(target: str) -> tuple[Parameter, ...]:
 Reachability = bool | Callable[[str], bool]
 
 
-def resolve(*layers: Mapping[str, Any], reachability: Reachability = True, target: str = "") -> dict[str, Any]:
+def resolve(*layers: Mapping[str, Any], reachability: Reachability = True, target: str = "",
+            note: config.Note | None = None) -> dict[str, Any]:
     """Every pipeline parameter's value: the defaults, then each layer over
     the one before (values may be strings, as command lines and the
-    reference's JSON give them; the reference's aliases are accepted), typed
-    and validated. With ``target`` ("kfp", "vertex", "local"), that
+    reference's JSON give them; the reference's aliases are accepted; the
+    keys SageMaker adds are dropped, and ``note`` told so), typed and
+    validated. With ``target`` ("kfp", "vertex", "local"), that
     pipeline's parameters with its defaults: setting another is a problem.
     Raises ParameterError with every problem."""
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update({config.ALIASES.get(name, name): value for name, value in layer.items()})
-    values, found = _typed(merged)  # a value of the wrong type is left out of the rules below
+    # A value of the wrong type is left out of the rules below.
+    values, found = _typed(config.without_sagemaker_keys(merged, note))
     found += [Problem(name, values[name], f"only {target_names(PARAMETERS_BY_NAME[name].targets)} has this "
                                           f"parameter, not {target_names((target,))}")
               for name in values if not PARAMETERS_BY_NAME[name].belongs_to(target)]
@@ -196,10 +199,13 @@ def resolve(*layers: Mapping[str, Any], reachability: Reachability = True, targe
     return {name: value for name, value in values.items() if PARAMETERS_BY_NAME[name].belongs_to(target)}
 
 
-def validate(values: Mapping[str, Any], *, reachability: Reachability = True) -> dict[str, Any]:
+def validate(values: Mapping[str, Any], *, reachability: Reachability = True,
+             note: config.Note | None = None) -> dict[str, Any]:
     """Checks any subset of the pipeline parameters (values may be strings;
-    the reference's aliases are accepted) and returns them typed; raises
+    the reference's aliases are accepted; the keys SageMaker adds are
+    dropped, and ``note`` told so) and returns them typed; raises
     ParameterError with every problem."""
+    values = config.without_sagemaker_keys(values, note)
     typed, found = _typed({config.ALIASES.get(name, name): value for name, value in values.items()})
     found += problems(typed, reachability=reachability)
     if found:
@@ -309,7 +315,7 @@ def _model_uri_rules(values: Values, reachability: Reachability) -> list[Problem
         uri = values[name]
         if not uri or not _looks_up(reachability, uri):
             continue
-        marker = uri if uri.endswith((".tar.gz", ".tgz")) else storage.join(uri, artifacts.MODEL_INFO)
+        marker = uri if uri.endswith(model_info.TARBALL_SUFFIXES) else storage.join(uri, artifacts.MODEL_INFO)
         try:
             if not storage.exists(marker):
                 found.append(Problem(name, uri, "not a kic model: expected a train output or export folder "

@@ -292,4 +292,4 @@ def test_an_efficientnet_without_imagenet_weights_can_be_recalibrated():
     extractor = build_feature_extractor(resolve("efficientnet_b0"), image_size=32, weights="none")
     model = classifier.build_new(extractor, image_size=32, num_classes=3, config=TrainingConfig(), seed=0)
     batches = tf.data.Dataset.from_tensor_slices((random_pixels(32, batch=4), np.zeros((4, 3)))).batch(2)
-    assert batch_norm.recalibrate(model, batches, max_batches=2) == 2
+    assert batch_norm.recalibrate(model, batches, images=4) == 4  # both batches of 2

@@ -147,6 +147,49 @@ def test_run_refuses_a_parameter_of_the_vertex_pipeline_only(tmp_path, capsys):
     assert not (tmp_path / "out" / "runs").exists()
 
 
+def test_run_validates_the_merged_set_not_the_file_alone(tmp_path, monkeypatch):
+    """eval_metric=auc from the file is valid with binary_mode=True from --param."""
+    from kic.orchestration import local_run
+
+    seen = {}
+
+    def stop_before_running(pipeline_yaml, values, pipeline_root, **_options):
+        seen.update(values)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(local_run, "run_compiled_pipeline", stop_before_running)
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps({"eval_metric": "auc"}))
+    assert cli.main(["run", "--output", str(tmp_path / "out"), "--hyperparameters", str(path),
+                     "--param", "binary_mode=True"]) == 1
+    assert (seen["eval_metric"], seen["binary_mode"]) == ("auc", True)
+
+
+def test_a_sagemaker_jobs_hyperparameters_run_and_validate_with_a_note(tmp_path, monkeypatch, capsys):
+    from kic.orchestration import local_run
+
+    seen = {}
+
+    def stop_before_running(pipeline_yaml, values, pipeline_root, **_options):
+        seen.update(values)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(local_run, "run_compiled_pipeline", stop_before_running)
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps({"epochs": "4", "sagemaker_program": "transfer_learning.py",
+                                "sagemaker_submit_directory": "s3://bucket/sourcedir.tar.gz"}))
+    assert cli.main(["run", "--output", str(tmp_path / "out"), "--hyperparameters", str(path)]) == 1
+    assert seen["epochs"] == 4 and not any(name.startswith("sagemaker_") for name in seen)
+    err = capsys.readouterr().err
+    assert "kic: note: ignored sagemaker_program, sagemaker_submit_directory" in err
+    assert cli.main(["validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["epochs"] == 4 and "note: ignored sagemaker_program" in captured.err
+    path.write_text(json.dumps({"epochs": "4", "sagemaker_program": "x", "epoch": "4"}))
+    assert cli.main(["validate", str(path)]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
 def test_run_names_a_missing_data_folder(tmp_path, capsys):
     assert cli.main(["run", "--output", str(tmp_path / "out"), "--data", str(tmp_path / "nope")]) == 2
     assert "data_source" in (err := capsys.readouterr().err) and "no such folder" in err

@@ -153,6 +153,30 @@ def test_unknown_names_suggest_the_closest():
     assert "did you mean 'learning_rate'" in message and "did you mean 'epochs'" in message
 
 
+# A training job's hyperparameters as SageMaker hands them over: the algorithm's own and the SDK's.
+SAGEMAKER_JOB = {"epochs": "4", "learning_rate": "0.01", "sagemaker_program": "transfer_learning.py",
+                 "sagemaker_submit_directory": "s3://bucket/sourcedir.tar.gz", "sagemaker_region": "\"us-west-2\"",
+                 "sagemaker_container_log_level": "20", "_tuning_objective_metric": "validation:accuracy"}
+
+
+def test_the_keys_sagemaker_adds_are_ignored_with_a_note(recwarn):
+    notes = []
+    assert from_reference_json(SAGEMAKER_JOB, note=notes.append) == TrainingConfig(epochs=4, learning_rate=0.01)
+    (note,) = notes
+    for name in ("sagemaker_program", "sagemaker_submit_directory", "sagemaker_region", "_tuning_objective_metric"):
+        assert name in note
+    assert "SageMaker adds these" in note and not recwarn.list
+    with pytest.warns(UserWarning, match="sagemaker_program"):  # no note function: a warning, never silence
+        assert from_reference_json(SAGEMAKER_JOB) == TrainingConfig(epochs=4, learning_rate=0.01)
+
+
+def test_other_unknown_keys_stay_errors_beside_the_sagemaker_ones():
+    with pytest.raises(HyperparameterError) as error:
+        from_reference_json({**SAGEMAKER_JOB, "learnin_rate": "0.1", "sagemakr_program": "x"}, note=lambda _: None)
+    assert sorted(problem.name for problem in error.value.problems) == ["learnin_rate", "sagemakr_program"]
+    assert "did you mean 'learning_rate'" in str(error.value)
+
+
 def test_string_conversion_problems_and_range_problems_come_together():
     with pytest.raises(HyperparameterError) as error:
         from_reference_json({"augmentation": "yes", "epochs": "three", "momentum": "1.5"})

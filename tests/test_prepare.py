@@ -27,6 +27,12 @@ def _write(path, data: bytes) -> None:
         handle.write(data)
 
 
+def _png(size) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", size, (200, 40, 40, 128)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def _folder(root, counts: dict[str, int], seed: int = 0) -> str:
     """``counts[class]`` distinct noise JPEGs per class folder."""
     for class_index, (name, count) in enumerate(counts.items()):
@@ -285,6 +291,34 @@ def test_html_report_escapes_names_and_is_self_contained(tmp_path):
     assert evil not in result.html and "&lt;img src=x onerror=alert(1)&gt;" in result.html
     assert "http://" not in result.html and "https://" not in result.html and "<link" not in result.html
     assert result.report["rejected"]["by_reason"] == {"unreadable": 1}
+
+
+def test_html_report_shows_images_per_class_and_rejected_files_that_still_decode(tmp_path):
+    import base64
+    import re
+
+    root = _folder(tmp_path / "src", {"cats": 8, "dogs": 3})
+    evil = '<b>&"evil.jpg'
+    _write(os.path.join(root, "cats", evil), _photo(99))
+    _write(os.path.join(root, "dogs", "big.png"), _png((60, 60)))  # decodes, but over max_image_pixels
+    _write(os.path.join(root, "dogs", "page.jpg"), b"<html>not an image</html>")  # nothing to show
+    result = _run(root, tmp_path / "out", max_image_pixels=2000, max_rejected_fraction=0.5)
+    assert result.report["rejected"]["by_reason"] == {"not_an_image": 1, "too_many_pixels": 1}
+    html = result.html
+
+    sources = re.findall(r'<img src="([^"]*)"', html)
+    assert sources and all(source.startswith("data:image/jpeg;base64,") for source in sources)
+    for source in sources:
+        thumbnail = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
+        assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 96
+    per_class = html[html.index("A few images per class"):html.index("Rejected files by reason")]
+    cats, dogs = per_class.split("<h3>dogs</h3>")
+    assert cats.count("<img ") == 6 and dogs.count("<img ") == 3  # at most six of a class; dogs has three kept
+    assert 'alt="cats/&lt;b&gt;&amp;&quot;evil.jpg"' in cats and evil not in html
+    rejected = html[html.index("Rejected files that still decode"):]
+    assert rejected.count("<img ") == 1 and 'alt="dogs/big.png"' in rejected and "too_many_pixels" in rejected
+    assert "page.jpg" not in rejected
+    assert "data:" not in result.markdown
 
 
 # --------------------------------------------------------------------------- manifests

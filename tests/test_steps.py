@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from kfp import dsl
 
-from kic import artifacts, parameters
+from kic import artifacts, parameters, storage
 from kic.demo_data import write_demo_dataset
 from kic.errors import ParameterError
 from kic.evaluation.metrics import EvaluationResult
@@ -32,6 +32,41 @@ def test_validate_accepts_every_default_and_sizes_the_prepared_images(tmp_path, 
     assert f"all {len(parameters.PIPELINE_PARAMETERS)} parameters are valid" in out
     assert "ignored for optimizer adam" in out
     assert steps.validate_step(**{**values, "image_short_side": 500}) == 500
+
+
+def test_validate_sizes_the_prepared_images_for_the_earlier_model_it_continues(tmp_path, gcs_emulator, capsys):
+    """Incremental training keeps the earlier model's input size (96 here, not the pipeline
+    backbone's 224): prepare must store images for that size, wherever the model is."""
+    import io
+    import tarfile
+
+    from kic.model.model_info import ModelInfo
+
+    info = ModelInfo(backbone="efficientnet_b0", image_size=96, interpolation="bilinear", class_names=("a", "b"),
+                     binary_mode=False).to_json().encode()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / artifacts.MODEL_INFO).write_bytes(info)
+    tarball = tmp_path / artifacts.MODEL_TARBALL
+    with tarfile.open(tarball, "w:gz") as archive:
+        member = tarfile.TarInfo(artifacts.MODEL_INFO)
+        member.size = len(info)
+        archive.addfile(member, io.BytesIO(info))
+    remote = f"{gcs_emulator.new_bucket()}/models/{artifacts.MODEL_TARBALL}"
+    storage.copy_file(str(tarball), remote)
+
+    values = pipeline_values(data_source=str(tmp_path))
+    assert steps.validate_step(**values) == 256  # the pipeline's MobileNetV2 at 224
+    for base_model_uri in (str(folder), str(tarball), remote):
+        assert steps.validate_step(**{**values, "base_model_uri": base_model_uri}) == 128, base_model_uri
+    assert "continues the earlier model's backbone efficientnet_b0 at 96x96" in capsys.readouterr().out
+
+    with tarfile.open(tmp_path / "other.tar.gz", "w:gz") as archive:
+        archive.add(str(folder / artifacts.MODEL_INFO), arcname="elsewhere.json")
+    with pytest.raises(SystemExit):
+        steps.validate_step(**{**values, "base_model_uri": str(tmp_path / "other.tar.gz")})
+    out = capsys.readouterr().out
+    assert f"has no {artifacts.MODEL_INFO}" in out and "Traceback" not in out
 
 
 def test_validate_lists_every_problem_of_every_kind_and_exits_without_a_traceback(tmp_path, capsys):
@@ -85,9 +120,11 @@ def _prepare(tmp_path, source, **overrides):
     return outputs
 
 
-def test_prepare_writes_the_dataset_and_publishes_the_report(tmp_path):
+def test_prepare_writes_the_dataset_and_publishes_the_report(tmp_path, capsys):
     write_demo_dataset(str(tmp_path / "images"), images_per_class=8, size=40)
+    (tmp_path / "images" / "circle" / "broken.png").write_bytes(b"<html>not an image</html>")  # 1 of 25: allowed
     outputs = _prepare(tmp_path, str(tmp_path / "images"))
+    assert "prepare: warning: 1 file(s) rejected and 0 duplicate(s) dropped of 25" in capsys.readouterr().out
     examples = outputs["examples"]
     assert os.path.isfile(os.path.join(examples.path, artifacts.DATASET_INFO))
     assert examples.metadata["class_names"] == ["circle", "square", "triangle"]

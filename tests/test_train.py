@@ -7,6 +7,7 @@ dataset and trained model (conftest.py)."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import keras
@@ -39,6 +40,22 @@ def binary_prepared(tmp_path_factory, prepared):
     shutil.rmtree(root / "images" / "triangle")
     prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
                                    validation_fraction=0.25, test_fraction=0.0, image_short_side=40, workers=1))
+    return str(root / "prepared")
+
+
+@pytest.fixture(scope="module")
+def six_classes_prepared(tmp_path_factory):
+    """Six classes (two draws of the demo shapes), more than top-5 accuracy needs."""
+    from kic.data.prepare import PrepareOptions, prepare_dataset
+    from kic.demo_data import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("six")
+    for seed, suffix in ((0, "a"), (1, "b")):
+        write_demo_dataset(str(root / suffix), images_per_class=6, size=32, seed=seed)
+        for shape in os.listdir(root / suffix):
+            shutil.move(str(root / suffix / shape), str(root / "images" / f"{shape}_{suffix}"))
+    prepare_dataset(PrepareOptions(source=str(root / "images"), output_dir=str(root / "prepared"),
+                                   validation_fraction=0.34, test_fraction=0.0, image_short_side=32, workers=1))
     return str(root / "prepared")
 
 
@@ -77,17 +94,34 @@ def test_label_smoothing_reaches_the_loss(binary):
     assert float(_loss(TrainingConfig(label_smoothing=0.0, binary_mode=binary))(target, logits)) < 1e-3
 
 
-def test_rotation_and_zoom_each_reach_their_own_layer():
+def test_rotation_and_zoom_each_reach_their_own_layer_with_their_sign():
     augmentation = input_pipeline.Augmentation.from_config(TrainingConfig(
         augmentation=True, augmentation_random_flip="vertical", augmentation_random_rotation=0.25,
         augmentation_random_zoom=-0.05))
-    layers = {layer.name: layer.get_config() for layer in augmentation.layers(seed=0)}
-    assert layers["random_flip"]["mode"] == "vertical"
-    assert tuple(layers["random_rotation"]["factor"]) == pytest.approx((-0.25, 0.25))
-    assert tuple(layers["random_zoom"]["height_factor"]) == pytest.approx((-0.05, 0.05))
-    only_rotation = input_pipeline.Augmentation(flip="None", rotation=0.3, zoom=0.0).layers(seed=0)
-    assert [layer.name for layer in only_rotation] == ["random_rotation"]
+    layers = {layer.name: layer for layer in augmentation.layers(seed=0)}
+    assert layers["random_flip"].get_config()["mode"] == "vertical"
+    # Positive: either way, as Keras reads one number; negative: one way only (zoom in, here).
+    assert tuple(layers["random_rotation"].factor) == pytest.approx((-0.25, 0.25))
+    assert (layers["random_zoom"].height_lower, layers["random_zoom"].height_upper) == pytest.approx((-0.05, 0.0))
+    clockwise = input_pipeline.Augmentation(rotation=-0.3).layers(seed=0)
+    assert [layer.name for layer in clockwise] == ["random_rotation"]
+    assert tuple(clockwise[0].factor) == pytest.approx((-0.3, 0.0))  # Keras: negative angles turn clockwise
     assert input_pipeline.Augmentation.from_config(TrainingConfig(augmentation=False)) is None
+
+
+@pytest.mark.parametrize("rotation, zoom", [(-1.0, 1.0), (1.0, -1.0)])
+def test_the_ends_of_the_augmentation_ranges_train(prepared, tiny_backbone, tmp_path, rotation, zoom):
+    """Keras 3 refuses a zoom bound of -1, which both ends of the reference's range reach."""
+    augmentation = input_pipeline.Augmentation(flip="horizontal", rotation=rotation, zoom=zoom)
+    layers = {layer.name: layer for layer in augmentation.layers(seed=0)}
+    assert tuple(layers["random_rotation"].factor) == ((-1.0, 1.0) if rotation > 0 else (-1.0, 0.0))
+    lower = layers["random_zoom"].height_lower
+    assert -1.0 < lower < -0.999999
+    assert layers["random_zoom"].height_upper == (1.0 if zoom > 0 else 0.0)
+    config = TrainingConfig(epochs=1, batch_size=8, augmentation=True, augmentation_random_flip="horizontal",
+                            augmentation_random_rotation=rotation, augmentation_random_zoom=zoom)
+    result = train(prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), **QUIET)
+    assert result.epochs_run == 1 and np.isfinite(result.history["loss"][0])
 
 
 def test_each_interpolation_reaches_the_resize(prepared):
@@ -188,11 +222,39 @@ def test_multiclass_training_writes_a_model_and_the_reference_log_lines(trained)
 
 def test_binary_mode_monitors_eval_metric(binary_prepared, tiny_backbone, tmp_path):
     config = TrainingConfig(epochs=1, batch_size=8, binary_mode=True, eval_metric="auc")
-    result = train(binary_prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), **QUIET)
+    lines = []
+    result = train(binary_prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), log=lines.append)
     for name in ("val_auc", "val_prc", "val_precision", "val_recall", "val_true_positives"):
         assert name in result.history
     assert result.best_metrics["val_auc"] == result.history["val_auc"][0]
     assert load_keras_model(str(tmp_path / "model")).output.shape[-1] == 1
+    (line,) = [line for line in lines if line.startswith("Epoch ")]
+    _assert_tuning_regexes_read(line, result.history, ("loss", "accuracy", "precision", "recall", "auc", "prc"))
+
+
+# The reference's tuning jobs read metrics off the epoch lines with regexes of
+# this form, unanchored: the first match in a line is what they get.
+def _assert_tuning_regexes_read(line: str, history: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        for key in (name, f"val_{name}"):
+            match = re.search(key + r": ([0-9\.]+)", line)
+            assert match, (key, line)
+            assert float(match.group(1)) == pytest.approx(history[key][0], abs=5e-5), (key, line)
+
+
+def test_epoch_lines_read_as_the_reference_prints_them(six_classes_prepared, tiny_backbone, tmp_path):
+    """`- loss - accuracy - top_5_accuracy - val_loss - val_accuracy - val_top_5_accuracy`,
+    from a real run on six classes, and the reference's tuning regexes read each value."""
+    lines = []
+    config = TrainingConfig(epochs=2, batch_size=8)
+    result = train(six_classes_prepared, str(tmp_path / "model"), config, train_options(tiny_backbone),
+                   log=lines.append)
+    first, last = [line for line in lines if line.startswith("Epoch ")]
+    keys = re.findall(r"- ([a-z_0-9]+): [0-9.]+", first)
+    assert keys == ["loss", "accuracy", "top_5_accuracy", "val_loss", "val_accuracy", "val_top_5_accuracy"], first
+    _assert_tuning_regexes_read(first, result.history, ("loss", "accuracy", "top_5_accuracy"))
+    assert re.search(r"val_top_5_accuracy: ([0-9\.]+)", first)
+    assert re.search(r" - ETA \d+:\d\d$", first) and "ETA" not in last
 
 
 def test_binary_mode_on_three_classes_is_refused_before_training(prepared, tiny_backbone, tmp_path):
@@ -222,6 +284,21 @@ def test_early_stopping_stops_when_nothing_improves(prepared, tiny_backbone, tmp
     assert result.epochs_run == 2
 
 
+def test_the_time_left_leaves_out_the_first_steps_tracing(monkeypatch):
+    from kic.training import callbacks
+
+    clock = iter([0.0, 20.0, *[21.0 + step for step in range(9)], 31.0])  # a 20 s first step, then 1 s steps
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    lines = []
+    epoch_log = callbacks.EpochLog(3, 80, lines.append)
+    epoch_log.on_epoch_begin(0)
+    for step in range(10):
+        epoch_log.on_train_batch_end(step)
+    epoch_log.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+    # 31 s, of which 19 s tracing: 12 s an epoch, two to go.
+    assert lines[0].endswith("- 31.0s - ETA 0:24"), lines[0]
+
+
 def test_best_epoch_is_restored_not_the_last():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     best = BestEpoch("val_accuracy")
@@ -239,11 +316,15 @@ def test_recalibration_sets_exact_batch_statistics():
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.999)(inputs))
     batches = tf.data.Dataset.from_tensor_slices(
         (np.array([[[1.0, 10.0], [3.0, 30.0]], [[5.0, 50.0], [7.0, 70.0]]], dtype="float32"), np.zeros((2, 1))))
-    assert batch_norm.recalibrate(model, batches, max_batches=10) == 2
+    assert batch_norm.recalibrate(model, batches, images=100) == 4  # both batches of 2
     layer = model.layers[-1]
     np.testing.assert_allclose(layer.moving_mean.numpy(), [4.0, 40.0], rtol=1e-6)  # mean of the batch means
     np.testing.assert_allclose(layer.moving_variance.numpy(), [1.0, 100.0], rtol=1e-5)
     assert layer.momentum == 0.999
+    singles = tf.data.Dataset.from_tensor_slices(  # the same images one per batch: the sample is still 3 images
+        (np.array([[[1.0, 10.0]], [[3.0, 30.0]], [[5.0, 50.0]], [[7.0, 70.0]]], dtype="float32"), np.zeros((4, 1))))
+    assert batch_norm.recalibrate(model, singles, images=3) == 3
+    np.testing.assert_allclose(layer.moving_mean.numpy(), [3.0, 30.0], rtol=1e-6)
 
 
 def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
@@ -254,7 +335,7 @@ def test_recalibration_reaches_batch_norm_inside_a_nested_backbone():
     model = keras.Model(outer_input, keras.layers.Dense(1)(backbone(outer_input)))
     data = np.random.default_rng(0).normal(size=(3, 4, 3)).astype("float32")  # 3 batches of 4
     batches = tf.data.Dataset.from_tensor_slices((data, np.zeros((3, 1))))
-    assert batch_norm.recalibrate(model, batches, max_batches=2) == 2
+    assert batch_norm.recalibrate(model, batches, images=5) == 8  # whole batches of 4
     projections = data[:2].sum(axis=-1, keepdims=True) * np.ones(2)  # Dense with ones, no bias effect
     bias = backbone.get_layer("project").get_weights()[1]
     expected_mean = (projections + bias).mean(axis=1).mean(axis=0)
@@ -295,15 +376,29 @@ def test_continuing_from_our_model_keeps_or_replaces_the_head_and_keeps_its_back
     # learning_rate 0 keeps every weight: a kept head must equal the earlier one. The options name
     # another backbone and size: the earlier model's own must win.
     continued = train_options("efficientnet_b0", image_size=64, base_model=trained.model_dir)
-    frozen = dict(epochs=1, batch_size=8, learning_rate=0.0)
+    frozen = dict(epochs=1, batch_size=8, learning_rate=0.0, dropout_rate=0.5, regularizers_l2=0.01)
+    lines = []
     train(prepared, str(tmp_path / "kept"), TrainingConfig(**frozen, reinitialize_top_layer="False"), continued,
-          **QUIET)
+          log=lines.append)
     np.testing.assert_array_equal(_head(trained.model_dir), _head(tmp_path / "kept"))
     info = json.loads((tmp_path / "kept" / artifacts.MODEL_INFO).read_text())
     assert info["backbone"] == tiny_backbone and info["image_size"] == IMAGE_SIZE
+    # The kept top layer keeps the earlier run's dropout and L2 (the defaults): said, and recorded as they are.
+    assert any("warning: the earlier model's top layer is kept" in line and "dropout_rate=0.5 (it keeps 0.2)" in line
+               and "regularizers_l2=0.01 (it keeps 0.0001)" in line for line in lines), lines
+    assert (info["hyperparameters"]["dropout_rate"], info["hyperparameters"]["regularizers_l2"]) == \
+        pytest.approx((0.2, 0.0001))
+
+    lines.clear()
     train(prepared, str(tmp_path / "fresh"), TrainingConfig(**frozen, reinitialize_top_layer="True"),
-          dataclasses.replace(continued, seed=7), **QUIET)
+          dataclasses.replace(continued, seed=7), log=lines.append)
     assert not np.array_equal(_head(trained.model_dir), _head(tmp_path / "fresh"))
+    assert not any("warning" in line for line in lines)
+    fresh = load_keras_model(str(tmp_path / "fresh"))
+    assert classifier.head_settings(fresh) == pytest.approx({"dropout_rate": 0.5, "regularizers_l2": 0.01})
+    info = json.loads((tmp_path / "fresh" / artifacts.MODEL_INFO).read_text())
+    assert (info["hyperparameters"]["dropout_rate"], info["hyperparameters"]["regularizers_l2"]) == \
+        pytest.approx((0.5, 0.01))
 
 
 def test_a_corrupt_training_record_is_skipped_and_counted(prepared, tiny_backbone, tmp_path):

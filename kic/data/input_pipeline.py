@@ -26,6 +26,7 @@ and augmentation run on the service's workers instead of this machine.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 
@@ -45,14 +46,29 @@ SHUFFLE_IMAGES = 2048
 SHUFFLE_RECORDS = 10_000
 # A disk cache is only written where it leaves this much room besides.
 DISK_HEADROOM_BYTES = 1024**3
+_ABOVE_MINUS_ONE = math.nextafter(-1.0, 0.0)  # the lowest zoom bound Keras 3 accepts
 
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """The three reference transforms, each given to its own layer by keyword.
 
-    Keras reads a single factor as the symmetric range [-|f|, +|f|], which is
-    what the reference algorithm passes through; 0 switches a transform off.
+    A rotation or zoom factor ``f`` means what the reference's table says:
+
+    * ``f > 0``: the symmetric range [-f, f], Keras's reading of a single
+      number, which the reference passes through (so its users' default 0.2
+      turns both ways);
+    * ``f < 0``: one way only, the range [f, 0]: the table gives negative
+      values as "clockwise" and "zoom in". The reference's Keras 2 refused a
+      negative rotation and read a negative zoom as [f, -f]; Keras 3 drops the
+      sign; neither says what the table says.
+    * ``f = 0`` switches the transform off.
+
+    Zoom scales the image by ``1 + z``, ``z`` drawn from the range; the
+    table's ends (1 and -1) both reach z = -1, scale 0, where the centre pixel
+    fills the image. Keras 2 allowed that bound; Keras 3 refuses it, so it
+    becomes the next float above -1: the same distribution (a draw of exactly
+    -1 has probability zero).
     """
 
     flip: str = "None"
@@ -71,14 +87,18 @@ class Augmentation:
         if self.flip != "None":
             layers.append(keras.layers.RandomFlip(mode=self.flip, seed=seed, name="random_flip"))
         if self.rotation:
-            magnitude = abs(self.rotation)
-            layers.append(keras.layers.RandomRotation(factor=(-magnitude, magnitude), fill_mode="reflect",
+            layers.append(keras.layers.RandomRotation(factor=factor_range(self.rotation), fill_mode="reflect",
                                                       seed=seed + 1, name="random_rotation"))
         if self.zoom:
-            magnitude = abs(self.zoom)
-            layers.append(keras.layers.RandomZoom(height_factor=(-magnitude, magnitude), fill_mode="reflect",
-                                                  seed=seed + 2, name="random_zoom"))
+            lower, upper = factor_range(self.zoom)
+            layers.append(keras.layers.RandomZoom(height_factor=(max(lower, _ABOVE_MINUS_ONE), upper),
+                                                  fill_mode="reflect", seed=seed + 2, name="random_zoom"))
         return layers
+
+
+def factor_range(factor: float) -> tuple[float, float]:
+    """The (lower, upper) range of a reference rotation or zoom factor (see Augmentation)."""
+    return (-factor, factor) if factor > 0 else (factor, 0.0)
 
 
 def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str, batch_size: int,

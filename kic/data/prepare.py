@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -49,7 +50,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from kic import artifacts, storage
-from kic.data import images, schema, splits
+from kic.data import gallery, images, schema, splits
 from kic.data import report as report_rendering
 from kic.data.dataset_info import DatasetInfo, SplitInfo, save
 from kic.data.images import ImageLimits, ImageRejected, NormalizedImage, normalize_image
@@ -478,18 +479,21 @@ def prepare_dataset(options: PrepareOptions, progress: Callable[[str], None] | N
                             "images_per_s": round(total / max(normalized_at - listed_at, 1e-9), 1),
                             "workers": workers}
         problem = problem or _quality_problem(options, report)
+        gallery_started = time.monotonic()
+        pictures = _gallery(channels, entries, kept, split_of, spool)
+        report["timing"]["gallery_s"] = round(time.monotonic() - gallery_started, 3)
 
         storage.makedirs(options.output_dir)
         _remove(storage.join(options.output_dir, artifacts.DATASET_INFO))  # never leave a stale "finished"
         if problem is not None:
             report["status"], report["error"] = "failed", str(problem)
-            _write_report(options.output_dir, report, started)
+            _write_report(options.output_dir, report, started, pictures)
             raise problem
 
         info = _write_dataset(options, channels, kept, split_of, report, spool, say)
     write_done = time.monotonic()
     report["timing"]["write_s"] = round(write_done - normalized_at, 3)
-    markdown, html = _write_report(options.output_dir, report, started)
+    markdown, html = _write_report(options.output_dir, report, started, pictures)
     save(options.output_dir, info)  # last: only now is the directory a finished dataset
     say.say(f"prepare: done in {time.monotonic() - started:.1f}s -> {options.output_dir}")
     return PrepareResult(info=info, report=report, markdown=markdown, html=html)
@@ -606,10 +610,28 @@ def _warnings(class_names: list[str], per_class: dict[str, dict[str, int]], pres
     return warnings
 
 
-def _write_report(output_dir: str, report: dict, started: float) -> tuple[str, str]:
+def _gallery(channels: _Channels, entries: list[_Entry], kept: list[_Entry], split_of: dict[str, str],
+             spool) -> report_rendering.Gallery:
+    """The data report's thumbnails: the first images of each class by name
+    (as stored), and the rejected files that still decode (read again)."""
+    by_class: dict[str, list[_Entry]] = {name: [] for name in channels.class_names}
+    for entry in sorted(kept, key=lambda entry: entry.item.name):
+        if entry.sha256 in split_of and len(by_class[entry.item.label]) < gallery.PER_CLASS:
+            by_class[entry.item.label].append(entry)
+    per_class = {name: [(entry.item.name, functools.partial(_read_spool, spool, entry)) for entry in shown]
+                 for name, shown in by_class.items()}
+    rejected = [(entry.item.name, entry.reason, functools.partial(storage.read_bytes, entry.item.location))
+                for entry in sorted((entry for entry in entries if entry.rejected),
+                                    key=lambda entry: (entry.channel, entry.item.name))
+                if channels.listings[entry.channel].kind != "tfds"]
+    return gallery.build(per_class, rejected)
+
+
+def _write_report(output_dir: str, report: dict, started: float,
+                  pictures: report_rendering.Gallery | None = None) -> tuple[str, str]:
     report["timing"]["total_s"] = round(time.monotonic() - started, 3)
     markdown = report_rendering.render_markdown(report)
-    html = report_rendering.render_html(report)
+    html = report_rendering.render_html(report, pictures)
     storage.write_text(storage.join(output_dir, artifacts.DATA_REPORT_JSON),
                        json.dumps(report, indent=2, ensure_ascii=False))
     storage.write_text(storage.join(output_dir, artifacts.DATA_REPORT_MARKDOWN), markdown)

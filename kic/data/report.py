@@ -1,18 +1,37 @@
 """Renders the prepare report (a JSON-able dict) as Markdown and as HTML.
 
 Both renderings are built from the same list of sections, so they always
-agree. The HTML page is self-contained (inline style, no scripts, no external
-resources) and every value is escaped: class names and file names come from
-users.
+agree, except for the thumbnails (a ``Gallery``: a few images per class and
+the rejected files that still decode), which only the HTML page shows. The
+HTML page is self-contained (inline style, images as data: URIs, no scripts,
+no external resources) and every value is escaped: class names and file names
+come from users.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 MAX_LISTED = 200  # longer lists are cut in the renderings; the JSON report has them all
+
+
+@dataclasses.dataclass(frozen=True)
+class Thumbnail:
+    file: str  # the name shown under it
+    jpeg: bytes
+    note: str = ""  # e.g. why the file was rejected
+
+
+@dataclasses.dataclass(frozen=True)
+class Gallery:
+    """Thumbnails for the HTML report (see kic.data.gallery)."""
+
+    per_class: Mapping[str, Sequence[Thumbnail]] = dataclasses.field(default_factory=dict)
+    rejected: Sequence[Thumbnail] = ()
+    classes_left_out: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +40,16 @@ class Section:
     headers: Sequence[str] = ()
     rows: Sequence[Sequence[object]] = ()
     notes: Sequence[str] = ()
+    thumbnails: Sequence[tuple[str, Sequence[Thumbnail]]] = ()  # (heading, images): HTML only
 
 
-def sections(report: dict) -> list[Section]:
+def sections(report: dict, gallery: Gallery | None = None) -> list[Section]:
+    gallery = gallery or Gallery()
     result = [_summary(report), _classes(report)]
+    if any(gallery.per_class.values()):
+        notes = [f"{gallery.classes_left_out} more classes are not shown."] if gallery.classes_left_out else []
+        result.append(Section("A few images per class", notes=notes,
+                              thumbnails=[(name, shown) for name, shown in gallery.per_class.items()]))
     rejected = report.get("rejected", {})
     if rejected.get("count"):
         result.append(Section("Rejected files by reason", ("reason", "files"),
@@ -32,6 +57,8 @@ def sections(report: dict) -> list[Section]:
         result.append(_listed("Rejected files", ("file", "class", "reason", "detail"),
                               [(entry["file"], entry["label"], entry["reason"], entry["detail"])
                                for entry in rejected["files"]]))
+        if gallery.rejected:
+            result.append(Section("Rejected files that still decode", thumbnails=[("", gallery.rejected)]))
     duplicates = report.get("duplicates", {})
     if duplicates.get("groups"):
         rows = []
@@ -127,14 +154,18 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertic
 th { background: #f3f3f3; }
 td { word-break: break-word; max-width: 40em; }
 p.note { color: #555; }
+div.thumbnails { display: flex; flex-wrap: wrap; gap: 0.5em; margin-bottom: 1em; }
+figure { margin: 0; width: 104px; font-size: 0.75em; color: #555; word-break: break-all; }
+figure img { display: block; max-width: 96px; max-height: 96px; border: 1px solid #ccc; }
 """
 
 
-def render_html(report: dict) -> str:
+def render_html(report: dict, gallery: Gallery | None = None) -> str:
+    """The report as one self-contained page; ``gallery``: its thumbnails."""
     escape = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Data report</title>", f"<style>{_STYLE}</style></head><body>", "<h1>Data report</h1>"]
-    for section in sections(report):
+    for section in sections(report, gallery):
         parts.append(f"<h2>{escape(section.title)}</h2>")
         if section.headers:
             parts.append("<table><thead><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in section.headers)
@@ -144,5 +175,18 @@ def render_html(report: dict) -> str:
             parts.append("</tbody></table>")
         for note in section.notes:
             parts.append(f'<p class="note">{escape(note)}</p>')
+        for heading, thumbnails in section.thumbnails:
+            if heading:
+                parts.append(f"<h3>{escape(heading)}</h3>")
+            parts.append('<div class="thumbnails">' + "".join(_figure(thumbnail) for thumbnail in thumbnails)
+                         + "</div>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _figure(thumbnail: Thumbnail) -> str:
+    name = html.escape(thumbnail.file, quote=True)
+    caption = name + (f"<br>{html.escape(thumbnail.note)}" if thumbnail.note else "")
+    data = base64.b64encode(thumbnail.jpeg).decode("ascii")
+    return (f'<figure><img src="data:image/jpeg;base64,{data}" alt="{name}" title="{name}">'
+            f"<figcaption>{caption}</figcaption></figure>")

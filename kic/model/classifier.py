@@ -83,6 +83,14 @@ def cut_head(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs[0], features)
 
 
+def head_settings(model: keras.Model) -> dict[str, float]:
+    """The dropout rate and L2 factor the model's top layer really has, by
+    their hyperparameter names (a kept top layer keeps its own)."""
+    regularizer = model.get_layer(DENSE_LAYER).kernel_regularizer
+    return {"dropout_rate": float(model.get_layer(DROPOUT_LAYER).rate),
+            "regularizers_l2": float(getattr(regularizer, "l2", 0.0)) if regularizer is not None else 0.0}
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
     return model.get_layer(BACKBONE_LAYER)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tarfile
 from typing import Any
 
 import kic
@@ -19,6 +20,7 @@ from kic import artifacts, storage
 from kic.errors import DataError
 
 FORMAT_VERSION = 1
+TARBALL_SUFFIXES = (".tar.gz", ".tgz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,26 @@ class ModelInfo:
 
 def load(model_dir: str) -> ModelInfo:
     return ModelInfo.from_json(storage.read_text(storage.join(model_dir, artifacts.MODEL_INFO)))
+
+
+def read(uri: str) -> ModelInfo:
+    """The info of a kic model wherever it is: a train output or export
+    folder, or a ``model.tar.gz`` (only its info member is read), local or
+    gs://. Needs no TensorFlow."""
+    if not uri.endswith(TARBALL_SUFFIXES):
+        return load(uri)
+    with storage.local_copy(uri) as local:
+        try:
+            with tarfile.open(local) as archive:
+                member = archive.extractfile(artifacts.MODEL_INFO)
+                text = member.read().decode("utf-8") if member else None
+        except KeyError:
+            text = None
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise DataError(f"{uri} is not a readable tar archive: {error}") from None
+    if text is None:
+        raise DataError(f"{uri} is not a kic model: it has no {artifacts.MODEL_INFO}")
+    return ModelInfo.from_json(text)
 
 
 def save(model_dir: str, info: ModelInfo) -> None:

@@ -19,24 +19,32 @@ import time
 
 from kic import artifacts, storage
 from kic.errors import UserError
+from kic.orchestration import quiet_startup
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def fails_cleanly(step):
+def fails_cleanly(step=None, *, tensorflow: bool = True):
     """A UserError (bad parameters or data, a missing file, an unreachable URI)
     ends the step with its message and a non-zero exit, not a traceback
     through KFP and TensorFlow. Anything else is a bug and keeps its
-    traceback; so does every error with KIC_DEBUG=1."""
-
+    traceback; so does every error with KIC_DEBUG=1. A step that uses
+    TensorFlow imports it first, without its startup noise
+    (kic.orchestration.quiet_startup)."""
+    if step is None:
+        return functools.partial(fails_cleanly, tensorflow=tensorflow)
     name = step.__name__.removesuffix("_step")
 
     @functools.wraps(step)
     def run(**arguments):
         started = time.perf_counter()
         try:
+            if tensorflow:
+                quiet_startup.import_tensorflow_quietly()
+            else:
+                quiet_startup.quiet_log_level()
             return step(**arguments)
         except UserError as error:
             if os.environ.get("KIC_DEBUG"):
@@ -72,27 +80,37 @@ def _write_metadata(target) -> None:
 
 
 # ----------------------------------------------------------------- validate
-@fails_cleanly
+@fails_cleanly(tensorflow=False)
 def validate_step(**values) -> int:
     """Checks every pipeline parameter; returns the short side prepare should
-    store (see parameters.derive_short_side)."""
+    store (see parameters.derive_short_side), sized for the model that will
+    really train: the earlier model's, when training continues one."""
     from kic import parameters
     from kic.config import TrainingConfig
+    from kic.model import model_info, weights
 
+    if values.get("pretrained_weights") == weights.IMAGENET:  # asked of Keras
+        quiet_startup.import_tensorflow_quietly()
     parameters.validate(values)
     log(f"validate: all {len(values)} parameters are valid (backbone {values['backbone']!r}, "
         f"pretrained weights {values['pretrained_weights']!r})")
     config = TrainingConfig.from_dict({name: values[name] for name in parameters.HYPERPARAMETERS})
     if config.ignored_parameters():
         log(f"validate: ignored for optimizer {config.optimizer}: {', '.join(config.ignored_parameters())}")
-    short_side = parameters.derive_short_side(backbone=values["backbone"], image_size=values["image_size"],
+    backbone, image_size = values["backbone"], values["image_size"]
+    if values["base_model_uri"]:
+        earlier = model_info.read(values["base_model_uri"])
+        backbone, image_size = earlier.backbone, earlier.image_size
+        log(f"validate: training continues the earlier model's backbone {backbone} at {image_size}x{image_size} "
+            "(the backbone and image_size parameters are not used)")
+    short_side = parameters.derive_short_side(backbone=backbone, image_size=image_size,
                                               requested=values["image_short_side"])
     log(f"validate: prepare will store images with a short side of at most {short_side} pixels")
     return short_side
 
 
 # ----------------------------------------------------------------- snapshot
-@fails_cleanly
+@fails_cleanly(tensorflow=False)
 def snapshot_step(*, data_source, validation_source, test_source, tfds_data_dir, base_model_uri,
                   baseline_model_uri) -> tuple[str, str, str]:
     """Fingerprints (see kic.data.snapshot): of the data, the earlier model and the baseline model."""
@@ -129,6 +147,7 @@ def prepare_step(*, source, examples, report, report_markdown, data_metrics, val
         _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_HTML), report.path)
         _copy_if_exists(os.path.join(examples.path, artifacts.DATA_REPORT_MARKDOWN), report_markdown.path)
     log(f"prepare: largest image worker's {_peak_memory(resource.RUSAGE_CHILDREN)}")
+    _warn_about_the_data(result.report)
     _log_metrics(data_metrics, result.report["metrics"])
     examples.metadata.update({"class_names": list(result.info.class_names), "fingerprint": result.info.fingerprint,
                               "source_fingerprint": source_fingerprint,
@@ -136,6 +155,16 @@ def prepare_step(*, source, examples, report, report_markdown, data_metrics, val
 
 
 REJECTIONS_LOGGED = 20
+
+
+def _warn_about_the_data(report: dict) -> None:
+    """What a person should look at in the data report, though prepare succeeded."""
+    metrics = report["metrics"]
+    if metrics["num_rejected"] or metrics["num_duplicates"]:
+        log(f"prepare: warning: {metrics['num_rejected']} file(s) rejected and {metrics['num_duplicates']} "
+            f"duplicate(s) dropped of {metrics['num_listed']}; the data report shows which and why")
+    for warning in report.get("warnings", []):
+        log(f"prepare: warning: {warning}")
 
 
 def _log_rejections(report_path: str) -> None:

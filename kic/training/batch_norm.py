@@ -5,8 +5,8 @@ Keras Applications update their batch-norm moving averages with momentum
 or fine-tuned far from ImageNet, on a few hundred steps) the averages lag far
 behind them, and the model predicts at chance in inference mode while its
 training accuracy looks fine. Setting the statistics to the average batch
-statistics of a few training batches before each validation removes the lag,
-whatever the dataset size.
+statistics of a few hundred training images before each validation removes
+the lag, whatever the dataset size.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import tensorflow as tf
 
 class Recalibrator:
     """Sets every trainable batch-norm layer's moving mean and variance to the
-    average of its batch statistics over a few batches of ``(pixels, target)``.
+    average of its batch statistics over a number of images, in batches of
+    ``(pixels, target)``.
     Weights are untouched. Build it once per model: the statistics function is
     compiled on first use and reused.
 
@@ -27,18 +28,23 @@ class Recalibrator:
     def __init__(self, model: keras.Model):
         self._probes = [(_statistics_probe(owner, layers), layers) for owner, layers in _layers_by_owner(model)]
 
-    def __call__(self, batches: tf.data.Dataset, max_batches: int) -> int:
-        """Returns the number of batches used."""
-        if not self._probes or max_batches < 1:
+    def __call__(self, batches: tf.data.Dataset, images: int) -> int:
+        """Uses whole batches until at least ``images`` images (or the
+        dataset's end); returns the number of images used."""
+        if not self._probes or images < 1:
             return 0
         totals: list[list[tf.Tensor]] = [[] for _ in self._probes]
         used = 0
-        for pixels, _ in batches.take(max_batches):
+        for pixels, _ in batches:
+            count = int(pixels.shape[0])
             for index, (probe, _layers) in enumerate(self._probes):
-                statistics = probe(pixels)
+                # Each batch weighs by its size: the last one may be short.
+                statistics = [value * count for value in probe(pixels)]
                 totals[index] = statistics if not totals[index] else [
                     total + value for total, value in zip(totals[index], statistics, strict=True)]
-            used += 1
+            used += count
+            if used >= images:
+                break
         if not used:
             return 0
         for (_, layers), total in zip(self._probes, totals, strict=True):
@@ -48,9 +54,9 @@ class Recalibrator:
         return used
 
 
-def recalibrate(model: keras.Model, batches: tf.data.Dataset, max_batches: int) -> int:
-    """One-off use of Recalibrator; returns the number of batches used."""
-    return Recalibrator(model)(batches, max_batches)
+def recalibrate(model: keras.Model, batches: tf.data.Dataset, images: int) -> int:
+    """One-off use of Recalibrator; returns the number of images used."""
+    return Recalibrator(model)(batches, images)
 
 
 def _layers_by_owner(model: keras.Model) -> list[tuple[keras.Model, list]]:

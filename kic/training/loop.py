@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -24,7 +25,7 @@ from kic.errors import DataError
 from kic.model import backbones, classifier, loading, model_info, weights
 from kic.model.model_info import ModelInfo
 from kic.training import devices, optimizers
-from kic.training.callbacks import BestEpoch, EpochLog, Log, SkippedRecords, Validation
+from kic.training.callbacks import RECALIBRATION_IMAGES, BestEpoch, EpochLog, Log, SkippedRecords, Validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainOptions:
     # Local scratch for decoded images of datasets too large for memory (empty: the temporary folder).
     scratch_dir: str = ""
     data_service: str = ""  # a tf.data service dispatcher (grpc://host:port) to decode on its workers
+    recalibration_images: int = RECALIBRATION_IMAGES  # batch-norm statistics before each validation; 0: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,14 +96,15 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
 
     with _strategy().scope():
         model = _build_model(config, options, backbone, image_size, data.num_classes, plan, base_dir)
+        hyperparameters = _as_built(config, model, log)
         classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
-        model.compile(optimizer=optimizers.build_optimizer(config), loss=_loss(config),
-                      metrics=_metrics(config))
+        metrics = _metrics(config, data.num_classes)
+        model.compile(optimizer=optimizers.build_optimizer(config), loss=_loss(config), metrics=metrics)
 
     best = BestEpoch(config.monitored_metric)
     skipped = SkippedRecords(decoded, data.splits["train"].num_examples, log)
-    callbacks = [skipped, Validation(val_ds, train_ds), best,
-                 EpochLog(config.epochs, data.splits["train"].num_examples, log)]
+    epoch_log = EpochLog(config.epochs, data.splits["train"].num_examples, log, [metric.name for metric in metrics])
+    callbacks = [skipped, Validation(val_ds, train_ds, options.recalibration_images), best, epoch_log]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitored_metric, mode="max", patience=config.early_stopping_patience,
@@ -118,7 +121,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
 
     info = ModelInfo(backbone=backbone.name, image_size=image_size,
                      interpolation=config.image_resize_interpolation, class_names=data.class_names,
-                     binary_mode=config.binary_mode, hyperparameters=config.to_dict(),
+                     binary_mode=config.binary_mode, hyperparameters=hyperparameters,
                      data_fingerprint=data.fingerprint,
                      metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
                      skipped_records=skipped.count)
@@ -144,6 +147,20 @@ def _build_model(config, options, backbone, image_size, num_classes, plan, base_
                                 config=config, seed=options.seed)
 
 
+def _as_built(config: TrainingConfig, model: keras.Model, log: Log) -> dict:
+    """The hyperparameters as the model has them: a top layer kept from an
+    earlier model keeps its own dropout rate and L2 factor, whatever was asked
+    (the log says which requests were ignored)."""
+    hyperparameters = config.to_dict()
+    actual = classifier.head_settings(model)
+    ignored = [f"{name}={hyperparameters[name]:g} (it keeps {value:g})" for name, value in actual.items()
+               if not math.isclose(value, hyperparameters[name], rel_tol=1e-6, abs_tol=1e-12)]
+    if ignored:
+        log("train: warning: the earlier model's top layer is kept, so these were ignored: " + ", ".join(ignored)
+            + "; set reinitialize_top_layer=True for a new top layer with them")
+    return {**hyperparameters, **actual}
+
+
 # ------------------------------------------------------- loss and metrics
 def _loss(config: TrainingConfig) -> keras.losses.Loss:
     if config.binary_mode:
@@ -151,9 +168,18 @@ def _loss(config: TrainingConfig) -> keras.losses.Loss:
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
 
 
-def _metrics(config: TrainingConfig) -> list[keras.metrics.Metric]:
+# The reference reports top-5 accuracy (``top_5_accuracy``, ``val_top_5_accuracy``)
+# when there are more classes than that.
+TOP_K_ACCURACY = 5
+
+
+def _metrics(config: TrainingConfig, num_classes: int) -> list[keras.metrics.Metric]:
     if not config.binary_mode:
-        return [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        if num_classes > TOP_K_ACCURACY:
+            metrics.append(keras.metrics.TopKCategoricalAccuracy(k=TOP_K_ACCURACY,
+                                                                 name=f"top_{TOP_K_ACCURACY}_accuracy"))
+        return metrics
     # The model emits a logit: threshold 0 is probability 0.5.
     return [
         keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
