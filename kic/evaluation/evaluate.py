@@ -23,7 +23,7 @@ from kic.errors import DataError
 from kic.evaluation import gate, report
 from kic.evaluation.metrics import EvaluationResult, evaluate_predictions
 from kic.model import model_info
-from kic.model.loading import load_trained_model, local_model_dir, logits_to_probabilities
+from kic.model.loading import class_scores, load_trained_model, local_model_dir, logits_to_probabilities
 from kic.serving.contract import DEFAULT_TOP_K
 
 MISCLASSIFIED_SHOWN = 16
@@ -100,13 +100,14 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
     labels, probabilities = [], []
     worst: list[tuple[float, int, dict]] = []  # min-heap of the most confident mistakes
     for pixels, batch_labels, _sources in dataset:
-        batch_probabilities = logits_to_probabilities(model(pixels, training=False), info.binary_mode).numpy()
+        batch_probabilities = logits_to_probabilities(model(pixels, training=False), info.binary_mode)
+        batch_scores = class_scores(batch_probabilities, info.binary_mode).numpy()
         batch_labels = batch_labels.numpy()
         labels.append(batch_labels)
-        probabilities.append(batch_probabilities)
-        predicted = batch_probabilities.argmax(axis=1)
+        probabilities.append(batch_probabilities.numpy())
+        predicted = batch_scores.argmax(axis=1)
         for row in np.flatnonzero(predicted != batch_labels):
-            confidence = float(batch_probabilities[row, predicted[row]])
+            confidence = float(batch_scores[row, predicted[row]])
             entry = (confidence, len(labels) * BATCH_SIZE + int(row), {
                 "pixels": pixels[row], "true": info.class_names[batch_labels[row]],
                 "predicted": info.class_names[predicted[row]], "confidence": confidence})
@@ -114,9 +115,7 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
                 heapq.heappush(worst, entry)
             elif confidence > worst[0][0]:
                 heapq.heapreplace(worst, entry)
-    probabilities_all = np.concatenate(probabilities)
-    if info.binary_mode:
-        probabilities_all = probabilities_all[:, 1]
+    probabilities_all = np.concatenate(probabilities)  # [n, 1] in binary mode: P(positive)
     result = evaluate_predictions(np.concatenate(labels), probabilities_all, info.class_names,
                                   binary_mode=info.binary_mode, top_k=top_k)
     misclassified = []

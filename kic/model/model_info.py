@@ -19,6 +19,9 @@ from kic import artifacts, storage
 from kic.errors import DataError
 
 FORMAT_VERSION = 1
+# Binary mode's single output is the probability of class_names[1], the
+# alphabetically second class (as in the reference algorithm).
+POSITIVE_CLASS_INDEX = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,11 @@ class ModelInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def positive_class(self) -> str | None:
+        """The class whose probability binary mode's single output is."""
+        return self.class_names[POSITIVE_CLASS_INDEX] if self.binary_mode else None
+
     def label_map(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.class_names)}
 
@@ -47,6 +55,7 @@ class ModelInfo:
         payload["class_names"] = list(self.class_names)
         payload["pixel_input"] = "RGB float32 in [0, 255], scaled inside the model"
         payload["output"] = "one logit (sigmoid: positive class)" if self.binary_mode else "logits (softmax)"
+        payload["positive_class"] = self.positive_class
         return json.dumps(payload, indent=2, sort_keys=True)
 
     @classmethod

@@ -112,7 +112,8 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
 def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str, Any] | None) -> str:
     payload = json.loads(info.to_json())
     payload.update({
-        "output": "the SavedModel and TFLite model return probabilities per class ([1-p, p] in binary mode)",
+        "output": "probabilities, from the SavedModel and the TFLite model alike: "
+                  + contract.describe_outputs(info.class_names, info.binary_mode, options.top_k)["probabilities"],
         "package_version": PACKAGE_VERSION,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "evaluation_metrics": options.evaluation_metrics or {},
@@ -129,8 +130,9 @@ def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str
             "signature": contract.SIGNATURE_NAME,
             "input": f"{contract.INPUT_NAME}: string [batch], raw encoded image bytes",
             "pixels_signature": f"{contract.PIXELS_SIGNATURE_NAME}: float32 [batch, {info.image_size}, "
-                                f"{info.image_size}, 3] RGB in [0, 255] -> probabilities",
-            "outputs": list(contract.OUTPUT_NAMES),
+                                f"{info.image_size}, 3] RGB in [0, 255] -> probabilities "
+                                + contract.probabilities_shape(info.num_classes, info.binary_mode),
+            "outputs": contract.describe_outputs(info.class_names, info.binary_mode, options.top_k),
             "top_k": min(options.top_k, info.num_classes),
         },
         "tflite": tflite,

@@ -48,16 +48,29 @@ def decoded_pixels(samples: list[bytes], info: ModelInfo) -> np.ndarray:
 
 
 def keras_probabilities(model, info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
+    """The Keras model's answer in the serving contract's form (one column in binary mode)."""
     return loading.logits_to_probabilities(model(pixels, training=False), info.binary_mode).numpy()
+
+
+def max_difference(served: np.ndarray, reference: np.ndarray, what: str) -> float:
+    """The largest difference between two answers of the same contract; a
+    different shape (say [1-p, p] against [p]) is a failure, not something
+    for broadcasting to paper over."""
+    if np.shape(served) != np.shape(reference):
+        raise ExportVerificationError(f"{what} returns probabilities of shape {np.shape(served)}, but the trained "
+                                      f"Keras model's are {np.shape(reference)}")
+    return float(np.max(np.abs(served - reference)))
 
 
 def verify_saved_model(version_dir: str, samples: list[bytes], reference: np.ndarray) -> float:
     """Returns the largest difference from ``reference`` (the Keras model's
-    probabilities on ``samples``); raises ExportVerificationError over the tolerance."""
+    probabilities on ``samples``, as ``keras_probabilities`` gives them);
+    raises ExportVerificationError over the tolerance."""
     serve = tf.saved_model.load(version_dir).signatures[SIGNATURE_NAME]
     loaded = serve(**{INPUT_NAME: tf.constant(samples)})["probabilities"].numpy()
-    max_abs_diff = max(float(np.max(np.abs(loaded - reference))),
-                       float(np.max(np.abs(_session_probabilities(version_dir, samples) - reference))))
+    max_abs_diff = max(max_difference(loaded, reference, "the exported SavedModel"),
+                       max_difference(_session_probabilities(version_dir, samples), reference,
+                                      "the exported SavedModel, loaded as TF Serving does,"))
     if not max_abs_diff <= SAVED_MODEL_TOLERANCE:
         raise ExportVerificationError(
             f"the exported SavedModel's probabilities differ from the trained Keras model's by up to "
