@@ -124,15 +124,29 @@ def mpo_jpeg(size=(64, 48)) -> bytes:
     return encode(first, "MPO", save_all=True, append_images=[second], quality=95, subsampling=0)
 
 
-def exif_rotated_jpeg(orientation: int = 6, size=(40, 24)) -> bytes:
+def exif_block(orientation: int, byte_order: str = "II") -> bytes:
+    """An EXIF payload ("Exif\\0\\0", then a TIFF structure: "II" little-endian
+    or "MM" big-endian) whose IFD0 holds just the Orientation tag, as Pillow
+    writes it into a file."""
+    exif = Image.Exif()
+    exif.endian = {"II": "<", "MM": ">"}[byte_order]
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def exif_rotated_jpeg(orientation: int = 6, size=(40, 24), byte_order: str = "II") -> bytes:
     """White image with an 8x8 red marker in the stored top-left corner and
     EXIF orientation set; orientation 6 displays it rotated 90 degrees
     clockwise, moving the marker to the top-right corner."""
     image = Image.new("RGB", size, WHITE)
     image.paste(RED, (0, 0, 8, 8))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encode(image, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())
+    return encode(image, "JPEG", quality=95, subsampling=0, exif=exif_block(orientation, byte_order))
+
+
+def jpeg_with_app1(payload: bytes, raw: bytes | None = None) -> bytes:
+    """``raw`` (a JPEG) with an APP1 segment holding ``payload`` right after SOI."""
+    raw = raw if raw is not None else solid_jpeg()
+    return raw[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + raw[2:]
 
 
 def truncated(raw: bytes, fraction: float = 0.5) -> bytes:

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from image_fixtures import encode, noise_image, noise_jpeg, solid_png
+from image_fixtures import encode, exif_block, exif_rotated_jpeg, noise_image, noise_jpeg, solid_png
+from PIL import Image, ImageOps
 
 from kic import artifacts, storage
 from kic.model import model_info, preprocessing
@@ -202,6 +203,37 @@ def test_verification_refuses_answers_of_another_shape(binary):
         verify.verify_saved_model(version_dir, samples, np.concatenate([1 - served, served], axis=1))
 
 
+def test_a_sideways_phone_photo_is_served_upright(multiclass):
+    """The EXIF orientation is applied in the graph, as prepare applied it for training."""
+    _, result = multiclass
+    raw = encode(noise_image((50, 40), seed=4), "JPEG", quality=95, exif=exif_block(6))
+    with Image.open(io.BytesIO(raw)) as stored:
+        upright = encode(ImageOps.exif_transpose(stored).convert("RGB"), "PNG")  # what prepare stores, losslessly
+        sideways = encode(stored.convert("RGB"), "PNG")  # the same pixels without the tag
+    probabilities = serving_fn(result.package_dir)(image_bytes=tf.constant([raw, upright, sideways]))[
+        "probabilities"].numpy()
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-5)
+    assert np.abs(probabilities[0] - probabilities[2]).max() > 1e-3  # the model does tell the two apart
+
+
+def test_the_serving_graph_holds_only_ops_tf_serving_has(multiclass):
+    """No Python callbacks (py_function) and no ops from outside core TensorFlow."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import op_def_registry
+
+    _, result = multiclass
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR, "saved_model.pb"), "rb") as handle:
+        saved_model.ParseFromString(handle.read())
+    graph = saved_model.meta_graphs[0].graph_def
+    ops = {node.op for node in graph.node} | {node.op for function in graph.library.function
+                                              for node in function.node_def}
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    assert [op for op in ops if op not in {f.signature.name for f in graph.library.function}
+            and op_def_registry.get(op) is None] == []
+    assert {"Substr", "DecodeRaw", "StringSplitV2"} <= ops and ops & {"While", "StatelessWhile"}  # the EXIF parser
+
+
 def test_interpolation_from_model_info_is_honoured(multiclass, tmp_path):
     bilinear_model_dir, bilinear = multiclass
     nearest_model_dir = str(tmp_path / "model")
@@ -233,7 +265,7 @@ def test_a_bad_image_fails_the_whole_request_clearly(multiclass, bad):
 def test_saved_model_runs_as_tf_serving_loads_it(multiclass):
     """TF Serving restores variables from the checkpoint into a TF1 session."""
     model_dir, result = multiclass
-    images = list(all_formats().values())
+    images = [*all_formats().values(), exif_rotated_jpeg(6), exif_rotated_jpeg(7, byte_order="MM")]
     with tf.compat.v1.Session(graph=tf.Graph()) as session:
         meta_graph = tf.compat.v1.saved_model.loader.load(
             session, ["serve"], os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR))

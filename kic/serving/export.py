@@ -118,8 +118,9 @@ def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "evaluation_metrics": options.evaluation_metrics or {},
         "preprocessing": {
-            "decode": "JPEG, PNG, GIF (first frame), BMP, WebP to RGB; transparent pixels composited on white "
-                      "as in prepare; EXIF orientation is not applied (send upright images)",
+            "decode": "JPEG, PNG, GIF (first frame), BMP, WebP to RGB; EXIF orientation (JPEG APP1, PNG eXIf, "
+                      "WebP EXIF) applied as prepare applies it; transparent pixels composited on white as in "
+                      "prepare",
             "resize": f"{info.image_size}x{info.image_size}, {info.interpolation}, aspect ratio not kept, "
                       "clipped to [0, 255]",
             "function": "kic.model.preprocessing.decode_and_resize",

@@ -8,6 +8,8 @@ Keras model's probabilities on the same images; otherwise
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import tensorflow as tf
 
@@ -26,7 +28,9 @@ class ExportVerificationError(RuntimeError):
 
 
 def generated_sample_images(count: int = 4) -> list[bytes]:
-    """Deterministic JPEGs of assorted sizes with structure (not flat colour)."""
+    """Deterministic JPEGs of assorted sizes with structure (not flat colour).
+    The second is stored sideways with an EXIF orientation, so that every
+    export runs the orientation parsing as TF Serving will."""
     rng = np.random.default_rng(0)
     images = []
     for index in range(count):
@@ -34,8 +38,16 @@ def generated_sample_images(count: int = 4) -> list[bytes]:
         y, x = np.mgrid[0:height, 0:width]
         base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 64 * 4], axis=-1)
         noisy = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-        images.append(tf.io.encode_jpeg(noisy, quality=90).numpy())
+        jpeg = tf.io.encode_jpeg(noisy, quality=90).numpy()
+        images.append(_with_exif_orientation(jpeg, 6) if index == 1 else jpeg)
     return images
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """An APP1 Exif segment (big-endian TIFF, IFD0 holding only Orientation) inserted after SOI."""
+    ifd0 = struct.pack(">HHHIHH", 1, preprocessing.ORIENTATION_TAG, 3, 1, orientation, 0) + bytes(4)
+    payload = preprocessing.EXIF_HEADER + b"MM\x00*" + struct.pack(">I", 8) + ifd0
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 def decoded_pixels(samples: list[bytes], info: ModelInfo) -> np.ndarray:
