@@ -49,3 +49,4 @@ SUCCESS_MARKER = "_SUCCESS"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # inside the SavedModel directory
 TFLITE_MODEL = "model.tflite"
 TFLITE_PARITY_REPORT = "tflite_parity.json"
+SERVING_PARITY_REPORT = "serving_parity.json"  # served raw files vs the evaluate path on prepared records

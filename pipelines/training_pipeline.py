@@ -56,6 +56,7 @@ def _training_pipeline(**p):
     with dsl.If(evaluated.outputs[artifacts.BLESSED_KEY] == True, name="model-blessed"):  # noqa: E712 (KFP condition)
         exported = export(
             model=trained.outputs[artifacts.MODEL_KEY], evaluation=evaluated.outputs[artifacts.METRICS_KEY],
+            examples=prepared.outputs[artifacts.EXAMPLES_KEY],
             destination_uri=p["export_uri"], tflite=p["tflite"], top_k=p["top_k"],
         ).set_display_name(EXPORT_TASK)
         with dsl.If(p["batch_predict_source"] != "", name="batch-prediction-requested"):

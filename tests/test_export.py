@@ -357,7 +357,7 @@ def test_verification_catches_a_serving_model_that_disagrees(multiclass, tmp_pat
     monkeypatch.setattr(verify, "keras_probabilities", lambda *args: reference)
     original = preprocessing.decode_and_resize
     monkeypatch.setattr(preprocessing, "decode_and_resize",
-                        lambda encoded, size, interpolation: original(encoded, size, "nearest"))
+                        lambda encoded, size, interpolation, short_side=0: original(encoded, size, "nearest"))
     with pytest.raises(verify.ExportVerificationError, match="differ"):
         export.export_model(model_dir, str(tmp_path / "package"))
 

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from image_fixtures import (
+    PARITY_KINDS,
     encode,
     exif_block,
     exif_rotated_jpeg,
     jpeg_with_app1,
     noise_image,
     noise_jpeg,
+    shape_photo,
     solid_jpeg,
     solid_png,
 )
@@ -157,3 +159,33 @@ def test_files_without_exif_keep_their_orientation():
                 encode(Image.new("RGB", (30, 20)), "BMP"), b"RIFF\x04\x00\x00\x00WEBP", b"\xff\xd8", b""):
         assert int(graph_orientation(raw)) == 1
     assert preprocessing.decode_rgb(tf.constant(solid_jpeg(size=(30, 20)))).shape == (20, 30, 3)
+
+
+# --- A raw file takes the path its prepared copy took -------------------------------------------
+
+graph_downscaled = tf.function(lambda raw: preprocessing.downscale(preprocessing.decode_rgb(raw, min_size=512), 256),
+                               input_signature=[tf.TensorSpec([], tf.string)])
+
+
+@pytest.mark.parametrize("kind, size", [("JPEG", None), ("JPEG", (2600, 1950)), ("JPEG EXIF-rotated", None),
+                                        ("JPEG CMYK", None), ("PNG alpha", None), ("JPEG small", None)])
+def test_serving_downscales_a_raw_file_as_prepare_stored_it(kind, size):
+    """Same size (prepare's rounding), nearly the same pixels: a DCT-scaled decode
+    to at least twice the short side (Pillow's draft) and Lanczos down to it."""
+    _, default_size, encoder = PARITY_KINDS[kind]
+    raw = encoder(shape_photo("square", size or default_size, seed=5))
+    stored = normalize_image(raw, ImageLimits(short_side=256, jpeg_quality=100)).jpeg  # ~lossless, to see the resize
+    prepared = np.asarray(Image.open(io.BytesIO(stored)), dtype=np.float32)
+    served = graph_downscaled(raw).numpy()
+    assert served.shape == prepared.shape
+    assert np.abs(served - prepared).mean() < 0.8  # of 255; Pillow rounds to 8 bits between its two passes
+    # ... and then the model's resize follows, as for the prepared record.
+    np.testing.assert_allclose(
+        preprocessing.decode_and_resize(tf.constant(raw), 224, "bilinear", short_side=256).numpy(),
+        preprocessing.resize(served, 224, "bilinear").numpy(), atol=1e-3)
+
+
+def test_a_prepared_record_is_not_touched_by_the_downscale():
+    record = normalize_image(noise_jpeg((400, 300)), ImageLimits(short_side=256)).jpeg
+    decoded = preprocessing.decode_rgb(tf.constant(record))
+    np.testing.assert_array_equal(preprocessing.downscale(decoded, 256).numpy(), decoded.numpy())

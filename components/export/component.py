@@ -1,7 +1,7 @@
 """export: a SavedModel serving raw image bytes, packaged like the reference algorithm's."""
 
 from kfp import dsl
-from kfp.dsl import Input, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from kic.components import docs
 from kic.components.image import IMAGE
@@ -11,6 +11,7 @@ def export(
     model: Input[Model],
     evaluation: Input[Metrics],
     package: Output[Model],
+    examples: Input[Dataset] = None,
     destination_uri: str = "",
     tflite: str = "",
     top_k: int = 5,
@@ -27,6 +28,9 @@ export.__doc__ = docs.docstring(
     {
         "model": "The trained model from train.",
         "evaluation": "Evaluation metrics, recorded in the package's model info.",
+        "examples": "Optional: the prepared dataset from prepare. The served answers on the original files of "
+                    "its evaluation split are compared with the evaluate path on the prepared records "
+                    "(serving_parity.json in the package); a clearly systematic skew fails the export.",
         "destination_uri": "Optional local path or gs:// URI that also receives the package (a _SUCCESS "
                            "marker is written last).",
         **docs.parameter_args("tflite"),

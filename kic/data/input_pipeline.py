@@ -58,13 +58,16 @@ class Augmentation:
 def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str, batch_size: int,
                  num_classes: int, binary_mode: bool, training: bool, num_examples: int,
                  augmentation: Augmentation | None = None, seed: int = 0,
-                 with_source: bool = False, decoded: tf.Variable | None = None) -> tf.data.Dataset:
+                 with_source: bool = False, decoded: tf.Variable | None = None,
+                 short_side: int = 0) -> tf.data.Dataset:
     """Batches of (pixels float32 [0,255], target); targets are one-hot for
     multi-class and a float 0/1 column in binary mode. With ``with_source`` the
     elements are (pixels, label index, source URI) for evaluation reports.
 
     ``decoded``, an int64 variable, counts the records that decoded; the
-    difference to the number of records is what was skipped as corrupt."""
+    difference to the number of records is what was skipped as corrupt.
+    ``short_side``: the dataset's ``image_short_side``, so that records are
+    decoded exactly as a served raw image is (``preprocessing.decode_and_resize``)."""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
@@ -77,7 +80,8 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
 
     def decode(serialized):
         example = tf.io.parse_single_example(serialized, feature_spec)
-        pixels = preprocessing.decode_and_resize(example[schema.IMAGE_ENCODED], image_size, interpolation)
+        pixels = preprocessing.decode_and_resize(example[schema.IMAGE_ENCODED], image_size, interpolation,
+                                                 short_side)
         return pixels, example[schema.LABEL], example[schema.SOURCE_URI]
 
     dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -63,7 +63,7 @@ def _evaluate(dataset_dir: str, model_dir: str, top_k: int, gate_options: GateOp
     if tuple(info.class_names) != tuple(data.class_names):
         raise DataError(f"the model's classes {list(info.class_names)} differ from the dataset's "
                         f"{list(data.class_names)}")
-    split = "test" if data.splits.get("test") and data.splits["test"].num_examples else "validation"
+    split = evaluation_split(data)
     log(f"evaluate: {data.splits[split].num_examples} images of the {split} split")
     result, misclassified = _evaluate_on(dataset_dir, data, split, model_dir, top_k)
 
@@ -86,6 +86,11 @@ def _evaluate(dataset_dir: str, model_dir: str, top_k: int, gate_options: GateOp
     return Evaluation(split=split, result=result, blessing=blessing, html=html, markdown=markdown)
 
 
+def evaluation_split(data: dataset_info.DatasetInfo) -> str:
+    """The split a model is judged on: test, or validation when there is no test split."""
+    return "test" if data.splits.get("test") and data.splits["test"].num_examples else "validation"
+
+
 def _monitored_metric(info: model_info.ModelInfo) -> str:
     return info.hyperparameters.get("eval_metric", "accuracy") if info.binary_mode else "accuracy"
 
@@ -96,7 +101,7 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
     dataset = input_pipeline.make_dataset(
         data.shard_paths(dataset_dir, split), image_size=info.image_size, interpolation=info.interpolation,
         batch_size=BATCH_SIZE, num_classes=data.num_classes, binary_mode=info.binary_mode, training=False,
-        num_examples=data.splits[split].num_examples, with_source=True)
+        num_examples=data.splits[split].num_examples, with_source=True, short_side=data.image_short_side)
     labels, probabilities = [], []
     worst: list[tuple[float, int, dict]] = []  # min-heap of the most confident mistakes
     for pixels, batch_labels, _sources in dataset:

@@ -35,6 +35,10 @@ class ModelInfo:
     data_fingerprint: str = ""
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped_records: int = 0  # training records that failed to decode and were skipped
+    # The short side prepare stored the training images at; serving downscales
+    # raw images to it the way prepare did before the resize to image_size.
+    # 0: not known (a model info from before it was recorded).
+    image_short_side: int = 0
     kic_version: str = kic.__version__
     format_version: int = FORMAT_VERSION
 

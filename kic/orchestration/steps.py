@@ -143,14 +143,21 @@ def evaluate_step(*, examples, model, metrics, classification_metrics, evaluatio
 
 # ------------------------------------------------------------------- export
 @fails_cleanly
-def export_step(*, model, evaluation, package, destination_uri, tflite, top_k) -> None:
+def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, examples=None) -> None:
     from kic.serving.export import ExportOptions, export_model
 
     evaluation_metrics = json.loads(storage.read_text(evaluation.path)) if os.path.exists(evaluation.path) else {}
     result = export_model(model.path, package.path, ExportOptions(
-        destination_uri=destination_uri, tflite=tflite, top_k=top_k, evaluation_metrics=evaluation_metrics))
+        destination_uri=destination_uri, tflite=tflite, top_k=top_k, evaluation_metrics=evaluation_metrics,
+        examples=examples.path if examples is not None else ""))
     log(f"export: SavedModel verified (max abs diff {result.max_abs_diff:.2e}); package {result.tarball}")
     package.metadata.update({"framework": "tensorflow", "format": "saved_model", "tarball": result.tarball})
+    if result.parity is not None:
+        for line in result.parity.summary_lines():
+            log(f"export: {line}")
+        package.metadata.update({"serving_parity_files": len(result.parity.files),
+                                 "serving_parity_top1_agreement": result.parity.agreement,
+                                 "serving_parity_max_abs_diff": result.parity.max_abs_diff})
     if destination_uri:
         log(f"export: copied to {destination_uri}")
     sys.stdout.flush()

@@ -269,12 +269,12 @@ def _predict_one(model: ServingModel, file: str, content: bytes, top_k: int) -> 
     try:
         probabilities = model.probabilities([content])[0]
     except tf.errors.InvalidArgumentError as error:
-        return _error_row(file, f"cannot be decoded: {_tf_reason(error.message)}")
+        return _error_row(file, f"cannot be decoded: {decoder_reason(error.message)}")
     return _prediction_row(model, file, probabilities, top_k)
 
 
-def _tf_reason(message: str) -> str:
-    """The decoder's own sentence, without TensorFlow's graph and node noise."""
+def decoder_reason(message: str) -> str:
+    """The image decoder's own sentence from a TensorFlow error message, without the graph and node noise."""
     noise = ("Graph execution error", "Detected at node", "<stack traces")
     for line in message.splitlines():
         line = line.strip()

@@ -34,6 +34,7 @@ class ServingModule(tf.Module):
         self.model_variables = [variable.value for variable in model.variables]
         self.image_size = info.image_size
         self.interpolation = info.interpolation
+        self.short_side = info.image_short_side
         self.binary_mode = info.binary_mode
         self.top_k = min(top_k, info.num_classes)
         # A variable so that the loaded SavedModel still knows its labels.
@@ -57,7 +58,7 @@ class ServingModule(tf.Module):
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         size = self.image_size
         pixels = tf.map_fn(
-            lambda encoded: preprocessing.decode_and_resize(encoded, size, self.interpolation),
+            lambda encoded: preprocessing.decode_and_resize(encoded, size, self.interpolation, self.short_side),
             image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         probabilities = self.probabilities_from_pixels(pixels)
         per_class = loading.class_scores(probabilities, self.binary_mode)

@@ -53,8 +53,8 @@ def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
 def decoded_pixels(samples: list[bytes], info: ModelInfo) -> np.ndarray:
     """The pixels the serving signature feeds the model: [n, size, size, 3] float32."""
     try:
-        return np.stack([preprocessing.decode_and_resize(tf.constant(raw), info.image_size, info.interpolation)
-                         .numpy() for raw in samples])
+        return np.stack([preprocessing.decode_and_resize(tf.constant(raw), info.image_size, info.interpolation,
+                                                         info.image_short_side).numpy() for raw in samples])
     except tf.errors.InvalidArgumentError as error:
         raise DataError(f"a sample image for export verification cannot be decoded: {error.message}") from None
 

@@ -80,7 +80,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             interpolation=config.image_resize_interpolation, batch_size=config.batch_size,
             num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
             num_examples=data.splits[split].num_examples, augmentation=input_pipeline.Augmentation.from_config(config),
-            seed=options.seed, decoded=decoded if split == "train" else None)
+            seed=options.seed, decoded=decoded if split == "train" else None, short_side=data.image_short_side)
         for split in ("train", "validation"))
 
     with _strategy().scope():
@@ -112,7 +112,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
                      binary_mode=config.binary_mode, hyperparameters=config.to_dict(),
                      data_fingerprint=data.fingerprint,
                      metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
-                     skipped_records=skipped.count)
+                     skipped_records=skipped.count, image_short_side=data.image_short_side)
     os.makedirs(model_dir, exist_ok=True)
     model.save(os.path.join(model_dir, artifacts.KERAS_MODEL))
     model_info.save(model_dir, info)
