@@ -46,6 +46,8 @@ def test_default_run_writes_every_output(default_run):
     assert label_map == {"circle": 0, "square": 1, "triangle": 2}
     report = json.loads((output / "data_report.json").read_text())
     assert report["metrics"]["num_classes"] == 3
+    parity = json.loads((output / artifacts.SERVING_PARITY_REPORT).read_text())
+    assert parity["split"] == "test" and parity["num_files"] == parity["num_records"] > 0
 
 
 @pytest.mark.slow
@@ -63,6 +65,7 @@ def test_default_run_shows_progress_and_a_summary(default_run):
     assert "validate: all" in log and "parameters are valid" in log
     assert "val_accuracy:" in log and "images/s" in log  # the reference epoch-line format
     assert "kic run finished" in log and "model.tar.gz" in log
+    assert "export: serving parity on" in log  # served originals vs evaluated records, measured at export
 
 
 @pytest.mark.slow
@@ -102,6 +105,7 @@ def _fake_run(root, *, exported: bool) -> str:
     if exported:
         package = run / EXPORT_TASK / artifacts.PACKAGE_KEY
         _write(package / artifacts.LABEL_MAP, '{"a": 0}')
+        _write(package / artifacts.SERVING_PARITY_REPORT, '{"num_files": 0}')
         with tarfile.open(package / artifacts.MODEL_TARBALL, "w:gz") as tar:
             tar.add(package / artifacts.LABEL_MAP, arcname=artifacts.LABEL_MAP)
         _write(run / PREDICT_TASK / artifacts.PREDICTIONS_KEY, '{"file": "x.jpg"}\n')
@@ -114,7 +118,8 @@ def test_collect_outputs_gathers_what_a_user_wants(tmp_path):
     assert outputs.metrics == {"accuracy": 0.75} and outputs.blessing["blessed"] is True
     assert json.loads((output / "metrics.json").read_text()) == {"accuracy": 0.75}
     for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML,
-                 artifacts.EVALUATION_JSON, artifacts.BLESSING_JSON, "evaluation_report.html", "model.tar.gz"):
+                 artifacts.EVALUATION_JSON, artifacts.BLESSING_JSON, "evaluation_report.html", "model.tar.gz",
+                 artifacts.SERVING_PARITY_REPORT):
         assert (output / name).is_file(), name
     assert outputs.model == str(output / "model") and (output / "model" / artifacts.LABEL_MAP).read_text() == '{"a": 0}'
     assert outputs.predictions == str(output / "predictions.jsonl")

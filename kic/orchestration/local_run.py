@@ -70,7 +70,7 @@ def collect_outputs(run_dir: str, output_dir: str, *, prediction_format: str = "
     os.makedirs(output_dir, exist_ok=True)
     # What an earlier run into the same folder left must not pass for this run's.
     for name in (artifacts.MODEL_TARBALL, MODEL_DIR, artifacts.BLESSING_JSON, artifacts.EVALUATION_JSON,
-                 EVALUATION_REPORT_HTML, f"predictions.{prediction_format}"):
+                 EVALUATION_REPORT_HTML, artifacts.SERVING_PARITY_REPORT, f"predictions.{prediction_format}"):
         storage.remove_tree(os.path.join(output_dir, name))
     for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
         copy(os.path.join(output(PREPARE_TASK, artifacts.EXAMPLES_KEY), name), name)
@@ -87,6 +87,8 @@ def collect_outputs(run_dir: str, output_dir: str, *, prediction_format: str = "
                    artifacts.MODEL_TARBALL)
     if tarball:
         model = storage.extract_tarball(tarball, os.path.join(output_dir, MODEL_DIR))
+    copy(os.path.join(output(EXPORT_TASK, artifacts.PACKAGE_KEY), artifacts.SERVING_PARITY_REPORT),
+         artifacts.SERVING_PARITY_REPORT)
     predictions = copy(output(PREDICT_TASK, artifacts.PREDICTIONS_KEY), f"predictions.{prediction_format}")
     return RunOutputs(run_dir=run_dir, metrics=metrics, blessing=_read_json(blessing_path), model=model,
                       predictions=predictions)
