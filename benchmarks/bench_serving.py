@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kic import artifacts  # noqa: E402
+from kic import artifacts, parameters  # noqa: E402
 from kic.model import backbones, model_info  # noqa: E402
 from kic.model.model_info import ModelInfo  # noqa: E402
 from kic.serving import contract, export, tflite  # noqa: E402
@@ -47,8 +47,11 @@ def build_model_dir(backbone_name: str, directory: str) -> ModelInfo:
     logits = keras.layers.Dense(NUM_CLASSES)(keras.layers.Dropout(0.2)(extractor(pixels)))
     os.makedirs(directory, exist_ok=True)
     keras.Model(pixels, logits).save(os.path.join(directory, artifacts.KERAS_MODEL))
+    # The short side a pipeline run prepares images at: serving downscales to it first, as prepare did.
+    short_side = parameters.derive_short_side(backbone=backbone.name, image_size=size, requested=0)
     info = ModelInfo(backbone=backbone.name, image_size=size, interpolation="bilinear",
-                     class_names=tuple(f"class_{index}" for index in range(NUM_CLASSES)), binary_mode=False)
+                     class_names=tuple(f"class_{index}" for index in range(NUM_CLASSES)), binary_mode=False,
+                     image_short_side=short_side)
     model_info.save(directory, info)
     return info
 

@@ -50,3 +50,4 @@ LATEST_POINTER = "LATEST"  # beside versioned packages: the URI of the newest
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"  # inside the SavedModel directory
 TFLITE_MODEL = "model.tflite"
 TFLITE_PARITY_REPORT = "tflite_parity.json"
+SERVING_PARITY_REPORT = "serving_parity.json"  # served raw files vs the evaluate path on prepared records

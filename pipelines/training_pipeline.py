@@ -122,7 +122,7 @@ def evaluate_and_export(p: dict, cluster: ClusterOptions, *, examples, model, so
     # `<task>-Output` channels (kfp 2.17), and clusters read both alike.
     with dsl.If(evaluated.outputs[artifacts.BLESSED_KEY] == True, name="model-blessed"):  # noqa: E712 (KFP)
         exported = place(export(
-            model=model, evaluation=evaluated.outputs[artifacts.METRICS_KEY],
+            model=model, evaluation=evaluated.outputs[artifacts.METRICS_KEY], examples=examples,
             destination_uri=p["export_uri"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tflite=p["tflite"],
             top_k=p["top_k"],
         ), "export", cluster).set_display_name(EXPORT_TASK).set_caching_options(False)  # a version per run

@@ -124,15 +124,29 @@ def mpo_jpeg(size=(64, 48)) -> bytes:
     return encode(first, "MPO", save_all=True, append_images=[second], quality=95, subsampling=0)
 
 
-def exif_rotated_jpeg(orientation: int = 6, size=(40, 24)) -> bytes:
+def exif_block(orientation: int, byte_order: str = "II") -> bytes:
+    """An EXIF payload ("Exif\\0\\0", then a TIFF structure: "II" little-endian
+    or "MM" big-endian) whose IFD0 holds just the Orientation tag, as Pillow
+    writes it into a file."""
+    exif = Image.Exif()
+    exif.endian = {"II": "<", "MM": ">"}[byte_order]
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def exif_rotated_jpeg(orientation: int = 6, size=(40, 24), byte_order: str = "II") -> bytes:
     """White image with an 8x8 red marker in the stored top-left corner and
     EXIF orientation set; orientation 6 displays it rotated 90 degrees
     clockwise, moving the marker to the top-right corner."""
     image = Image.new("RGB", size, WHITE)
     image.paste(RED, (0, 0, 8, 8))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encode(image, "JPEG", quality=95, subsampling=0, exif=exif.tobytes())
+    return encode(image, "JPEG", quality=95, subsampling=0, exif=exif_block(orientation, byte_order))
+
+
+def jpeg_with_app1(payload: bytes, raw: bytes | None = None) -> bytes:
+    """``raw`` (a JPEG) with an APP1 segment holding ``payload`` right after SOI."""
+    raw = raw if raw is not None else solid_jpeg()
+    return raw[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + raw[2:]
 
 
 def truncated(raw: bytes, fraction: float = 0.5) -> bytes:
@@ -212,3 +226,95 @@ def fixture_matrix() -> dict[str, tuple[bytes, str | None]]:
         "favicon.ico": (encode(Image.new("RGB", (32, 32), RED), "ICO"), "unsupported_format"),
         "iphone.jpg": (fake_heic(), "unsupported_format"),
     }
+
+
+# --- Photo-like files of every kind serving meets, for training/serving parity --------------
+
+SHAPE_HUES = {"circle": 0.02, "square": 0.33, "triangle": 0.62}  # as kic.demo_data draws its classes
+
+
+def shape_photo(shape: str, size=(640, 480), seed: int | tuple[int, ...] = 0) -> Image.Image:
+    """A photo-like picture of one demo class: a smooth two-colour background
+    with sensor-like noise and the class's shape in the class's hue, at any
+    size, so that it downscales like a photo (not like flat colour)."""
+    import colorsys
+
+    import numpy as np
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    corners = rng.uniform(90, 200, size=(2, 3)).astype(np.float32)
+    background = corners[0] * (1 - x * 0.5 - y * 0.5) + corners[1] * (x * 0.5 + y * 0.5)
+    image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    extent = int(min(size) * rng.uniform(0.35, 0.7))
+    left = int(rng.integers(0, width - extent))
+    top = int(rng.integers(0, height - extent))
+    hue = (SHAPE_HUES[shape] + rng.uniform(-0.06, 0.06)) % 1.0
+    colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)))
+    box = (left, top, left + extent, top + extent)
+    outline = max(2, extent // 40)
+    if shape == "circle":
+        draw.ellipse(box, fill=colour, outline=(0, 0, 0), width=outline)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour, outline=(0, 0, 0), width=outline)
+    else:
+        draw.polygon([(left + extent // 2, top), (left, top + extent), (left + extent, top + extent)],
+                     fill=colour, outline=(0, 0, 0), width=outline)
+    noise = rng.integers(-10, 11, size=(height, width, 3), dtype=np.int16)  # sensor noise
+    return Image.fromarray(np.clip(np.asarray(image, np.int16) + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def _transparent_border(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    alpha = Image.new("L", image.size, 0)
+    alpha.paste(255, (image.width // 10, image.height // 10, image.width * 9 // 10, image.height * 9 // 10))
+    rgba.putalpha(alpha)
+    return rgba
+
+
+def _sideways(image: Image.Image, byte_order: str) -> bytes:
+    """Stored turned a quarter left, with orientation 6 saying to turn it back (a phone held upright)."""
+    return encode(image.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90,
+                  exif=exif_block(6, byte_order))
+
+
+# kind (as kic.serving.parity.file_kind names it) -> (file extension, size, encoder)
+PARITY_KINDS = {
+    "JPEG": (".jpg", (640, 480), lambda image: encode(image, "JPEG", quality=90)),
+    "JPEG small": (".jpg", (200, 150), lambda image: encode(image, "JPEG", quality=85)),
+    "JPEG > 3000 px": (".jpg", (4032, 3024), lambda image: encode(image, "JPEG", quality=90)),
+    "JPEG EXIF-rotated": (".jpg", (1600, 1200), lambda image: _sideways(image, "II")),
+    "JPEG EXIF-rotated (MM)": (".jpg", (1600, 1200), lambda image: _sideways(image, "MM")),
+    "JPEG CMYK": (".jpg", (800, 600), lambda image: encode(image.convert("CMYK"), "JPEG", quality=90)),
+    "JPEG grey": (".jpg", (800, 600), lambda image: encode(image.convert("L"), "JPEG", quality=90)),
+    "PNG": (".png", (640, 480), lambda image: encode(image, "PNG")),
+    "PNG grey": (".png", (640, 480), lambda image: encode(image.convert("L"), "PNG")),
+    "PNG palette": (".png", (640, 480), lambda image: encode(image.quantize(64), "PNG")),
+    "PNG alpha": (".png", (640, 480), lambda image: encode(_transparent_border(image), "PNG")),
+    "PNG palette alpha": (".png", (640, 480),
+                          lambda image: encode(_transparent_border(image).quantize(64), "PNG")),
+    "WEBP": (".webp", (640, 480), lambda image: encode(image, "WEBP", quality=85)),
+}
+
+
+def write_parity_files(root: str, classes=tuple(SHAPE_HUES), per_kind: int = 1, kinds=None,
+                       seed: int = 0) -> dict[str, str]:
+    """Writes ``root/<class>/<kind>_<n><ext>`` for every kind and class; returns file name -> kind."""
+    import os
+
+    written = {}
+    for class_index, shape in enumerate(classes):
+        os.makedirs(os.path.join(root, shape), exist_ok=True)
+        for kind_index, kind in enumerate(kinds or PARITY_KINDS):
+            extension, size, encoder = PARITY_KINDS[kind]
+            for n in range(per_kind):
+                image = shape_photo(shape, size, seed=(seed, class_index, kind_index, n))
+                name = f"{shape}/{kind.replace(' ', '_').replace('>', 'gt')}_{n}{extension}"
+                with open(os.path.join(root, name), "wb") as handle:
+                    handle.write(encoder(image))
+                written[name] = kind
+    return written

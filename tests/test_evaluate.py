@@ -75,3 +75,36 @@ def test_a_model_for_other_classes_is_refused(prepared, trained, tmp_path):
     (other / artifacts.MODEL_INFO).write_text(json.dumps(info))
     with pytest.raises(DataError, match="differ from the dataset's"):
         evaluate_model(prepared, str(other), **QUIET)
+
+
+def test_binary_mode_is_evaluated_on_the_positive_class_probability(tmp_path):
+    """Binary mode's single output, P(positive), is what the metrics are computed from."""
+    import dataclasses
+    import shutil
+
+    from test_export import build_model_dir
+
+    from kic.data.prepare import PrepareOptions, prepare_dataset
+    from kic.demo_data import write_demo_dataset
+    from kic.model import model_info
+
+    write_demo_dataset(str(tmp_path / "images"), images_per_class=8, size=40)
+    shutil.rmtree(tmp_path / "images" / "triangle")
+    prepare_dataset(PrepareOptions(source=str(tmp_path / "images"), output_dir=str(tmp_path / "prepared"),
+                                   validation_fraction=0.25, test_fraction=0.25, image_short_side=40, workers=1))
+    model_dir = build_model_dir(str(tmp_path / "model"), binary=True, seed=3)
+    info = model_info.load(model_dir)
+    model_info.save(model_dir, dataclasses.replace(info, class_names=("circle", "square")))
+
+    outcome = evaluate_model(str(tmp_path / "prepared"), model_dir, **QUIET)
+    model, info = load_trained_model(model_dir)
+    data = dataset_info.load(str(tmp_path / "prepared"))
+    labels, positive = [], []
+    for record in tf.data.TFRecordDataset(data.shard_paths(str(tmp_path / "prepared"), "test")):
+        example = tf.io.parse_single_example(record, schema.feature_spec())
+        pixels = preprocessing.decode_and_resize(example[schema.IMAGE_ENCODED], info.image_size, info.interpolation)
+        positive.append(float(tf.sigmoid(model(pixels[tf.newaxis], training=False))[0, 0]))
+        labels.append(int(example[schema.LABEL]))
+    labels, positive = np.array(labels), np.array(positive)
+    assert outcome.result.scalars["accuracy"] == pytest.approx(np.mean((positive > 0.5) == labels))
+    assert outcome.result.scalars["true_positives"] == int(np.sum((positive > 0.5) & (labels == 1)))

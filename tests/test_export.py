@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from image_fixtures import encode, noise_image, noise_jpeg, solid_png
+from image_fixtures import encode, exif_block, exif_rotated_jpeg, noise_image, noise_jpeg, solid_png
+from PIL import Image, ImageOps
 
 from kic import artifacts, storage
 from kic.model import model_info, preprocessing
@@ -66,9 +67,8 @@ def keras_probabilities(model_dir: str, images: list[bytes], interpolation: str 
                                                        interpolation or info.interpolation).numpy()
                        for raw in images])
     logits = model(pixels, training=False).numpy()
-    if info.binary_mode:
-        positive = 1 / (1 + np.exp(-logits[:, 0]))
-        return np.stack([1 - positive, positive], axis=1)
+    if info.binary_mode:  # the serving contract: one column, P(positive)
+        return 1 / (1 + np.exp(-logits))
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exp / exp.sum(axis=1, keepdims=True)
 
@@ -86,7 +86,7 @@ def multiclass(tmp_path_factory):
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory):
     root = tmp_path_factory.mktemp("binary")
-    model_dir = build_model_dir(str(root / "model"), binary=True)
+    model_dir = build_model_dir(str(root / "model"), binary=True, seed=3)
     result = export.export_model(model_dir, str(root / "package"), export.ExportOptions(tflite="float16"))
     return model_dir, result
 
@@ -153,15 +153,85 @@ def test_pixels_signature_matches_keras(multiclass):
     np.testing.assert_allclose(from_pixels, keras_probabilities(model_dir, images), atol=1e-5)
 
 
-def test_binary_mode_returns_a_probability_per_class(binary):
+def test_binary_mode_returns_the_positive_class_probability(binary):
+    """As the reference algorithm does: probabilities[i][0] is P(positive) of image i."""
     model_dir, result = binary
-    images = list(all_formats().values())[:3]
+    images = [*all_formats().values(), solid_png((255, 255, 0))]
     outputs = serving_fn(result.package_dir)(image_bytes=tf.constant(images))
     probabilities = outputs["probabilities"].numpy()
-    assert probabilities.shape == (3, 2)
+    assert probabilities.shape == (6, 1)
     np.testing.assert_allclose(probabilities, keras_probabilities(model_dir, images), atol=1e-5)
-    assert outputs["top_k_labels"].shape == (3, 2)
-    assert {label.decode() for label in outputs["predicted_label"].numpy()} <= {"cat", "dog"}
+    positive = probabilities[:, 0]
+    assert 0 < positive.min() < 0.5 < positive.max() < 1  # both answers occur, so the labels below mean something
+    # The verbose outputs still rank both classes.
+    assert [label.decode() for label in outputs["predicted_label"].numpy()] == [
+        "dog" if p > 0.5 else "cat" for p in positive]
+    np.testing.assert_array_equal(outputs["predicted_index"].numpy(), (positive > 0.5).astype(int))
+    assert outputs["top_k_labels"].shape == (6, 2)
+    np.testing.assert_allclose(outputs["top_k_scores"].numpy(),
+                               np.stack([np.maximum(positive, 1 - positive), np.minimum(positive, 1 - positive)],
+                                        axis=1), atol=1e-6)
+    with open(os.path.join(result.package_dir, artifacts.MODEL_INFO)) as handle:
+        info = json.load(handle)
+    assert info["positive_class"] == "dog" and info["binary_mode"] is True
+    assert "[batch, 1]" in info["serving"]["outputs"]["probabilities"] and "'dog'" in info["output"]
+    assert "[batch, 1]" in info["tflite"]["output"]
+
+
+def test_binary_mode_pixels_signature_and_tflite_return_one_column(binary):
+    model_dir, result = binary
+    images = list(all_formats().values())
+    _, info = load_trained_model(model_dir)
+    pixels = verify.decoded_pixels(images, info)
+    loaded = tf.saved_model.load(os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR))
+    from_pixels = loaded.signatures[contract.PIXELS_SIGNATURE_NAME](pixels=tf.constant(pixels))["probabilities"]
+    with open(os.path.join(result.package_dir, artifacts.TFLITE_MODEL), "rb") as handle:
+        lite = tflite.probabilities(handle.read(), pixels)
+    assert from_pixels.shape == lite.shape == (5, 1)
+    np.testing.assert_allclose(from_pixels, keras_probabilities(model_dir, images), atol=1e-5)
+    np.testing.assert_allclose(lite, keras_probabilities(model_dir, images), atol=1e-2)
+
+
+def test_verification_refuses_answers_of_another_shape(binary):
+    """[1-p, p] against [p] must not pass by broadcasting."""
+    _, result = binary
+    samples = verify.generated_sample_images()
+    version_dir = os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR)
+    served = serving_fn(result.package_dir)(image_bytes=tf.constant(samples))["probabilities"].numpy()
+    assert verify.verify_saved_model(version_dir, samples, served) <= verify.SAVED_MODEL_TOLERANCE
+    with pytest.raises(verify.ExportVerificationError, match=r"shape \(4, 1\).*\(4, 2\)"):
+        verify.verify_saved_model(version_dir, samples, np.concatenate([1 - served, served], axis=1))
+
+
+def test_a_sideways_phone_photo_is_served_upright(multiclass):
+    """The EXIF orientation is applied in the graph, as prepare applied it for training."""
+    _, result = multiclass
+    raw = encode(noise_image((50, 40), seed=4), "JPEG", quality=95, exif=exif_block(6))
+    with Image.open(io.BytesIO(raw)) as stored:
+        upright = encode(ImageOps.exif_transpose(stored).convert("RGB"), "PNG")  # what prepare stores, losslessly
+        sideways = encode(stored.convert("RGB"), "PNG")  # the same pixels without the tag
+    probabilities = serving_fn(result.package_dir)(image_bytes=tf.constant([raw, upright, sideways]))[
+        "probabilities"].numpy()
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-5)
+    assert np.abs(probabilities[0] - probabilities[2]).max() > 1e-3  # the model does tell the two apart
+
+
+def test_the_serving_graph_holds_only_ops_tf_serving_has(multiclass):
+    """No Python callbacks (py_function) and no ops from outside core TensorFlow."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import op_def_registry
+
+    _, result = multiclass
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR, "saved_model.pb"), "rb") as handle:
+        saved_model.ParseFromString(handle.read())
+    graph = saved_model.meta_graphs[0].graph_def
+    ops = {node.op for node in graph.node} | {node.op for function in graph.library.function
+                                              for node in function.node_def}
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    assert [op for op in ops if op not in {f.signature.name for f in graph.library.function}
+            and op_def_registry.get(op) is None] == []
+    assert {"Substr", "DecodeRaw", "StringSplitV2"} <= ops and ops & {"While", "StatelessWhile"}  # the EXIF parser
 
 
 def test_interpolation_from_model_info_is_honoured(multiclass, tmp_path):
@@ -195,7 +265,7 @@ def test_a_bad_image_fails_the_whole_request_clearly(multiclass, bad):
 def test_saved_model_runs_as_tf_serving_loads_it(multiclass):
     """TF Serving restores variables from the checkpoint into a TF1 session."""
     model_dir, result = multiclass
-    images = list(all_formats().values())
+    images = [*all_formats().values(), exif_rotated_jpeg(6), exif_rotated_jpeg(7, byte_order="MM")]
     with tf.compat.v1.Session(graph=tf.Graph()) as session:
         meta_graph = tf.compat.v1.saved_model.loader.load(
             session, ["serve"], os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR))
@@ -239,7 +309,11 @@ def _tflite_parity(package_dir: str, model_dir: str) -> tuple[float, float]:
     with open(os.path.join(package_dir, artifacts.TFLITE_MODEL), "rb") as handle:
         lite = tflite.probabilities(handle.read(), verify.decoded_pixels(images, info))
     keras_side = keras_probabilities(model_dir, images)
-    return float(np.abs(lite - keras_side).max()), float(np.mean(lite.argmax(axis=1) == keras_side.argmax(axis=1)))
+    if info.binary_mode:
+        top1 = (lite[:, 0] > 0.5) == (keras_side[:, 0] > 0.5)
+    else:
+        top1 = lite.argmax(axis=1) == keras_side.argmax(axis=1)
+    return float(np.abs(lite - keras_side).max()), float(np.mean(top1))
 
 
 def test_tflite_float16_parity_report(binary):
@@ -283,7 +357,7 @@ def test_verification_catches_a_serving_model_that_disagrees(multiclass, tmp_pat
     monkeypatch.setattr(verify, "keras_probabilities", lambda *args: reference)
     original = preprocessing.decode_and_resize
     monkeypatch.setattr(preprocessing, "decode_and_resize",
-                        lambda encoded, size, interpolation: original(encoded, size, "nearest"))
+                        lambda encoded, size, interpolation, short_side=0: original(encoded, size, "nearest"))
     with pytest.raises(verify.ExportVerificationError, match="differ"):
         export.export_model(model_dir, str(tmp_path / "package"))
 

@@ -77,6 +77,19 @@ def test_rgb_jpeg_keeps_size_colour_and_hash():
     assert_colour(decoded(result).getpixel((10, 10)), fx.RED)
 
 
+def test_colour_is_stored_at_full_resolution():
+    """4:4:4, not Pillow's default 4:2:0: a one-pixel red/blue stripe keeps its colours (training/serving parity)."""
+    from PIL import JpegImagePlugin
+
+    image = Image.new("RGB", (64, 48), fx.BLUE)
+    for x in range(0, 64, 2):
+        image.paste(fx.RED, (x, 0, x + 1, 48))
+    stored = decoded(normalize_image(fx.encode(image, "PNG")))
+    assert JpegImagePlugin.get_sampling(stored) == 0
+    assert_colour(stored.getpixel((10, 10)), fx.RED, tolerance=40)
+    assert_colour(stored.getpixel((11, 10)), fx.BLUE, tolerance=40)
+
+
 def test_cmyk_jpeg_becomes_rgb_with_right_colour():
     result = normalize_image(fx.cmyk_jpeg((0, 255, 255, 0)))
     assert result.original_format == "JPEG"

@@ -49,6 +49,8 @@ def test_default_run_writes_every_output(default_run):
     assert label_map == {"circle": 0, "square": 1, "triangle": 2}
     report = json.loads((output / "data_report.json").read_text())
     assert report["metrics"]["num_classes"] == 3
+    parity = json.loads((output / artifacts.SERVING_PARITY_REPORT).read_text())
+    assert parity["split"] == "test" and parity["num_files"] == parity["num_records"] > 0
 
 
 @pytest.mark.slow
@@ -80,6 +82,8 @@ def test_default_run_shows_progress_and_a_summary(default_run):
     train_log = (output / "logs" / "train.log").read_text()
     assert "Got executor_input" in train_log and "train: devices:" in train_log and "Epoch 12/12" in train_log
     assert "cuInit" not in train_log and "absl::InitializeLog" not in train_log
+    # served originals vs evaluated records, measured at export
+    assert "export: serving parity on" in (output / "logs" / "export.log").read_text()
 
 
 def test_a_failed_step_is_named_with_its_log_and_last_lines(tmp_path):
@@ -141,6 +145,7 @@ def _fake_run(root, *, exported: bool) -> local_run.LocalRun:
     if exported:
         package = run / EXPORT_TASK / artifacts.PACKAGE_KEY
         _write(package / artifacts.LABEL_MAP, '{"a": 0}')
+        _write(package / artifacts.SERVING_PARITY_REPORT, '{"num_files": 0}')
         with tarfile.open(package / artifacts.MODEL_TARBALL, "w:gz") as tar:
             tar.add(package / artifacts.LABEL_MAP, arcname=artifacts.LABEL_MAP)
         _write(run / PREDICT_TASK / artifacts.PREDICTIONS_KEY, '{"file": "x.jpg"}\n')
@@ -154,7 +159,7 @@ def test_collect_outputs_gathers_what_a_user_wants_from_wherever_the_outputs_are
     assert json.loads((output / "metrics.json").read_text()) == {"accuracy": 0.75}
     assert (output / artifacts.DATA_REPORT_MARKDOWN).read_text() == f"report {artifacts.DATA_REPORT_MARKDOWN}"
     for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_HTML, artifacts.EVALUATION_JSON,
-                 artifacts.BLESSING_JSON, "evaluation_report.html", "model.tar.gz"):
+                 artifacts.BLESSING_JSON, "evaluation_report.html", "model.tar.gz", artifacts.SERVING_PARITY_REPORT):
         assert (output / name).is_file(), name
     assert outputs.model == str(output / "model") and (output / "model" / artifacts.LABEL_MAP).read_text() == '{"a": 0}'
     assert outputs.predictions == str(output / "predictions.jsonl")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from image_fixtures import HTML_PAGE, encode, noise_image, noise_jpeg, png_header_only, solid_jpeg, truncated
+from PIL import Image
 
 from kic import artifacts, storage
 from kic.errors import DataError, ParameterError
@@ -87,6 +88,32 @@ def test_folder_to_jsonl_with_bad_files(package, images, tmp_path, signature_pro
     assert sum(summary.label_counts.values()) == 5
     text = predict.format_summary(summary)
     assert "5 ok, 4 failed" in text and "error_page.jpg" in text and "Skipped 1" in text
+
+
+def test_binary_mode_rows_carry_the_positive_class_probability(images, tmp_path):
+    """The row's probabilities are the signature's single number, named by the positive class."""
+    from test_export import build_model_dir
+
+    from kic.serving import export
+
+    model_dir = build_model_dir(str(tmp_path / "model"), binary=True, seed=3)
+    package = export.export_model(model_dir, str(tmp_path / "package")).package_dir
+    yellow = encode(Image.new("RGB", (30, 20), (255, 255, 0)), "PNG")  # a "cat" for this model; the rest are "dog"
+    with open(os.path.join(images, "yellow.png"), "wb") as handle:
+        handle.write(yellow)
+    output = str(tmp_path / "predictions.jsonl")
+    predict.predict(package, images, output, top_k=5)
+    serve = tf.saved_model.load(os.path.join(package, "1")).signatures["serving_default"]
+    rows = {os.path.relpath(row["file"], images): row for row in read_jsonl(output)}
+    for name, content in {**GOOD, "yellow.png": yellow}.items():
+        row = rows[name]
+        positive = float(serve(image_bytes=tf.constant([content]))["probabilities"].numpy()[0, 0])
+        assert row["probabilities"] == {"dog": pytest.approx(positive, abs=1e-5)}
+        assert row["predicted_label"] == ("dog" if positive > 0.5 else "cat")
+        assert row["score"] == pytest.approx(max(positive, 1 - positive), abs=1e-5)
+        assert [entry["label"] for entry in row["top_k"]] == [row["predicted_label"],
+                                                              ({"cat", "dog"} - {row["predicted_label"]}).pop()]
+    assert {row["predicted_label"] for row in rows.values() if row["status"] == "ok"} == {"cat", "dog"}
 
 
 def test_csv_output(package, images, tmp_path):

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from kic.data.sources import LocalFile, SourceError, list_source, read_payloads, validate_class_names
+from kic.data.sources import LocalFile, SourceError, list_source, location_of, read_payloads, validate_class_names
 
 
 def _write(path, data=b"x"):
@@ -30,6 +30,8 @@ def test_folder_listing_classes_nested_files_and_ignored(tmp_path):
         ("cats/b.jpg", "cats"), ("cats/nested/deeper/c.png", "cats"), ("dogs/a.jpg", "dogs")]
     assert listing.parts["train"][0].location == os.path.join(str(root), "cats", "b.jpg")
     assert listing.ignored == [".ipynb_checkpoints/x.jpg", "cats/.DS_Store", "stray.jpg"]
+    # The stored name leads back to the file without listing again (the export's parity check reads originals).
+    assert all(location_of(str(root), item.name) == item.location for item in listing.parts["train"])
 
 
 def test_class_order_is_python_sorted_on_str(tmp_path):
@@ -97,6 +99,7 @@ def test_csv_manifest_with_relative_absolute_and_header_variants(tmp_path):
         assert by_name["../images/1.jpg"].location == str(tmp_path / "images" / "1.jpg")
         assert by_name["../images/1.jpg"].label == "cat"
         assert by_name[absolute].location == absolute and by_name[absolute].label == "dog"
+        assert all(location_of(str(manifest), item.name) == item.location for item in listing.parts["train"])
 
 
 def test_csv_manifest_errors(tmp_path):
@@ -157,3 +160,6 @@ def test_gcs_folder_and_manifest_listing(gcs_emulator):
 
     manifest = list_source(f"{root}/lists/m.csv")
     assert manifest.parts["train"][0].location == f"{root}/cls[1]/a b.jpg"
+    for source, items in ((root + "/", listing.parts["train"]), (f"{root}/lists/m.csv", manifest.parts["train"])):
+        assert all(location_of(source, item.name) == item.location for item in items)
+    assert location_of("tfds:mnist", "tfds:mnist/test/00000001") is None

@@ -191,7 +191,7 @@ def chain(prepared, tiny_backbone, tmp_path_factory):
                                   baseline_model_uri="", max_regression=0.0, top_k=2, **evaluated)
     package = artifact(dsl.Model, tmp_path, "package")
     exported = steps.export_step(model=model, evaluation=evaluated["metrics"], package=package, destination_uri="",
-                                 tflite="", top_k=2)
+                                 tflite="", top_k=2, examples=examples)
     return {"tmp_path": tmp_path, "examples": examples, "model": model, "training_metrics": training_metrics,
             "blessed": blessed, "package": package, "exported": exported, **evaluated}
 
@@ -258,6 +258,10 @@ def test_export_step_packages_the_model_with_its_evaluation(chain):
     info = json.loads(open(os.path.join(package.path, artifacts.MODEL_INFO)).read())
     assert info["evaluation_metrics"] == json.loads(open(chain["metrics"].path).read())
     assert info["serving"]["top_k"] == 2
+    # Served originals of the test split against the evaluated records (the demo images are still on disk).
+    parity_report = json.loads(open(os.path.join(package.path, artifacts.SERVING_PARITY_REPORT)).read())
+    assert parity_report["num_files"] == 12 == package.metadata["serving_parity_files"]
+    assert package.metadata["serving_parity_top1_agreement"] == parity_report["top1_agreement"] >= 0.99
 
 
 def test_export_step_tells_a_model_registry_where_the_saved_model_is_and_what_it_is(chain):

@@ -132,7 +132,7 @@ def test_each_interpolation_reaches_the_resize(prepared):
     shards = info.shard_paths(prepared, "validation")
     record = next(iter(tf.data.TFRecordDataset(shards)))
     encoded = tf.io.parse_single_example(record, schema.feature_spec())[schema.IMAGE_ENCODED]
-    decoded = tf.cast(tf.io.decode_jpeg(encoded, channels=3), tf.float32)
+    decoded = tf.cast(tf.io.decode_jpeg(encoded, channels=3, dct_method=preprocessing.JPEG_DCT_METHOD), tf.float32)
     size = 24  # a downscale from the stored 40 px: less than 2x
     seen = []
     for interpolation in INTERPOLATIONS:
@@ -213,6 +213,7 @@ def test_multiclass_training_writes_a_model_and_the_reference_log_lines(trained)
     info = json.loads(open(os.path.join(trained.model_dir, artifacts.MODEL_INFO)).read())
     assert info["class_names"] == ["circle", "square", "triangle"] and info["backbone"] == "tiny_test_net"
     assert info["hyperparameters"]["epochs"] == 2 and info["image_size"] == IMAGE_SIZE
+    assert info["image_short_side"] == 40  # what prepare stored (conftest.py), for serving to downscale to
     history = trained.result.history
     assert history["val_accuracy"][trained.result.best_epoch - 1] == max(history["val_accuracy"])
     assert info["metrics"]["val_accuracy"] == max(history["val_accuracy"])

@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Input, Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from kic.components import docs
 from kic.components.image import CPU_IMAGE
@@ -13,6 +13,7 @@ def export(
     model: Input[Model],
     evaluation: Input[Metrics],
     package: Output[Model],
+    examples: Input[Dataset] = None,
     destination_uri: str = "",
     run_id: str = "",
     tflite: str = "",
@@ -30,6 +31,9 @@ export.__doc__ = docs.docstring(
     {
         "model": "The trained model from train.",
         "evaluation": "Evaluation metrics, recorded in the package's model info.",
+        "examples": "Optional: the prepared dataset from prepare. The served answers on the original files of "
+                    "its evaluation split are compared with the evaluate path on the prepared records "
+                    "(serving_parity.json in the package); a clearly systematic skew fails the export.",
         "destination_uri": "Optional local path or gs:// URI that also receives the package: under "
                            "<destination_uri>/<run_id>/ (a _SUCCESS marker written last), then "
                            "<destination_uri>/LATEST names that folder; without run_id, in destination_uri itself.",

@@ -20,7 +20,10 @@ What "normalised" means:
 * embedded ICC colour profiles are ignored, as the serving decoder ignores
   them too: training and serving must see the same pixels;
 * images are only ever downscaled, so that the short side is
-  ``ImageLimits.short_side``, and re-encoded once as JPEG.
+  ``ImageLimits.short_side``, and re-encoded once as JPEG, with full-resolution
+  colour (4:4:4): chroma subsampling (Pillow's default 4:2:0) was the largest
+  difference left between a prepared image and the raw file serving decodes
+  (measured by ``benchmarks/bench_parity.py``; it costs about a third more bytes).
 
 Pillow's global state (``Image.MAX_IMAGE_PIXELS``,
 ``ImageFile.LOAD_TRUNCATED_IMAGES``) is never changed. Pillow's own
@@ -42,6 +45,8 @@ from PIL import Image, ImageOps
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF"})
 # libjpeg's limit on either side of the output.
 JPEG_MAX_SIDE = 65_500
+# Pillow's code for 4:4:4: no chroma subsampling in what prepare stores.
+JPEG_SUBSAMPLING = 0
 # What prepare accepts and stores unless told otherwise. The pixel cap is
 # Pillow's own decompression-bomb threshold.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -394,7 +399,7 @@ def _downscale(image: Image.Image, short_side: int) -> Image.Image:
 
 def _encode_jpeg(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
+    image.save(buffer, "JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING)
     return buffer.getvalue()
 
 

@@ -106,7 +106,7 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
                  augmentation: Augmentation | None = None, seed: int = 0,
                  with_source: bool = False, decoded: tf.Variable | None = None,
                  memory_cache_bytes: int | None = None, disk_cache_dir: str = "",
-                 data_service: str = "", deterministic: bool = True) -> tf.data.Dataset:
+                 data_service: str = "", deterministic: bool = True, short_side: int = 0) -> tf.data.Dataset:
     """Batches of (pixels float32 [0, 255], target); targets are one-hot for
     multi-class and a float 0/1 column in binary mode. With ``with_source`` the
     elements are (pixels, label index, source URI) for evaluation reports.
@@ -117,14 +117,16 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     never cache in memory). ``disk_cache_dir``: a local folder for the disk
     cache (empty: none); the caller removes it after use.
     ``data_service``: a tf.data service dispatcher's address (grpc://host:port).
-    ``deterministic``: the same order for the same seed (slower where cores wait on each other)."""
+    ``deterministic``: the same order for the same seed (slower where cores wait on each other).
+    ``short_side``: the dataset's ``image_short_side``, so that records are
+    decoded exactly as a served raw image is (``preprocessing.decode_and_resize``)."""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
     budget = DEFAULT_MEMORY_CACHE_BYTES if memory_cache_bytes is None else memory_cache_bytes
     image_bytes = image_size * image_size * 3
     in_memory = not data_service and num_examples * image_bytes <= budget
     on_disk = not data_service and not in_memory and _room_for(disk_cache_dir, num_examples * image_bytes)
-    decode = _decoder(image_size, interpolation, decoded)
+    decode = _decoder(image_size, interpolation, short_side, decoded)
 
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
     if training:
@@ -172,12 +174,13 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     return _served(batches, data_service).prefetch(tf.data.AUTOTUNE)
 
 
-def _decoder(image_size: int, interpolation: str, decoded: tf.Variable | None):
+def _decoder(image_size: int, interpolation: str, short_side: int, decoded: tf.Variable | None):
     feature_spec = schema.feature_spec()
 
     def decode(serialized):
         example = tf.io.parse_single_example(serialized, feature_spec)
-        pixels = preprocessing.decode_and_resize(example[schema.IMAGE_ENCODED], image_size, interpolation)
+        pixels = preprocessing.decode_and_resize(example[schema.IMAGE_ENCODED], image_size, interpolation,
+                                                 short_side)
         pixels = tf.cast(pixels, tf.uint8)  # whole numbers already: exact
         if decoded is not None:
             with tf.control_dependencies([pixels]):  # counted only once the decode succeeded

@@ -70,8 +70,17 @@ def read_manifest(uri: str, *, labels: bool) -> list[ManifestRow]:
         shown = ", ".join(str(number) for number in bad[:_LINES_SHOWN]) + (" ..." if len(bad) > _LINES_SHOWN else "")
         needs = "an image and a label" if labels else "an image"
         raise SourceError(f"manifest {uri}: {len(bad)} line(s) without {needs}: line {shown}")
-    base = posixpath.dirname(uri) if storage.is_gcs(uri) else os.path.dirname(os.path.abspath(uri))
+    base = _base(uri)
     return [ManifestRow(location=_resolve(base, name), name=name, label=label) for _, name, label in entries]
+
+
+def entry_location(uri: str, entry: str) -> str:
+    """Where the entry ``entry`` of the manifest at ``uri`` points (what read_manifest gives as its location)."""
+    return _resolve(_base(uri), entry)
+
+
+def _base(uri: str) -> str:
+    return posixpath.dirname(uri) if storage.is_gcs(uri) else os.path.dirname(os.path.abspath(uri))
 
 
 def _csv_entries(uri: str, text: str, labels: bool) -> list[tuple[int, str, str | None]]:

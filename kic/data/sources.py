@@ -29,7 +29,7 @@ from kic import storage
 from kic.data import manifest
 from kic.errors import SourceError
 
-__all__ = ["LocalFile", "Listing", "SourceError", "SourceItem", "list_source", "read_payloads",
+__all__ = ["LocalFile", "Listing", "SourceError", "SourceItem", "list_source", "location_of", "read_payloads",
            "validate_class_names"]
 
 TFDS_PREFIX = "tfds:"
@@ -82,6 +82,20 @@ def list_source(source: str, *, tfds_data_dir: str = "") -> Listing:
     if listing.num_items == 0:
         raise SourceError(f"{source}: no image files found")
     return listing
+
+
+def location_of(source: str, name: str) -> str | None:
+    """Where the item ``name`` of ``source`` (as a prepared record stores it)
+    is read from, without listing the source; None for TFDS, whose items are
+    not files."""
+    source = source.strip()
+    if source.startswith(TFDS_PREFIX):
+        return None
+    if manifest.is_manifest(source):
+        return manifest.entry_location(source, name)
+    if storage.is_gcs(source):
+        return source.rstrip("/") + "/" + name
+    return os.path.join(os.path.abspath(source), *name.split("/"))
 
 
 # --------------------------------------------------------------------------- class names

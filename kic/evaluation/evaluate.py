@@ -23,7 +23,7 @@ from kic.errors import DataError
 from kic.evaluation import gate, report
 from kic.evaluation.metrics import EvaluationResult, evaluate_predictions
 from kic.model import model_info
-from kic.model.loading import load_trained_model, local_model_dir, logits_to_probabilities
+from kic.model.loading import class_scores, load_trained_model, local_model_dir, logits_to_probabilities
 from kic.serving.contract import DEFAULT_TOP_K
 
 MISCLASSIFIED_SHOWN = 16
@@ -63,7 +63,7 @@ def _evaluate(dataset_dir: str, model_dir: str, top_k: int, gate_options: GateOp
     if tuple(info.class_names) != tuple(data.class_names):
         raise DataError(f"the model's classes {list(info.class_names)} differ from the dataset's "
                         f"{list(data.class_names)}")
-    split = "test" if data.splits.get("test") and data.splits["test"].num_examples else "validation"
+    split = evaluation_split(data)
     log(f"evaluate: {data.splits[split].num_examples} images of the {split} split")
     result, misclassified = _evaluate_on(dataset_dir, data, split, model_dir, top_k)
 
@@ -86,6 +86,11 @@ def _evaluate(dataset_dir: str, model_dir: str, top_k: int, gate_options: GateOp
     return Evaluation(split=split, result=result, blessing=blessing, html=html, markdown=markdown)
 
 
+def evaluation_split(data: dataset_info.DatasetInfo) -> str:
+    """The split a model is judged on: test, or validation when there is no test split."""
+    return "test" if data.splits.get("test") and data.splits["test"].num_examples else "validation"
+
+
 def _monitored_metric(info: model_info.ModelInfo) -> str:
     return info.hyperparameters.get("eval_metric", "accuracy") if info.binary_mode else "accuracy"
 
@@ -96,17 +101,19 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
     dataset = input_pipeline.make_dataset(
         data.shard_paths(dataset_dir, split), image_size=info.image_size, interpolation=info.interpolation,
         batch_size=BATCH_SIZE, num_classes=data.num_classes, binary_mode=info.binary_mode, training=False,
-        num_examples=data.splits[split].num_examples, with_source=True, memory_cache_bytes=0)  # one pass
+        num_examples=data.splits[split].num_examples, with_source=True, short_side=data.image_short_side,
+        memory_cache_bytes=0)  # one pass
     labels, probabilities = [], []
     worst: list[tuple[float, int, dict]] = []  # min-heap of the most confident mistakes
     for pixels, batch_labels, _sources in dataset:
-        batch_probabilities = logits_to_probabilities(model(pixels, training=False), info.binary_mode).numpy()
+        batch_probabilities = logits_to_probabilities(model(pixels, training=False), info.binary_mode)
+        batch_scores = class_scores(batch_probabilities, info.binary_mode).numpy()
         batch_labels = batch_labels.numpy()
         labels.append(batch_labels)
-        probabilities.append(batch_probabilities)
-        predicted = batch_probabilities.argmax(axis=1)
+        probabilities.append(batch_probabilities.numpy())
+        predicted = batch_scores.argmax(axis=1)
         for row in np.flatnonzero(predicted != batch_labels):
-            confidence = float(batch_probabilities[row, predicted[row]])
+            confidence = float(batch_scores[row, predicted[row]])
             entry = (confidence, len(labels) * BATCH_SIZE + int(row), {
                 "pixels": pixels[row], "true": info.class_names[batch_labels[row]],
                 "predicted": info.class_names[predicted[row]], "confidence": confidence})
@@ -114,9 +121,7 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
                 heapq.heappush(worst, entry)
             elif confidence > worst[0][0]:
                 heapq.heapreplace(worst, entry)
-    probabilities_all = np.concatenate(probabilities)
-    if info.binary_mode:
-        probabilities_all = probabilities_all[:, 1]
+    probabilities_all = np.concatenate(probabilities)  # [n, 1] in binary mode: P(positive)
     result = evaluate_predictions(np.concatenate(labels), probabilities_all, info.class_names,
                                   binary_mode=info.binary_mode, top_k=top_k)
     misclassified = []

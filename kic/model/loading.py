@@ -59,8 +59,19 @@ def load_trained_model(model_dir: str) -> tuple[keras.Model, ModelInfo]:
 
 
 def logits_to_probabilities(logits: tf.Tensor, binary_mode: bool) -> tf.Tensor:
-    """Per-class probabilities; in binary mode [P(negative), P(positive)]."""
+    """What the serving contract returns as ``probabilities``: softmax
+    [batch, num_classes]; in binary mode the sigmoid [batch, 1], the
+    probability of the positive class (``class_names[POSITIVE_CLASS_INDEX]``)."""
     if binary_mode:
-        positive = tf.sigmoid(tf.cast(logits, tf.float32))
-        return tf.concat([1.0 - positive, positive], axis=-1)
+        return tf.sigmoid(tf.cast(logits, tf.float32))
     return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+
+
+def class_scores(probabilities: tf.Tensor, binary_mode: bool) -> tf.Tensor:
+    """One score per class, [batch, num_classes], for top-1 and top-k: the
+    probabilities themselves, or [1 - p, p] from binary mode's single column.
+    Works eagerly on numpy arrays too."""
+    probabilities = tf.convert_to_tensor(probabilities, dtype=tf.float32)
+    if binary_mode:
+        return tf.concat([1.0 - probabilities, probabilities], axis=-1)
+    return probabilities

@@ -21,6 +21,9 @@ from kic.errors import DataError
 
 FORMAT_VERSION = 1
 TARBALL_SUFFIXES = (".tar.gz", ".tgz")
+# Binary mode's single output is the probability of class_names[1], the
+# alphabetically second class (as in the reference algorithm).
+POSITIVE_CLASS_INDEX = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +37,21 @@ class ModelInfo:
     data_fingerprint: str = ""
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped_records: int = 0  # training records that failed to decode and were skipped
+    # The short side prepare stored the training images at; serving downscales
+    # raw images to it the way prepare did before the resize to image_size.
+    # 0: not known (a model info from before it was recorded).
+    image_short_side: int = 0
     kic_version: str = kic.__version__
     format_version: int = FORMAT_VERSION
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def positive_class(self) -> str | None:
+        """The class whose probability binary mode's single output is."""
+        return self.class_names[POSITIVE_CLASS_INDEX] if self.binary_mode else None
 
     def label_map(self) -> dict[str, int]:
         return {name: index for index, name in enumerate(self.class_names)}
@@ -49,6 +61,7 @@ class ModelInfo:
         payload["class_names"] = list(self.class_names)
         payload["pixel_input"] = "RGB float32 in [0, 255], scaled inside the model"
         payload["output"] = "one logit (sigmoid: positive class)" if self.binary_mode else "logits (softmax)"
+        payload["positive_class"] = self.positive_class
         return json.dumps(payload, indent=2, sort_keys=True)
 
     @classmethod

@@ -1,9 +1,12 @@
 """The one image preprocessing path shared by training, evaluation and serving.
 
-Raw encoded bytes are decoded to RGB and resized to the backbone's input size
-with the configured interpolation. Pixel scaling (for example to [-1, 1]) is
-not done here: it is a layer inside the model, so nothing outside the model
-can get it wrong.
+Raw encoded bytes are decoded to RGB, turned upright by their EXIF
+orientation, and resized to the backbone's input size with the configured
+interpolation. Pixel scaling (for example to [-1, 1]) is not done here: it is
+a layer inside the model, so nothing outside the model can get it wrong.
+
+Everything here is plain TensorFlow graph ops (no ``tf.py_function``, no
+custom ops), so the serving signature built from it runs in TF Serving.
 """
 
 from __future__ import annotations
@@ -17,9 +20,23 @@ from kic.config import INTERPOLATIONS
 # to a served model as it did in training.
 ALPHA_BACKGROUND = 255.0
 
+# The functions here are written in explicit graph control flow (tf.case,
+# tf.cond, tf.while_loop); autograph converting them for tf.data or a
+# tf.function would change nothing but add seconds of tracing.
+_graph_code = tf.autograph.experimental.do_not_convert
 
+# libjpeg's accurate integer IDCT, the one Pillow (and so prepare) decodes
+# with: the result is then the same pixels as Pillow's. TensorFlow's default,
+# the fast IDCT, differs by up to 7 levels a pixel.
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
+
+
+@_graph_code
 def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
-    """Decodes JPEG, PNG, GIF (first frame), BMP or WebP bytes to uint8 [H, W, 3].
+    """Decodes JPEG, PNG, GIF (first frame), BMP or WebP bytes to uint8 [H, W, 3],
+    upright: the EXIF orientation of a JPEG, PNG or WebP is applied, as prepare
+    applies it (Pillow's ``ImageOps.exif_transpose``). prepare's own JPEGs carry
+    no EXIF, so on training data this changes nothing.
 
     With ``min_size``, a JPEG whose short side is at least twice that is
     decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (the largest that keeps
@@ -37,19 +54,21 @@ def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
         return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
     def jpeg():
+        def decode(ratio: int = 1) -> tf.Tensor:
+            return tf.io.decode_jpeg(encoded, channels=3, ratio=ratio, dct_method=JPEG_DCT_METHOD)
+
         if not min_size:
-            return tf.io.decode_jpeg(encoded, channels=3)
+            return decode()
         shape = tf.io.extract_jpeg_shape(encoded)
         short_side = tf.minimum(shape[0], shape[1])
-        scaled = [(short_side >= min_size * ratio, lambda ratio=ratio: tf.io.decode_jpeg(encoded, channels=3,
-                                                                                          ratio=ratio))
-                  for ratio in (8, 4, 2)]
-        return tf.case(scaled, default=lambda: tf.io.decode_jpeg(encoded, channels=3), exclusive=False)
+        scaled = [(short_side >= min_size * ratio, lambda ratio=ratio: decode(ratio)) for ratio in (8, 4, 2)]
+        return tf.case(scaled, default=decode, exclusive=False)
 
     magic = tf.strings.substr(encoded, 0, 4)
     may_have_alpha = tf.logical_or(tf.equal(magic, b"\x89PNG"), tf.equal(magic, b"RIFF"))
     image = tf.case([(tf.io.is_jpeg(encoded), jpeg), (may_have_alpha, with_native_channels)],
                     default=without_alpha, exclusive=False)
+    image = apply_orientation(image, exif_orientation(encoded))
     image.set_shape([None, None, 3])
     return image
 
@@ -65,11 +84,193 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.round(blended), tf.uint8)
 
 
+# --- EXIF orientation ------------------------------------------------------------
+# The Orientation tag (0x0112) of a TIFF structure's first IFD says how the
+# stored pixels must be turned to be seen upright. JPEG carries the TIFF
+# structure in an APP1 segment after "Exif\0\0", PNG in an eXIf chunk, WebP in
+# a RIFF "EXIF" chunk. Anything missing, short or malformed reads as 1
+# (upright as stored): a damaged EXIF block never fails a decode.
+
+ORIENTATION_TAG = 0x0112
+EXIF_HEADER = b"Exif\x00\x00"
+# Bounds on the graph loops; real files need a handful of steps.
+_MAX_JPEG_SEGMENTS = 64  # segments before the Exif APP1 (or the start of scan)
+_MAX_RIFF_CHUNKS = 16
+_MAX_IFD_ENTRIES = 128  # IFD0 entries read (Orientation is one of the first in practice)
+_TIFF_SHORT, _TIFF_LONG = 3, 4
+
+
+@_graph_code
+def exif_orientation(encoded: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (int32 in 1..8) of encoded JPEG, PNG or WebP bytes; 1 when there is none."""
+    magic = tf.strings.substr(encoded, 0, 4)
+    is_webp = tf.logical_and(tf.equal(magic, b"RIFF"),
+                             tf.equal(_text_at(encoded, tf.constant(8, tf.int64), 4), b"WEBP"))
+    start, end = tf.case([(tf.io.is_jpeg(encoded), lambda: _jpeg_exif(encoded)),
+                          (tf.equal(magic, b"\x89PNG"), lambda: _png_exif(encoded)),
+                          (is_webp, lambda: _webp_exif(encoded))],
+                         default=lambda: (tf.constant(0, tf.int64), tf.constant(0, tf.int64)), exclusive=False)
+    return tf.cond(start < end, lambda: _tiff_orientation(encoded, start, end), lambda: tf.constant(1, tf.int32))
+
+
+@_graph_code
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Turns [H, W, C] stored pixels upright for an EXIF orientation 1..8, as
+    Pillow's ``ImageOps.exif_transpose`` does.
+
+    Every orientation is a transpose (5-8) followed by flips: 2 mirrors left
+    to right, 4 top to bottom, 3 both (a half turn); 5 is the transpose
+    itself, 6 (a phone held upright: turn clockwise) adds the left-right flip,
+    8 the top-bottom flip and 7 both. One transpose and one reverse keep the
+    traced graph small (8 branches of image ops would double export time)."""
+    orientation = tf.convert_to_tensor(orientation, tf.int32)
+    transposed = tf.cond(orientation >= 5, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    flip_top_bottom = tf.reduce_any(tf.equal(orientation, [3, 4, 7, 8]))
+    flip_left_right = tf.reduce_any(tf.equal(orientation, [2, 3, 6, 7]))
+    axes = tf.boolean_mask(tf.constant([0, 1]), tf.stack([flip_top_bottom, flip_left_right]))
+    return tf.reverse(transposed, axes)
+
+
+def _size(data: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.strings.length(data), tf.int64)
+
+
+def _text_at(data: tf.Tensor, position: tf.Tensor, length: int) -> tf.Tensor:
+    """Up to ``length`` bytes from ``position`` (int64, any value): empty outside the data."""
+    size = _size(data)
+    start = tf.where(tf.logical_and(position >= 0, position <= size), position, size)
+    return tf.strings.substr(data, tf.cast(start, tf.int32), length)
+
+
+def _bytes_at(data: tf.Tensor, position: tf.Tensor, length: int) -> tf.Tensor:
+    """uint8 [length] from ``position``; zeros where that runs outside the data."""
+    raw = tf.io.decode_raw(_text_at(data, position, length), tf.uint8)
+    return tf.reshape(tf.pad(raw, [[0, length - tf.shape(raw)[0]]]), [length])
+
+
+def _big_endian(values: tf.Tensor) -> tf.Tensor:
+    """uint8 [..., n] -> int64 [...], most significant byte first."""
+    n = values.shape[-1]
+    weights = tf.constant([256 ** (n - 1 - index) for index in range(n)], tf.int64)
+    return tf.reduce_sum(tf.cast(values, tf.int64) * weights, axis=-1)
+
+
+def _unsigned(values: tf.Tensor, little_endian: tf.Tensor) -> tf.Tensor:
+    return tf.where(little_endian, _big_endian(tf.reverse(values, [-1])), _big_endian(values))
+
+
+def _jpeg_exif(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[start, end) of the TIFF structure in the first APP1 "Exif" segment, or (0, 0).
+
+    Walks the marker segments after SOI: 0xFF, marker, 2-byte big-endian
+    length that counts itself; stops at the start of scan or at anything that
+    is not a marker."""
+
+    def step(position, start, end, done, steps):
+        header = _bytes_at(data, position, 4)
+        is_marker = tf.equal(header[0], 0xFF)
+        marker = header[1]
+        length = _big_endian(header[2:4])
+        fill = tf.logical_and(is_marker, tf.equal(marker, 0xFF))  # padding 0xFF before a marker
+        is_exif = tf.logical_and(tf.logical_and(is_marker, tf.equal(marker, 0xE1)),
+                                 tf.equal(_text_at(data, position + 4, 6), EXIF_HEADER))
+        found = tf.logical_and(is_exif, length >= 8)
+        stop = tf.reduce_any(tf.stack([tf.logical_not(is_marker), found, tf.equal(marker, 0xDA),
+                                       tf.equal(marker, 0xD9), tf.logical_and(length < 2, tf.logical_not(fill))]))
+        start = tf.where(found, position + 10, start)
+        end = tf.where(found, position + 2 + length, end)
+        position = tf.where(fill, position + 1, position + 2 + length)
+        return position, start, end, stop, steps + 1
+
+    zero = tf.constant(0, tf.int64)
+    _, start, end, _, _ = tf.while_loop(
+        lambda position, start, end, done, steps: tf.logical_and(tf.logical_not(done), steps < _MAX_JPEG_SEGMENTS),
+        step, (tf.constant(2, tf.int64), zero, zero, tf.constant(False), tf.constant(0)))
+    return start, end
+
+
+def _png_exif(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[start, end) of the eXIf chunk's data, or (0, 0).
+
+    Found by searching for the chunk type rather than walking the chunks: a
+    PNG may hold hundreds of IDAT chunks, and eXIf may follow them. The
+    4-byte length before the type must fit the file; a chance match inside
+    compressed pixel data is then further caught by the TIFF header check."""
+    pieces = tf.strings.split(data, sep=b"eXIf", maxsplit=1)
+    size = _size(data)
+    at = _size(pieces[0])
+    length = _big_endian(_bytes_at(data, at - 4, 4))
+    found = tf.logical_and(tf.logical_and(tf.equal(tf.size(pieces), 2), at >= 12), at + 4 + length <= size)
+    start, end = _skip_exif_header(data, at + 4, at + 4 + length)
+    return tf.where(found, start, 0), tf.where(found, end, 0)
+
+
+def _webp_exif(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """[start, end) of the RIFF "EXIF" chunk's data, or (0, 0): walks the
+    chunks after the 12-byte RIFF header (FourCC, 4-byte little-endian size,
+    data padded to an even length)."""
+
+    def step(position, start, end, done, steps):
+        header = _bytes_at(data, position, 8)
+        size = _big_endian(tf.reverse(header[4:8], [0]))
+        found = tf.equal(_text_at(data, position, 4), b"EXIF")
+        start = tf.where(found, position + 8, start)
+        end = tf.where(found, position + 8 + size, end)
+        position = position + 8 + size + size % 2
+        done = tf.logical_or(found, position + 8 > _size(data))
+        return position, start, end, done, steps + 1
+
+    zero = tf.constant(0, tf.int64)
+    _, start, end, _, _ = tf.while_loop(
+        lambda position, start, end, done, steps: tf.logical_and(tf.logical_not(done), steps < _MAX_RIFF_CHUNKS),
+        step, (tf.constant(12, tf.int64), zero, zero, tf.constant(False), tf.constant(0)))
+    return _skip_exif_header(data, start, end)
+
+
+def _skip_exif_header(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Some writers put JPEG's "Exif\0\0" before the TIFF structure in PNG and WebP too (Pillow reads both)."""
+    prefixed = tf.equal(_text_at(data, start, 6), EXIF_HEADER)
+    return tf.where(prefixed, start + 6, start), end
+
+
+def _tiff_orientation(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.Tensor:
+    """The Orientation entry of IFD0 of the TIFF structure in data[start:end], or 1.
+
+    TIFF header: "II" (little-endian) or "MM" (big-endian), 42, the offset of
+    IFD0 from the header. An IFD: a 2-byte entry count, then 12-byte entries
+    (tag, type, count, value); a SHORT or LONG value of count 1 sits in the
+    entry itself. Every read is checked against ``end``; entries before a
+    cut-off point still count, as Pillow reads them."""
+    header = _bytes_at(data, start, 8)
+    byte_order = _text_at(data, start, 2)
+    little = tf.equal(byte_order, b"II")
+    valid = tf.logical_and(tf.logical_or(little, tf.equal(byte_order, b"MM")),
+                           tf.equal(_unsigned(header[2:4], little), 42))
+    ifd = start + _unsigned(header[4:8], little)
+    count = _unsigned(_bytes_at(data, ifd, 2), little)
+    entries = tf.reshape(_bytes_at(data, ifd + 2, 12 * _MAX_IFD_ENTRIES), [_MAX_IFD_ENTRIES, 12])
+    index = tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64)
+    present = tf.logical_and(index < count, ifd + 2 + 12 * (index + 1) <= end)
+    tags = _unsigned(entries[:, 0:2], little)
+    types = _unsigned(entries[:, 2:4], little)
+    counts = _unsigned(entries[:, 4:8], little)
+    values = tf.where(tf.equal(types, _TIFF_SHORT), _unsigned(entries[:, 8:10], little),
+                      _unsigned(entries[:, 8:12], little))
+    # Pillow also reads a SHORT repeated twice (warning about it) by its first value.
+    inline = tf.logical_or(tf.logical_and(tf.equal(types, _TIFF_SHORT), tf.logical_or(tf.equal(counts, 1),
+                                                                                     tf.equal(counts, 2))),
+                           tf.logical_and(tf.equal(types, _TIFF_LONG), tf.equal(counts, 1)))
+    matches = tf.reduce_all(tf.stack([present, tf.equal(tags, ORIENTATION_TAG), inline]), axis=0)
+    value = tf.reduce_sum(tf.where(tf.equal(tf.cumsum(tf.cast(matches, tf.int32)), 1) & matches, values, 0))
+    usable = tf.reduce_all(tf.stack([valid, ifd + 2 <= end, value >= 1, value <= 8]))
+    return tf.cast(tf.where(usable, value, 1), tf.int32)
+
+
 # Antialiasing (widening the kernel to the scale when shrinking) keeps fine
 # detail from aliasing when an image shrinks by 2x or more. Below that it
 # changes little, and it costs most of the time of a decode: prepare stores
-# about 8/7 of the model's input size, so training never pays it, while
-# serving's large uploads (a PNG photo, say) still get it.
+# about 8/7 of the model's input size, so neither training nor serving (which
+# first takes a large upload down to that size, see decode_and_resize) pays it.
 ANTIALIAS_FROM_SHRINK = 2.0
 
 
@@ -97,6 +298,40 @@ def resize(image: tf.Tensor, size: int, interpolation: str) -> tf.Tensor:
     return tf.round(tf.clip_by_value(result, 0.0, 255.0))
 
 
-def decode_and_resize(encoded: tf.Tensor, size: int, interpolation: str) -> tf.Tensor:
-    return resize(decode_rgb(encoded, min_size=size), size, interpolation)
+def downscale(image: tf.Tensor, short_side: int) -> tf.Tensor:
+    """[H, W, 3] -> float32, downscaled with Lanczos (antialiased) so that its
+    short side is ``short_side``, aspect ratio kept, as prepare downscales
+    (``kic.data.images``, Pillow's LANCZOS): the other side is rounded the same
+    way. An image no larger is returned as it is."""
+    image = tf.cast(image, tf.float32)
+    height, width = tf.shape(image, out_type=tf.int64)[0], tf.shape(image, out_type=tf.int64)[1]
+    shorter = tf.minimum(height, width)
+    scale = short_side / tf.cast(shorter, tf.float64)
 
+    def scaled(side: tf.Tensor) -> tf.Tensor:
+        return tf.maximum(tf.cast(tf.round(tf.cast(side, tf.float64) * scale), tf.int64), 1)
+
+    target = tf.cast(tf.stack([tf.where(height <= width, tf.constant(short_side, tf.int64), scaled(height)),
+                               tf.where(width < height, tf.constant(short_side, tf.int64), scaled(width))]), tf.int32)
+    return tf.cond(shorter > short_side,
+                   lambda: tf.clip_by_value(tf.image.resize(image, target, "lanczos3", antialias=True), 0.0, 255.0),
+                   lambda: image)
+
+
+@_graph_code
+def decode_and_resize(encoded: tf.Tensor, size: int, interpolation: str, short_side: int = 0) -> tf.Tensor:
+    """Encoded bytes -> float32 [size, size, 3] in [0, 255]: what the model is given.
+
+    ``short_side`` is the short side prepare stored the training images at
+    (``ModelInfo.image_short_side``). With it, an image is taken down the path
+    its prepared copy took: decoded at no less than twice that (the DCT-scaled
+    JPEG decode prepare's Pillow draft does too), downscaled with Lanczos to
+    it, and only then resized to ``size``. A prepared record is never larger
+    than ``short_side``, so for training and evaluation the first steps change
+    nothing; for a raw file served, they are what keeps its pixels close to
+    what training saw (measured: ``kic.serving.parity``). Without it (0), the
+    image is decoded at no less than ``size`` and resized straight to it.
+    """
+    if not short_side:
+        return resize(decode_rgb(encoded, min_size=size), size, interpolation)
+    return resize(downscale(decode_rgb(encoded, min_size=2 * short_side), short_side), size, interpolation)

@@ -85,7 +85,7 @@ def collect_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = 
     os.makedirs(output_dir, exist_ok=True)
     # What an earlier run into the same folder left must not pass for this run's.
     for name in (artifacts.MODEL_TARBALL, MODEL_DIR, artifacts.BLESSING_JSON, artifacts.EVALUATION_JSON,
-                 EVALUATION_REPORT_HTML, f"predictions.{prediction_format}"):
+                 EVALUATION_REPORT_HTML, artifacts.SERVING_PARITY_REPORT, f"predictions.{prediction_format}"):
         storage.remove_tree(os.path.join(output_dir, name))
     examples = run.outputs.get("examples")
     for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
@@ -101,6 +101,8 @@ def collect_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = 
                    artifacts.MODEL_TARBALL)
     if tarball:
         model = storage.extract_tarball(tarball, os.path.join(output_dir, MODEL_DIR))
+    copy(os.path.join(run.run_dir, EXPORT_TASK, artifacts.PACKAGE_KEY, artifacts.SERVING_PARITY_REPORT),
+         artifacts.SERVING_PARITY_REPORT)
     predictions = copy(os.path.join(run.run_dir, PREDICT_TASK, artifacts.PREDICTIONS_KEY),
                        f"predictions.{prediction_format}")
     return RunOutputs(run_dir=run.run_dir, metrics=metrics, blessing=_read_json(run.outputs.get("blessing")),

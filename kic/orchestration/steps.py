@@ -249,8 +249,8 @@ def _log_confusion_matrix(target, result) -> None:
 
 # ------------------------------------------------------------------- export
 @fails_cleanly
-def export_step(*, model, evaluation, package, destination_uri, tflite, top_k,
-                run_id="") -> tuple[str, dict, str]:
+def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, run_id="",
+                examples=None) -> tuple[str, dict, str]:
     """Returns what a model registry is told: the SavedModel folder's URI, labels and a description."""
     from kic.model import model_info
     from kic.serving import registry
@@ -259,9 +259,15 @@ def export_step(*, model, evaluation, package, destination_uri, tflite, top_k,
     evaluation_metrics = json.loads(storage.read_text(evaluation.path)) if os.path.exists(evaluation.path) else {}
     result = export_model(model.path, package.path, ExportOptions(
         destination_uri=destination_uri, version=run_id, tflite=tflite, top_k=top_k,
-        evaluation_metrics=evaluation_metrics))
+        evaluation_metrics=evaluation_metrics, examples=examples.path if examples is not None else ""))
     log(f"export: SavedModel verified (max abs diff {result.max_abs_diff:.2e}); package {result.tarball}")
     package.metadata.update({"framework": "tensorflow", "format": "saved_model", "tarball": result.tarball})
+    if result.parity is not None:
+        for line in result.parity.summary_lines():
+            log(f"export: {line}")
+        package.metadata.update({"serving_parity_files": len(result.parity.files),
+                                 "serving_parity_top1_agreement": result.parity.agreement,
+                                 "serving_parity_max_abs_diff": result.parity.max_abs_diff})
     if result.published:
         package.metadata["published"] = result.published
         log(f"export: published to {result.published}")

@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from kic.errors import Problem
+from kic.model.model_info import POSITIVE_CLASS_INDEX
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image_bytes"  # string [batch]: raw encoded images
 OUTPUT_NAMES = ("probabilities", "predicted_label", "predicted_index", "top_k_labels", "top_k_scores")
+# In binary mode ``probabilities`` is one column: the probability of
+# class_names[POSITIVE_CLASS_INDEX], as the reference algorithm returns it.
 # A second signature on decoded pixels, for clients that decode themselves and
 # as the TFLite converter's input.
 PIXELS_SIGNATURE_NAME = "pixels"
@@ -25,6 +28,32 @@ PREDICTION_FORMATS = ("jsonl", "csv")  # the first is the default
 DEFAULT_TOP_K = 5
 DEFAULT_PREDICTION_BATCH_SIZE = 32
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+def probabilities_shape(num_classes: int, binary_mode: bool) -> str:
+    """The shape of ``probabilities``: [batch, 1] in binary mode, so that a
+    client of the reference algorithm reading ``probabilities[0]`` of an image
+    still gets P(positive), and the output keeps one rank in every mode."""
+    return "[batch, 1]" if binary_mode else f"[batch, {num_classes}]"
+
+
+def describe_outputs(class_names: tuple[str, ...] | list[str], binary_mode: bool, top_k: int) -> dict[str, str]:
+    """What each output of ``serving_default`` holds, for the package's model info."""
+    num_classes = len(class_names)
+    top_k = min(top_k, num_classes)
+    if binary_mode:
+        probabilities = (f"float32 {probabilities_shape(num_classes, True)}: the probability of the positive "
+                         f"class {class_names[POSITIVE_CLASS_INDEX]!r} (that of {class_names[0]!r} is 1 - p)")
+    else:
+        probabilities = (f"float32 {probabilities_shape(num_classes, False)}: the probability of each class, "
+                         "in label-map order")
+    return {
+        "probabilities": probabilities,
+        "predicted_label": "string [batch]: the most probable class",
+        "predicted_index": "int64 [batch]: its index in the label map",
+        "top_k_labels": f"string [batch, {top_k}]: the {top_k} most probable classes, most probable first",
+        "top_k_scores": f"float32 [batch, {top_k}]: their probabilities",
+    }
 
 
 def export_problems(*, tflite: Any, top_k: Any) -> list[Problem]:

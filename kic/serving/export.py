@@ -10,10 +10,15 @@ The package (``output_dir``) holds:
   training or the baseline of a later quality gate;
 * ``model.tar.gz``: ``1/``, label map, model info, labels.txt and model.keras
   at the archive root (the reference algorithm's layout);
-* optionally ``model.tflite`` and its parity report (``kic.serving.tflite``).
+* optionally ``model.tflite`` and its parity report (``kic.serving.tflite``);
+* with a prepared dataset (``ExportOptions.examples``), ``serving_parity.json``:
+  the served answers on the original files of its evaluation split against
+  the evaluate path on the prepared records (``kic.serving.parity``).
 
 Every export is verified (``kic.serving.verify``) before the package is
-written, and ``_SUCCESS`` is written last.
+written, and ``_SUCCESS`` is written last. A clearly systematic skew between
+served and evaluated answers fails the export after the parity report is
+written (``parity.ServingSkewError``).
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ from typing import Any
 import tensorflow as tf
 
 from kic import artifacts, storage
-from kic.errors import ParameterError
+from kic.errors import ParameterError, Problem
 from kic.model import loading
 from kic.model.model_info import ModelInfo
-from kic.serving import contract, tflite, verify, warmup
+from kic.serving import contract, parity, tflite, verify, warmup
 from kic.serving.signature import ServingModule
 
 PACKAGE_VERSION = 1
@@ -50,9 +55,14 @@ class ExportOptions:
     tflite: str = ""
     top_k: int = contract.DEFAULT_TOP_K
     evaluation_metrics: dict | None = None
+    examples: str = ""  # a prepared dataset: measure serving parity on its originals ("" = not measured)
+    parity_max_files: int = parity.DEFAULT_MAX_FILES
 
     def __post_init__(self) -> None:
         problems = contract.export_problems(tflite=self.tflite, top_k=self.top_k)
+        if not isinstance(self.parity_max_files, int) or isinstance(self.parity_max_files, bool) \
+                or self.parity_max_files < 1:
+            problems.append(Problem("parity_max_files", self.parity_max_files, "a positive int"))
         if problems:
             raise ParameterError(problems)
 
@@ -64,6 +74,7 @@ class ExportResult:
     max_abs_diff: float
     tflite_max_abs_diff: float | None
     published: str = ""  # where the package was published, if anywhere
+    parity: parity.ParityReport | None = None
 
 
 def export_model(model_dir: str, output_dir: str, options: ExportOptions = ExportOptions(),
@@ -93,8 +104,15 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
         if options.tflite:
             tflite_diff, tflite_details = tflite.export(package, info, options.tflite, pixels, reference)
 
+        parity_report = None
+        if options.examples:
+            parity_report = parity.measure(version_dir, model, info, options.examples,
+                                           max_files=options.parity_max_files)
+            parity.write_report(package, parity_report)
+            parity_report.check()
+
         storage.write_text(os.path.join(package, artifacts.MODEL_INFO),
-                           _package_info_json(info, options, tflite_details))
+                           _package_info_json(info, options, tflite_details, parity_report))
         storage.write_text(os.path.join(package, artifacts.LABEL_MAP),
                            json.dumps(info.label_map(), indent=2, ensure_ascii=False))
         storage.write_text(os.path.join(package, artifacts.LABELS_TXT), "\n".join(info.class_names) + "\n")
@@ -109,21 +127,28 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
         storage.write_text(os.path.join(package, artifacts.SUCCESS_MARKER), "")
 
     return ExportResult(package_dir=output_dir, tarball=storage.join(output_dir, artifacts.MODEL_TARBALL),
-                        max_abs_diff=max_abs_diff, tflite_max_abs_diff=tflite_diff, published=published)
+                        max_abs_diff=max_abs_diff, tflite_max_abs_diff=tflite_diff, published=published,
+                        parity=parity_report)
 
 
-def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str, Any] | None) -> str:
+def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str, Any] | None,
+                       parity_report: parity.ParityReport | None) -> str:
     payload = json.loads(info.to_json())
     payload.update({
-        "output": "the SavedModel and TFLite model return probabilities per class ([1-p, p] in binary mode)",
+        "output": "probabilities, from the SavedModel and the TFLite model alike: "
+                  + contract.describe_outputs(info.class_names, info.binary_mode, options.top_k)["probabilities"],
         "package_version": PACKAGE_VERSION,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "evaluation_metrics": options.evaluation_metrics or {},
         "preprocessing": {
-            "decode": "JPEG, PNG, GIF (first frame), BMP, WebP to RGB; transparent pixels composited on white "
-                      "as in prepare; EXIF orientation is not applied (send upright images)",
-            "resize": f"{info.image_size}x{info.image_size}, {info.interpolation}, aspect ratio not kept, "
-                      "clipped to [0, 255]",
+            "decode": "JPEG, PNG, GIF (first frame), BMP, WebP to RGB; EXIF orientation (JPEG APP1, PNG eXIf, "
+                      "WebP EXIF) applied as prepare applies it; transparent pixels composited on white as in "
+                      "prepare",
+            "resize": (f"first, as prepare did: decoded at no less than {2 * info.image_short_side} px a short "
+                       f"side, downscaled (Lanczos, aspect ratio kept) to a short side of {info.image_short_side}; "
+                       "then " if info.image_short_side else "")
+                      + f"{info.image_size}x{info.image_size}, {info.interpolation}, aspect ratio not kept, "
+                        "clipped to [0, 255]",
             "function": "kic.model.preprocessing.decode_and_resize",
             "pixel_scaling": "inside the model",
         },
@@ -132,11 +157,15 @@ def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str
             "signature": contract.SIGNATURE_NAME,
             "input": f"{contract.INPUT_NAME}: string [batch], raw encoded image bytes",
             "pixels_signature": f"{contract.PIXELS_SIGNATURE_NAME}: float32 [batch, {info.image_size}, "
-                                f"{info.image_size}, 3] RGB in [0, 255] -> probabilities",
-            "outputs": list(contract.OUTPUT_NAMES),
+                                f"{info.image_size}, 3] RGB in [0, 255] -> probabilities "
+                                + contract.probabilities_shape(info.num_classes, info.binary_mode),
+            "outputs": contract.describe_outputs(info.class_names, info.binary_mode, options.top_k),
             "top_k": min(options.top_k, info.num_classes),
         },
         "tflite": tflite,
+        "serving_parity": None if parity_report is None else {
+            key: parity_report.to_dict()[key]
+            for key in ("split", "num_files", "top1_agreement", "max_abs_diff", "within_bounds")},
     })
     return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=_plain)
 
@@ -151,7 +180,7 @@ def _plain(value: Any) -> Any:
 def _clear_previous_export(package: str) -> None:
     """Removes what an earlier export to the same directory left, marker first."""
     for name in (artifacts.SUCCESS_MARKER, artifacts.MODEL_TARBALL, artifacts.KERAS_MODEL, artifacts.TFLITE_MODEL,
-                 artifacts.TFLITE_PARITY_REPORT):
+                 artifacts.TFLITE_PARITY_REPORT, artifacts.SERVING_PARITY_REPORT):
         path = os.path.join(package, name)
         if os.path.isfile(path):
             os.remove(path)

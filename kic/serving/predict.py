@@ -4,6 +4,11 @@ Images go through the package's own ``serving_default`` signature (raw bytes
 in, probabilities out), so batch predictions are exactly what online serving
 returns. A file that cannot be read or decoded becomes an ``error`` row with a
 reason; it never stops the batch.
+
+A row's ``probabilities`` maps class names to what the signature returned:
+every class, or in binary mode only the positive class (P(positive), the
+serving contract's single number). ``predicted_label``, ``score`` and
+``top_k`` rank all classes in either mode.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from kic import artifacts, storage
 from kic.data import manifest
 from kic.data.images import DEFAULT_MAX_PIXELS
 from kic.errors import DataError, ParameterError
+from kic.model import loading
+from kic.model.model_info import POSITIVE_CLASS_INDEX
 from kic.serving.contract import (
     DEFAULT_PREDICTION_BATCH_SIZE,
     DEFAULT_TOP_K,
@@ -72,10 +79,19 @@ class ServingModel:
     signature: object
     input_name: str
     class_names: tuple[str, ...]
+    binary_mode: bool = False  # probabilities is one column, P(class_names[POSITIVE_CLASS_INDEX])
 
     def probabilities(self, images: list[bytes]) -> np.ndarray:
         outputs = self.signature(**{self.input_name: tf.constant(images, dtype=tf.string)})
         return outputs["probabilities"].numpy()
+
+    def named_probabilities(self, probabilities: np.ndarray) -> dict[str, float]:
+        """One image's probabilities by the class they are of."""
+        names = (self.class_names[POSITIVE_CLASS_INDEX],) if self.binary_mode else self.class_names
+        return {name: round(float(probability), 6) for name, probability in zip(names, probabilities, strict=True)}
+
+    def class_scores(self, probabilities: np.ndarray) -> np.ndarray:
+        return loading.class_scores(probabilities, self.binary_mode).numpy()
 
 
 def predict(model_path: str, inputs: str, output: str, *, batch_size: int = DEFAULT_PREDICTION_BATCH_SIZE,
@@ -151,7 +167,10 @@ def load_serving_model(model_path: str) -> Iterator[ServingModel]:
                 f"{model_path}: the {SIGNATURE_NAME} signature must take one input (encoded images) and "
                 f"return 'probabilities'; it takes {input_names} and returns "
                 f"{list(signature.structured_outputs)}")
-        yield ServingModel(signature, input_names[0], _class_names(saved_model_dir, loaded, model_path))
+        class_names = _class_names(saved_model_dir, loaded, model_path)
+        columns = signature.structured_outputs["probabilities"].shape[-1]
+        yield ServingModel(signature, input_names[0], class_names,
+                           binary_mode=columns == 1 and len(class_names) == 2)
 
 
 def _find_saved_model(directory: str) -> str:
@@ -224,7 +243,7 @@ def _predict_batch(model: ServingModel, files: list[str], top_k: int) -> list[di
         try:
             probabilities = model.probabilities(list(readable.values()))
             for file, file_probabilities in zip(readable, probabilities, strict=True):
-                rows[file] = _prediction_row(file, file_probabilities, model.class_names, top_k)
+                rows[file] = _prediction_row(model, file, file_probabilities, top_k)
         except tf.errors.InvalidArgumentError:
             # One bad image fails the whole call: find it by predicting one at a time.
             for file, content in readable.items():
@@ -250,12 +269,12 @@ def _predict_one(model: ServingModel, file: str, content: bytes, top_k: int) -> 
     try:
         probabilities = model.probabilities([content])[0]
     except tf.errors.InvalidArgumentError as error:
-        return _error_row(file, f"cannot be decoded: {_tf_reason(error.message)}")
-    return _prediction_row(file, probabilities, model.class_names, top_k)
+        return _error_row(file, f"cannot be decoded: {decoder_reason(error.message)}")
+    return _prediction_row(model, file, probabilities, top_k)
 
 
-def _tf_reason(message: str) -> str:
-    """The decoder's own sentence, without TensorFlow's graph and node noise."""
+def decoder_reason(message: str) -> str:
+    """The image decoder's own sentence from a TensorFlow error message, without the graph and node noise."""
     noise = ("Graph execution error", "Detected at node", "<stack traces")
     for line in message.splitlines():
         line = line.strip()
@@ -264,16 +283,16 @@ def _tf_reason(message: str) -> str:
     return "not a JPEG, PNG, GIF, BMP or WebP image"
 
 
-def _prediction_row(file: str, probabilities: np.ndarray, class_names: tuple[str, ...], top_k: int) -> dict:
-    order = np.argsort(-probabilities, kind="stable")
+def _prediction_row(model: ServingModel, file: str, probabilities: np.ndarray, top_k: int) -> dict:
+    scores = model.class_scores(probabilities[np.newaxis])[0]
+    order = np.argsort(-scores, kind="stable")
     return {
         "file": file,
         "status": "ok",
-        "predicted_label": class_names[order[0]],
-        "score": round(float(probabilities[order[0]]), 6),
-        "probabilities": {name: round(float(probability), 6)
-                          for name, probability in zip(class_names, probabilities, strict=True)},
-        "top_k": [{"label": class_names[index], "score": round(float(probabilities[index]), 6)}
+        "predicted_label": model.class_names[order[0]],
+        "score": round(float(scores[order[0]]), 6),
+        "probabilities": model.named_probabilities(probabilities),
+        "top_k": [{"label": model.class_names[index], "score": round(float(scores[index]), 6)}
                   for index in order[:top_k]],
     }
 

@@ -2,10 +2,14 @@
 probabilities and labels out, with training's own decode and resize.
 
 ``serving_default`` takes a 1-D string tensor of encoded images (JPEG, PNG,
-GIF, BMP, WebP) and decodes and resizes them in the graph with
-``kic.model.preprocessing`` (the path training used), so serving cannot drift
-from training. ``pixels`` takes float32 RGB in [0, 255] already at the model's
-input size; TFLite is converted from it.
+GIF, BMP, WebP) and decodes them (EXIF orientation applied) and resizes them
+in the graph with ``kic.model.preprocessing`` (the path training used), so
+serving cannot drift from training. ``pixels`` takes float32 RGB in [0, 255]
+already at the model's input size; TFLite is converted from it.
+
+``probabilities`` is [batch, num_classes], or in binary mode [batch, 1]: the
+probability of the positive class (``kic.serving.contract``); the label and
+top-k outputs rank both classes in either mode.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class ServingModule(tf.Module):
         self.model_variables = [variable.value for variable in model.variables]
         self.image_size = info.image_size
         self.interpolation = info.interpolation
+        self.short_side = info.image_short_side
         self.binary_mode = info.binary_mode
         self.top_k = min(top_k, info.num_classes)
         # A variable so that the loaded SavedModel still knows its labels.
@@ -53,11 +58,12 @@ class ServingModule(tf.Module):
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         size = self.image_size
         pixels = tf.map_fn(
-            lambda encoded: preprocessing.decode_and_resize(encoded, size, self.interpolation),
+            lambda encoded: preprocessing.decode_and_resize(encoded, size, self.interpolation, self.short_side),
             image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         probabilities = self.probabilities_from_pixels(pixels)
-        scores, indices = tf.math.top_k(probabilities, k=self.top_k)
-        predicted_index = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+        per_class = loading.class_scores(probabilities, self.binary_mode)
+        scores, indices = tf.math.top_k(per_class, k=self.top_k)
+        predicted_index = tf.argmax(per_class, axis=1, output_type=tf.int64)
         return {
             "probabilities": probabilities,
             "predicted_index": predicted_index,

@@ -8,6 +8,8 @@ Keras model's probabilities on the same images; otherwise
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import tensorflow as tf
 
@@ -29,7 +31,9 @@ class ExportVerificationError(RuntimeError):
 
 
 def generated_sample_images(count: int = 4) -> list[bytes]:
-    """Deterministic JPEGs of assorted sizes with structure (not flat colour)."""
+    """Deterministic JPEGs of assorted sizes with structure (not flat colour).
+    The second is stored sideways with an EXIF orientation, so that every
+    export runs the orientation parsing as TF Serving will."""
     rng = np.random.default_rng(0)
     images = []
     for index in range(count):
@@ -37,30 +41,51 @@ def generated_sample_images(count: int = 4) -> list[bytes]:
         y, x = np.mgrid[0:height, 0:width]
         base = np.stack([x * 255 / width, y * 255 / height, (x + y) % 64 * 4], axis=-1)
         noisy = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-        images.append(tf.io.encode_jpeg(noisy, quality=90).numpy())
+        jpeg = tf.io.encode_jpeg(noisy, quality=90).numpy()
+        images.append(_with_exif_orientation(jpeg, 6) if index == 1 else jpeg)
     return images
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """An APP1 Exif segment (big-endian TIFF, IFD0 holding only Orientation) inserted after SOI."""
+    ifd0 = struct.pack(">HHHIHH", 1, preprocessing.ORIENTATION_TAG, 3, 1, orientation, 0) + bytes(4)
+    payload = preprocessing.EXIF_HEADER + b"MM\x00*" + struct.pack(">I", 8) + ifd0
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 def decoded_pixels(samples: list[bytes], info: ModelInfo) -> np.ndarray:
     """The pixels the serving signature feeds the model: [n, size, size, 3] float32."""
     try:
-        return np.stack([preprocessing.decode_and_resize(tf.constant(raw), info.image_size, info.interpolation)
-                         .numpy() for raw in samples])
+        return np.stack([preprocessing.decode_and_resize(tf.constant(raw), info.image_size, info.interpolation,
+                                                         info.image_short_side).numpy() for raw in samples])
     except tf.errors.InvalidArgumentError as error:
         raise DataError(f"a sample image for export verification cannot be decoded: {error.message}") from None
 
 
 def keras_probabilities(model, info: ModelInfo, pixels: np.ndarray) -> np.ndarray:
+    """The Keras model's answer in the serving contract's form (one column in binary mode)."""
     return loading.logits_to_probabilities(model(pixels, training=False), info.binary_mode).numpy()
+
+
+def max_difference(served: np.ndarray, reference: np.ndarray, what: str) -> float:
+    """The largest difference between two answers of the same contract; a
+    different shape (say [1-p, p] against [p]) is a failure, not something
+    for broadcasting to paper over."""
+    if np.shape(served) != np.shape(reference):
+        raise ExportVerificationError(f"{what} returns probabilities of shape {np.shape(served)}, but the trained "
+                                      f"Keras model's are {np.shape(reference)}")
+    return float(np.max(np.abs(served - reference)))
 
 
 def verify_saved_model(version_dir: str, samples: list[bytes], reference: np.ndarray) -> float:
     """Returns the largest difference from ``reference`` (the Keras model's
-    probabilities on ``samples``); raises ExportVerificationError over the tolerance."""
+    probabilities on ``samples``, as ``keras_probabilities`` gives them);
+    raises ExportVerificationError over the tolerance."""
     serve = tf.saved_model.load(version_dir).signatures[SIGNATURE_NAME]
     loaded = serve(**{INPUT_NAME: tf.constant(samples)})["probabilities"].numpy()
-    max_abs_diff = max(float(np.max(np.abs(loaded - reference))),
-                       float(np.max(np.abs(_session_probabilities(version_dir, samples) - reference))))
+    max_abs_diff = max(max_difference(loaded, reference, "the exported SavedModel"),
+                       max_difference(_session_probabilities(version_dir, samples), reference,
+                                      "the exported SavedModel, loaded as TF Serving does,"))
     if not max_abs_diff <= SAVED_MODEL_TOLERANCE:
         raise ExportVerificationError(
             f"the exported SavedModel's probabilities differ from the trained Keras model's by up to "

@@ -91,7 +91,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
             num_examples=data.splits[split].num_examples, augmentation=input_pipeline.Augmentation.from_config(config),
             seed=options.seed, decoded=decoded if split == "train" else None, disk_cache_dir=cache_dir,
-            data_service=options.data_service, deterministic=repeatable)
+            data_service=options.data_service, deterministic=repeatable, short_side=data.image_short_side)
         for split in ("train", "validation"))
 
     with _strategy().scope():
@@ -124,7 +124,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
                      binary_mode=config.binary_mode, hyperparameters=hyperparameters,
                      data_fingerprint=data.fingerprint,
                      metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
-                     skipped_records=skipped.count)
+                     skipped_records=skipped.count, image_short_side=data.image_short_side)
     os.makedirs(model_dir, exist_ok=True)
     model.save(os.path.join(model_dir, artifacts.KERAS_MODEL))
     model_info.save(model_dir, info)
