@@ -20,6 +20,7 @@ from image_fixtures import (
 )
 from PIL import Image, ImageOps
 
+from kic.config import INTERPOLATIONS
 from kic.data.images import ImageLimits, normalize_image
 from kic.model import preprocessing
 
@@ -189,3 +190,18 @@ def test_a_prepared_record_is_not_touched_by_the_downscale():
     record = normalize_image(noise_jpeg((400, 300)), ImageLimits(short_side=256)).jpeg
     decoded = preprocessing.decode_rgb(tf.constant(record))
     np.testing.assert_array_equal(preprocessing.downscale(decoded, 256).numpy(), decoded.numpy())
+
+
+@pytest.mark.parametrize("kind", ["JPEG EXIF-rotated", "PNG alpha"])
+def test_training_decodes_prepared_records_to_the_pixels_serving_makes_of_them(kind):
+    """Training's short cut (no EXIF read, no downscale) is only a short cut: on what prepare stores,
+    at any short side and with every interpolation, its pixels are serving's."""
+    _, size, encoder = PARITY_KINDS[kind]
+    raw = encoder(shape_photo("circle", size, seed=3))
+    for short_side in (0, 40, 256):
+        record = tf.constant(normalize_image(raw, ImageLimits(short_side=short_side or 256)).jpeg)
+        for interpolation in INTERPOLATIONS:
+            np.testing.assert_array_equal(
+                preprocessing.decode_prepared_and_resize(record, 32, interpolation, short_side).numpy(),
+                preprocessing.decode_and_resize(record, 32, interpolation, short_side).numpy(),
+                err_msg=f"{kind}, short side {short_side}, {interpolation}")

@@ -1,7 +1,7 @@
 """tf.data input for training and evaluation, read from prepare's TFRecords.
 
-Each record is decoded and resized once, with the preprocessing function that
-serving uses too (``kic.model.preprocessing.decode_and_resize``), and kept as
+Each record is decoded and resized once, to the pixels serving's preprocessing
+(``kic.model.preprocessing.decode_and_resize``) makes of it, and kept as
 uint8 until the model: the backbone's pixel scaling is a layer inside it, so
 the batch only has to become float32 on its way in. Where the decoded images
 are kept decides how fast every later epoch is:
@@ -119,7 +119,7 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     ``data_service``: a tf.data service dispatcher's address (grpc://host:port).
     ``deterministic``: the same order for the same seed (slower where cores wait on each other).
     ``short_side``: the dataset's ``image_short_side``, so that records are
-    decoded exactly as a served raw image is (``preprocessing.decode_and_resize``)."""
+    decoded exactly as a served raw image is (``preprocessing.decode_prepared_and_resize``)."""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
     budget = DEFAULT_MEMORY_CACHE_BYTES if memory_cache_bytes is None else memory_cache_bytes
@@ -179,8 +179,8 @@ def _decoder(image_size: int, interpolation: str, short_side: int, decoded: tf.V
 
     def decode(serialized):
         example = tf.io.parse_single_example(serialized, feature_spec)
-        pixels = preprocessing.decode_and_resize(example[schema.IMAGE_ENCODED], image_size, interpolation,
-                                                 short_side)
+        pixels = preprocessing.decode_prepared_and_resize(example[schema.IMAGE_ENCODED], image_size, interpolation,
+                                                          short_side)
         pixels = tf.cast(pixels, tf.uint8)  # whole numbers already: exact
         if decoded is not None:
             with tf.control_dependencies([pixels]):  # counted only once the decode succeeded

@@ -53,24 +53,28 @@ def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
     def without_alpha():  # GIF and BMP
         return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
-    def jpeg():
-        def decode(ratio: int = 1) -> tf.Tensor:
-            return tf.io.decode_jpeg(encoded, channels=3, ratio=ratio, dct_method=JPEG_DCT_METHOD)
-
-        if not min_size:
-            return decode()
-        shape = tf.io.extract_jpeg_shape(encoded)
-        short_side = tf.minimum(shape[0], shape[1])
-        scaled = [(short_side >= min_size * ratio, lambda ratio=ratio: decode(ratio)) for ratio in (8, 4, 2)]
-        return tf.case(scaled, default=decode, exclusive=False)
-
     magic = tf.strings.substr(encoded, 0, 4)
     may_have_alpha = tf.logical_or(tf.equal(magic, b"\x89PNG"), tf.equal(magic, b"RIFF"))
-    image = tf.case([(tf.io.is_jpeg(encoded), jpeg), (may_have_alpha, with_native_channels)],
+    image = tf.case([(tf.io.is_jpeg(encoded), lambda: _decode_jpeg(encoded, min_size)),
+                     (may_have_alpha, with_native_channels)],
                     default=without_alpha, exclusive=False)
     image = apply_orientation(image, exif_orientation(encoded))
     image.set_shape([None, None, 3])
     return image
+
+
+def _decode_jpeg(encoded: tf.Tensor, min_size: int) -> tf.Tensor:
+    """A JPEG -> uint8 [H, W, 3], DCT-scaled down to no less than ``min_size`` (see decode_rgb)."""
+
+    def decode(ratio: int = 1) -> tf.Tensor:
+        return tf.io.decode_jpeg(encoded, channels=3, ratio=ratio, dct_method=JPEG_DCT_METHOD)
+
+    if not min_size:
+        return decode()
+    shape = tf.io.extract_jpeg_shape(encoded)
+    short_side = tf.minimum(shape[0], shape[1])
+    scaled = [(short_side >= min_size * ratio, lambda ratio=ratio: decode(ratio)) for ratio in (8, 4, 2)]
+    return tf.case(scaled, default=decode, exclusive=False)
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -335,3 +339,17 @@ def decode_and_resize(encoded: tf.Tensor, size: int, interpolation: str, short_s
     if not short_side:
         return resize(decode_rgb(encoded, min_size=size), size, interpolation)
     return resize(downscale(decode_rgb(encoded, min_size=2 * short_side), short_side), size, interpolation)
+
+
+@_graph_code
+def decode_prepared_and_resize(encoded: tf.Tensor, size: int, interpolation: str, short_side: int = 0) -> tf.Tensor:
+    """``decode_and_resize`` for the records prepare writes, the same pixels
+    for less work. Those are JPEGs, RGB, already upright, without EXIF, and
+    no larger than the dataset's ``short_side``: on them the EXIF read and the
+    downscale change nothing, so they are left out. Together they cost about
+    twice the decode itself (measured in tf.data on 341x256 records: 367
+    against 1,251 images/s), on every record of every uncached epoch."""
+    image = _decode_jpeg(encoded, min_size=0 if short_side else size)
+    image.set_shape([None, None, 3])
+    return resize(image, size, interpolation)
+
