@@ -17,7 +17,9 @@ in 5 classes. For each size, in one process, it times passes (epochs) over:
 * levers, one at a time, on the no-cache path: the pipeline as it was
   (float32 images, always antialiased, shuffled after decoding), then with
   each change added: antialiasing only from a 2x shrink, uint8 until the
-  model with records shuffled before decoding, and free ordering;
+  model with records shuffled before decoding, and free ordering; what
+  serving's decode (EXIF read, downscale) would cost on prepare's records;
+  and the disk cache as it was (tf.data's file cache, one per shard);
 * with augmentation (flip + rotation + zoom) on both sides.
 
 It prints images per second for the first epoch and for the later ones, and
@@ -88,19 +90,25 @@ def peer(folder: str, augmentation: bool) -> tf.data.Dataset:
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def legacy(shards: list[str], count: int, *, antialias: str, uint8: bool, deterministic: bool) -> tf.data.Dataset:
+def legacy(shards: list[str], count: int, short_side: int, *, antialias: str, uint8: bool, deterministic: bool,
+           decode: str = "prepared") -> tf.data.Dataset:
     """The no-cache input with the levers switched by hand: ``antialias`` "always" (the pipeline before)
-    or "from 2x" (now); ``uint8`` also shuffles records before decoding, as now."""
+    or "from 2x" (now); ``uint8`` also shuffles records before decoding, as now; ``decode`` "prepared"
+    (training's decode of prepare's records, now) or "serving" (serving's, which also reads EXIF and
+    downscales a large upload: no-ops on prepare's records)."""
     spec = schema.feature_spec()
 
-    def decode(serialized):
+    def decode_record(serialized):
         example = tf.io.parse_single_example(serialized, spec)
-        image = preprocessing.decode_rgb(example[schema.IMAGE_ENCODED], min_size=SIZE)
-        if antialias == "always":
+        encoded = example[schema.IMAGE_ENCODED]
+        if decode == "serving":
+            pixels = preprocessing.decode_and_resize(encoded, SIZE, "bilinear", short_side)
+        elif antialias == "always":
+            image = tf.io.decode_jpeg(encoded, channels=3, dct_method=preprocessing.JPEG_DCT_METHOD)
             pixels = tf.clip_by_value(tf.image.resize(tf.cast(image, tf.float32), [SIZE, SIZE], antialias=True), 0,
                                       255)
         else:
-            pixels = preprocessing.resize(image, SIZE, "bilinear")
+            pixels = preprocessing.decode_prepared_and_resize(encoded, SIZE, "bilinear", short_side)
         return (tf.cast(pixels, tf.uint8) if uint8 else pixels), tf.one_hot(example[schema.LABEL], CLASSES)
 
     files = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=0)
@@ -108,13 +116,33 @@ def legacy(shards: list[str], count: int, *, antialias: str, uint8: bool, determ
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if uint8:
         records = records.shuffle(min(count, input_pipeline.SHUFFLE_RECORDS), seed=0)
-    images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    images = records.map(decode_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if not uint8:
         images = images.shuffle(min(count, 10_000), seed=0)
     batches = images.batch(BATCH)
     if uint8:
         batches = batches.map(lambda x, y: (tf.cast(x, tf.float32), y))
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def file_cached(shards: list[str], count: int, short_side: int, folder: str) -> tf.data.Dataset:
+    """The disk cache as it was: tf.data's file cache, one per shard, inside the interleave."""
+    spec = schema.feature_spec()
+
+    def decode_record(serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        pixels = preprocessing.decode_prepared_and_resize(example[schema.IMAGE_ENCODED], SIZE, "bilinear", short_side)
+        return tf.cast(pixels, tf.uint8), tf.one_hot(example[schema.LABEL], CLASSES)
+
+    def cached_shard(path):
+        name = tf.strings.split(path, "/")[-1]
+        return tf.data.TFRecordDataset(path).map(decode_record, num_parallel_calls=tf.data.AUTOTUNE,
+                                                 deterministic=False).cache(tf.strings.join([folder, "/", name]))
+
+    files = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=0)
+    images = files.interleave(cached_shard, cycle_length=min(len(shards), 8), num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=False).shuffle(min(count, input_pipeline.SHUFFLE_IMAGES), seed=0)
+    return images.batch(BATCH).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
 
 def row(name: str, images: int, seconds: list[float], reference: tuple[float, float] | None) -> tuple[float, float]:
@@ -128,8 +156,9 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
     folder, prepared = os.path.join(scratch, "photos"), os.path.join(scratch, "prepared")
     make_photos(folder, images, size)
     started = time.perf_counter()
+    short_side = derive_short_side(backbone="", image_size=SIZE, requested=0)
     prepare_dataset(PrepareOptions(source=folder, output_dir=prepared, validation_fraction=0.1, test_fraction=0.0,
-                                   image_short_side=derive_short_side(backbone="", image_size=SIZE, requested=0)))
+                                   image_short_side=short_side))
     prepare_seconds = time.perf_counter() - started
     info = dataset_info.load(prepared)
     shards, count = info.shard_paths(prepared, "train"), info.splits["train"].num_examples
@@ -145,14 +174,15 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
         def kic(name: str, augmentation=AUGMENTATION if augment else None, reference=reference, **options) -> None:
             dataset = input_pipeline.make_dataset(
                 shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
-                binary_mode=False, training=True, num_examples=count, deterministic=False,
+                binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side,
                 augmentation=augmentation, **options)
             row(name, *passes(dataset, epochs), reference)
 
         kic("kic, decoded images in memory (small datasets)")
         cache = tempfile.mkdtemp(dir=scratch, prefix="cache-")
         kic("kic, decoded images on local disk (large datasets)", memory_cache_bytes=0, disk_cache_dir=cache)
-        cache_bytes = sum(os.path.getsize(os.path.join(cache, name)) for name in os.listdir(cache))
+        cache_bytes = sum(os.path.getsize(os.path.join(folder, name))
+                          for folder, _, names in os.walk(cache) for name in names)
         print(f"  {'':58} (the disk cache: {cache_bytes / count / 1024:.0f} KB an image)")
         shutil.rmtree(cache)
         kic("kic, nothing cached (decodes every epoch)", memory_cache_bytes=0)
@@ -164,9 +194,15 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
                                    dict(antialias="from 2x", uint8=False, deterministic=True)),
                                   ("+ uint8 to the model, records shuffled before decoding",
                                    dict(antialias="from 2x", uint8=True, deterministic=True)),
-                                  ("+ free ordering", dict(antialias="from 2x", uint8=True, deterministic=False))):
-                row(name, *passes(legacy(shards, count, **options), epochs), reference)
-
+                                  ("+ free ordering", dict(antialias="from 2x", uint8=True, deterministic=False)),
+                                  ("  the same with serving's decode (reads EXIF, downscales)",
+                                   dict(antialias="from 2x", uint8=True, deterministic=False, decode="serving"))):
+                row(name, *passes(legacy(shards, count, short_side, **options), epochs), reference)
+            print("  the disk cache as it was:")
+            cache = tempfile.mkdtemp(dir=scratch, prefix="file-cache-")
+            row("tf.data file cache per shard (now: tf.data snapshot)",
+                *passes(file_cached(shards, count, short_side, cache), epochs), reference)
+            shutil.rmtree(cache)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
