@@ -190,6 +190,11 @@ def test_the_input_keeps_decoded_images_in_memory_on_disk_or_nowhere(prepared, t
         np.testing.assert_array_equal(other[1], in_memory[1])
     written = sum(path.stat().st_size for path in (tmp_path / "cache").rglob("*") if path.is_file())
     assert count * 24 * 24 * 3 <= written < count * 24 * 24 * 3 * 1.5
+    home = input_pipeline.decoded_images_home
+    assert home(count, 24) == input_pipeline.MEMORY
+    assert home(count, 24, memory_cache_bytes=0, disk_cache_dir=str(tmp_path / "cache")) == input_pipeline.DISK
+    assert home(count, 24, memory_cache_bytes=0) == input_pipeline.NOWHERE  # no folder given
+    assert home(count, 24, data_service="grpc://localhost:5050") == input_pipeline.NOWHERE
 
 
 def test_the_input_can_be_decoded_by_a_tf_data_service_on_loopback(prepared):
@@ -219,6 +224,7 @@ def test_multiclass_training_writes_a_model_and_the_reference_log_lines(trained)
     assert len(epoch_lines) == 2
     assert all(" - loss: " in line and " - val_accuracy: " in line and "images/s" in line for line in epoch_lines)
     assert any("ignored for optimizer adam: initial_accumulator_value, momentum, rho" in line for line in trained.log)
+    assert any(line.startswith("train: decoded training images kept in memory") for line in trained.log)
     info = json.loads(open(os.path.join(trained.model_dir, artifacts.MODEL_INFO)).read())
     assert info["class_names"] == ["circle", "square", "triangle"] and info["backbone"] == "tiny_test_net"
     assert info["hyperparameters"]["epochs"] == 2 and info["image_size"] == IMAGE_SIZE

@@ -46,6 +46,8 @@ SHUFFLE_IMAGES = 2048
 SHUFFLE_RECORDS = 10_000
 # A disk cache is only written where it leaves this much room besides.
 DISK_HEADROOM_BYTES = 1024**3
+# Where decoded images are kept between epochs (decoded_images_home).
+MEMORY, DISK, NOWHERE = "memory", "disk", "nowhere"
 # Files a disk cache is written to and read back from in parallel.
 SNAPSHOT_FILES = 8
 _ABOVE_MINUS_ONE = math.nextafter(-1.0, 0.0)  # the lowest zoom bound Keras 3 accepts
@@ -124,10 +126,9 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     decoded exactly as a served raw image is (``preprocessing.decode_prepared_and_resize``)."""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
-    budget = DEFAULT_MEMORY_CACHE_BYTES if memory_cache_bytes is None else memory_cache_bytes
-    image_bytes = image_size * image_size * 3
-    in_memory = not data_service and num_examples * image_bytes <= budget
-    on_disk = not data_service and not in_memory and _room_for(disk_cache_dir, num_examples * image_bytes)
+    home = decoded_images_home(num_examples, image_size, memory_cache_bytes=memory_cache_bytes,
+                               disk_cache_dir=disk_cache_dir, data_service=data_service)
+    in_memory, on_disk = home == MEMORY, home == DISK
     decode = _decoder(image_size, interpolation, short_side, decoded)
 
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
@@ -212,6 +213,18 @@ def _snapshot(images: tf.data.Dataset, folder: str, *, reshuffle: bool, seed: in
     return (images.enumerate()
             .snapshot(folder, compression=None, reader_func=read, shard_func=lambda index, _image: index % files)
             .map(lambda _index, image: image))
+
+
+def decoded_images_home(num_examples: int, image_size: int, *, memory_cache_bytes: int | None = None,
+                        disk_cache_dir: str = "", data_service: str = "") -> str:
+    """Where make_dataset keeps the decoded images between epochs: MEMORY, DISK or NOWHERE."""
+    budget = DEFAULT_MEMORY_CACHE_BYTES if memory_cache_bytes is None else memory_cache_bytes
+    size = num_examples * image_size * image_size * 3
+    if data_service:
+        return NOWHERE
+    if size <= budget:
+        return MEMORY
+    return DISK if _room_for(disk_cache_dir, size) else NOWHERE
 
 
 def _room_for(folder: str, size: int) -> bool:

@@ -63,6 +63,17 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
         return _train(dataset_dir, model_dir, config, options, log, base_dir, cache_dir)
 
 
+def _log_decoded_images_home(data, image_size: int, cache_dir: str, data_service: str, log: Log) -> None:
+    count = data.splits["train"].num_examples
+    size = f"{count * image_size * image_size * 3 / 1024**3:.1f} GiB"
+    home = input_pipeline.decoded_images_home(count, image_size, disk_cache_dir=cache_dir, data_service=data_service)
+    log({input_pipeline.MEMORY: f"train: decoded images kept in memory ({size})",
+         input_pipeline.DISK: f"train: decoded images kept on local disk in {cache_dir} ({size})",
+         input_pipeline.NOWHERE: "train: decoded again every epoch: " + (
+             f"the tf.data service at {data_service} decodes" if data_service else
+             f"{size} of decoded images fit neither in memory nor in the free space of {cache_dir}")}[home])
+
+
 def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions, log: Log,
            base_dir: str, cache_dir: str) -> TrainResult:
     data = dataset_info.load(dataset_dir)
@@ -93,6 +104,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             seed=options.seed, decoded=decoded if split == "train" else None, disk_cache_dir=cache_dir,
             data_service=options.data_service, deterministic=repeatable, short_side=data.image_short_side)
         for split in ("train", "validation"))
+    _log_decoded_images_home(data, image_size, cache_dir, options.data_service, log)
 
     with _strategy().scope():
         model = _build_model(config, options, backbone, image_size, data.num_classes, plan, base_dir)
