@@ -65,13 +65,17 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
 
 def _log_decoded_images_home(data, image_size: int, cache_dir: str, data_service: str, log: Log) -> None:
     count = data.splits["train"].num_examples
-    size = f"{count * image_size * image_size * 3 / 1024**3:.1f} GiB"
+    size = f"{count * image_size * image_size * 3 / 1024**2:,.0f} MB"
     home = input_pipeline.decoded_images_home(count, image_size, disk_cache_dir=cache_dir, data_service=data_service)
-    log({input_pipeline.MEMORY: f"train: decoded images kept in memory ({size})",
-         input_pipeline.DISK: f"train: decoded images kept on local disk in {cache_dir} ({size})",
-         input_pipeline.NOWHERE: "train: decoded again every epoch: " + (
-             f"the tf.data service at {data_service} decodes" if data_service else
-             f"{size} of decoded images fit neither in memory nor in the free space of {cache_dir}")}[home])
+    if home == input_pipeline.MEMORY:
+        log(f"train: decoded training images kept in memory ({size})")
+    elif home == input_pipeline.DISK:
+        log(f"train: decoded training images kept on local disk in {cache_dir} ({size})")
+    elif data_service:
+        log(f"train: training images decoded every epoch by the tf.data service at {data_service}")
+    else:
+        log(f"train: training images decoded again every epoch: their {size} decoded fit neither in memory nor "
+            f"in the free space of {cache_dir}")
 
 
 def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions, log: Log,
