@@ -20,7 +20,9 @@ in 5 classes. For each size, in one process, it times passes (epochs) over:
   model with records shuffled before decoding, and free ordering; what
   serving's decode (EXIF read, downscale) would cost on prepare's records;
   and the disk cache as it was (tf.data's file cache, one per shard);
-* with augmentation (flip + rotation + zoom) on both sides.
+* with augmentation (flip + rotation + zoom) on both sides: the peer with
+  Keras's three layers, kic with its one-resampling transform
+  (kic.data.augmentation), and, as a lever, kic's input with Keras's layers.
 
 It prints images per second for the first epoch and for the later ones (their
 median), and each against the peer's. Not a test: nothing is asserted, numbers are printed.
@@ -44,12 +46,23 @@ from PIL import Image, ImageEnhance  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
 from kic.data import dataset_info, input_pipeline, schema  # noqa: E402
+from kic.data.augmentation import Augmentation  # noqa: E402
 from kic.data.prepare import PrepareOptions, prepare_dataset  # noqa: E402
 from kic.model import preprocessing  # noqa: E402
 from kic.parameters import derive_short_side  # noqa: E402
 
 SIZE, BATCH, CLASSES = 224, 32, 5
-AUGMENTATION = input_pipeline.Augmentation(flip="horizontal_and_vertical", rotation=0.2, zoom=0.1)
+AUGMENTATION = Augmentation(flip="horizontal_and_vertical", rotation=0.2, zoom=0.1)
+
+
+def keras_augmented(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The same augmentation as plain Keras does it: three layers, three passes (kic's before)."""
+    layers = keras.Sequential([
+        keras.layers.RandomFlip(mode=AUGMENTATION.flip, seed=0),
+        keras.layers.RandomRotation(factor=(-AUGMENTATION.rotation, AUGMENTATION.rotation), fill_mode="reflect",
+                                    seed=1),
+        keras.layers.RandomZoom(height_factor=(-AUGMENTATION.zoom, AUGMENTATION.zoom), fill_mode="reflect", seed=2)])
+    return dataset.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def make_photos(root: str, count: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -86,8 +99,7 @@ def peer(folder: str, augmentation: bool) -> tf.data.Dataset:
     dataset = keras.utils.image_dataset_from_directory(folder, image_size=(SIZE, SIZE), batch_size=BATCH,
                                                        label_mode="categorical", shuffle=True, seed=0, verbose=False)
     if augmentation:
-        layers = keras.Sequential(AUGMENTATION.layers(seed=0))
-        dataset = dataset.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = keras_augmented(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -204,6 +216,13 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
             row("tf.data file cache per shard (now: tf.data snapshot)",
                 *passes(file_cached(shards, count, short_side, cache), epochs), reference)
             shutil.rmtree(cache)
+        else:
+            print("  lever: augmentation as Keras's three layers (before), on kic's in-memory input:")
+            dataset = input_pipeline.make_dataset(
+                shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
+                binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side)
+            row("kic in memory + Keras RandomFlip/Rotation/Zoom", *passes(keras_augmented(dataset), epochs), reference)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -94,30 +94,9 @@ def test_label_smoothing_reaches_the_loss(binary):
     assert float(_loss(TrainingConfig(label_smoothing=0.0, binary_mode=binary))(target, logits)) < 1e-3
 
 
-def test_rotation_and_zoom_each_reach_their_own_layer_with_their_sign():
-    augmentation = input_pipeline.Augmentation.from_config(TrainingConfig(
-        augmentation=True, augmentation_random_flip="vertical", augmentation_random_rotation=0.25,
-        augmentation_random_zoom=-0.05))
-    layers = {layer.name: layer for layer in augmentation.layers(seed=0)}
-    assert layers["random_flip"].get_config()["mode"] == "vertical"
-    # Positive: either way, as Keras reads one number; negative: one way only (zoom in, here).
-    assert tuple(layers["random_rotation"].factor) == pytest.approx((-0.25, 0.25))
-    assert (layers["random_zoom"].height_lower, layers["random_zoom"].height_upper) == pytest.approx((-0.05, 0.0))
-    clockwise = input_pipeline.Augmentation(rotation=-0.3).layers(seed=0)
-    assert [layer.name for layer in clockwise] == ["random_rotation"]
-    assert tuple(clockwise[0].factor) == pytest.approx((-0.3, 0.0))  # Keras: negative angles turn clockwise
-    assert input_pipeline.Augmentation.from_config(TrainingConfig(augmentation=False)) is None
-
-
 @pytest.mark.parametrize("rotation, zoom", [(-1.0, 1.0), (1.0, -1.0)])
 def test_the_ends_of_the_augmentation_ranges_train(prepared, tiny_backbone, tmp_path, rotation, zoom):
-    """Keras 3 refuses a zoom bound of -1, which both ends of the reference's range reach."""
-    augmentation = input_pipeline.Augmentation(flip="horizontal", rotation=rotation, zoom=zoom)
-    layers = {layer.name: layer for layer in augmentation.layers(seed=0)}
-    assert tuple(layers["random_rotation"].factor) == ((-1.0, 1.0) if rotation > 0 else (-1.0, 0.0))
-    lower = layers["random_zoom"].height_lower
-    assert -1.0 < lower < -0.999999
-    assert layers["random_zoom"].height_upper == (1.0 if zoom > 0 else 0.0)
+    """Every value in the reference's ranges trains, the ends included (zoom -1, which Keras 3's RandomZoom refuses)."""
     config = TrainingConfig(epochs=1, batch_size=8, augmentation=True, augmentation_random_flip="horizontal",
                             augmentation_random_rotation=rotation, augmentation_random_zoom=zoom)
     result = train(prepared, str(tmp_path / "model"), config, train_options(tiny_backbone), **QUIET)

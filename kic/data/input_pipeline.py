@@ -15,26 +15,23 @@ are kept decides how fast every later epoch is:
 * else nowhere: every epoch decodes again (serialized records are shuffled
   before decoding, which is cheap, rather than decoded images).
 
-Augmentation runs after the cache, on batches, so every epoch sees new
-variants. Record order is deterministic when asked (training asks for it
-where it makes a seeded run repeatable: on CPU), and free otherwise, which is
-faster. With
+Augmentation (``kic.data.augmentation``: one resampling per image) runs
+after the cache, on batches, so every epoch sees new variants. Record order
+is deterministic when asked (training asks for it where it makes a seeded run
+repeatable: on CPU), and free otherwise, which is faster. With
 ``data_service`` (the address of a tf.data service dispatcher) the decoding
 and augmentation run on the service's workers instead of this machine.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import shutil
 
-import keras
 import tensorflow as tf
 
-from kic.config import TrainingConfig
 from kic.data import schema
+from kic.data.augmentation import Augmentation
 from kic.errors import DataError
 from kic.model import preprocessing
 
@@ -50,59 +47,6 @@ DISK_HEADROOM_BYTES = 1024**3
 MEMORY, DISK, NOWHERE = "memory", "disk", "nowhere"
 # Files a disk cache is written to and read back from in parallel.
 SNAPSHOT_FILES = 8
-_ABOVE_MINUS_ONE = math.nextafter(-1.0, 0.0)  # the lowest zoom bound Keras 3 accepts
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """The three reference transforms, each given to its own layer by keyword.
-
-    A rotation or zoom factor ``f`` means what the reference's table says:
-
-    * ``f > 0``: the symmetric range [-f, f], Keras's reading of a single
-      number, which the reference passes through (so its users' default 0.2
-      turns both ways);
-    * ``f < 0``: one way only, the range [f, 0]: the table gives negative
-      values as "clockwise" and "zoom in". The reference's Keras 2 refused a
-      negative rotation and read a negative zoom as [f, -f]; Keras 3 drops the
-      sign; neither says what the table says.
-    * ``f = 0`` switches the transform off.
-
-    Zoom scales the image by ``1 + z``, ``z`` drawn from the range; the
-    table's ends (1 and -1) both reach z = -1, scale 0, where the centre pixel
-    fills the image. Keras 2 allowed that bound; Keras 3 refuses it, so it
-    becomes the next float above -1: the same distribution (a draw of exactly
-    -1 has probability zero).
-    """
-
-    flip: str = "None"
-    rotation: float = 0.0
-    zoom: float = 0.0
-
-    @classmethod
-    def from_config(cls, config: TrainingConfig) -> Augmentation | None:
-        if not config.augmentation:
-            return None
-        return cls(flip=config.augmentation_random_flip, rotation=config.augmentation_random_rotation,
-                   zoom=config.augmentation_random_zoom)
-
-    def layers(self, seed: int) -> list[keras.layers.Layer]:
-        layers: list[keras.layers.Layer] = []
-        if self.flip != "None":
-            layers.append(keras.layers.RandomFlip(mode=self.flip, seed=seed, name="random_flip"))
-        if self.rotation:
-            layers.append(keras.layers.RandomRotation(factor=factor_range(self.rotation), fill_mode="reflect",
-                                                      seed=seed + 1, name="random_rotation"))
-        if self.zoom:
-            lower, upper = factor_range(self.zoom)
-            layers.append(keras.layers.RandomZoom(height_factor=(max(lower, _ABOVE_MINUS_ONE), upper),
-                                                  fill_mode="reflect", seed=seed + 2, name="random_zoom"))
-        return layers
-
-
-def factor_range(factor: float) -> tuple[float, float]:
-    """The (lower, upper) range of a reference rotation or zoom factor (see Augmentation)."""
-    return (-factor, factor) if factor > 0 else (factor, 0.0)
 
 
 def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str, batch_size: int,
@@ -153,17 +97,20 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
         batches = batches.map(lambda pixels, label, source: (tf.cast(pixels, tf.float32), label, source))
         return _served(batches, data_service).prefetch(tf.data.AUTOTUNE)
 
-    def to_model(pixels, label, _source):
+    def to_model(pixels, label, _source, key=None):
+        if key is not None:
+            pixels = augmentation(pixels, key)
         target = tf.cast(tf.expand_dims(label, -1), tf.float32) if binary_mode else tf.one_hot(label, num_classes)
         return tf.cast(pixels, tf.float32), target
 
-    batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if training and augmentation is not None:
-        layers = augmentation.layers(seed)
-        if layers:
-            pipeline = keras.Sequential(layers, name="augmentation")
-            batches = batches.map(lambda pixels, target: (pipeline(pixels, training=True), target),
-                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if training and augmentation is not None and augmentation.changes_anything:
+        # A stateless key a batch: the same seed gives the same run, and every epoch new draws.
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        batches = tf.data.Dataset.zip(batches, keys).map(lambda batch, key: to_model(*batch, key),
+                                                          num_parallel_calls=tf.data.AUTOTUNE,
+                                                          deterministic=deterministic)
+    else:
+        batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return _served(batches, data_service).prefetch(tf.data.AUTOTUNE)
 
 
