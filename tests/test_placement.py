@@ -79,6 +79,11 @@ def test_vertex_runs_train_as_a_custom_job_on_the_machines_the_run_names(compile
     assert train_task["inputs"]["parameters"]["worker_pool_specs"] == {
         "taskOutputParameter": {"producerTask": "train-worker-pools", "outputParameterKey": "Output"}}
     assert train_task["retryPolicy"]["maxRetryCount"] == 2
+    job_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    # As the pipeline's service account (which reads the data), not Vertex AI's custom code service agent.
+    assert job_inputs["service_account"]["defaultValue"] == "{{$.pipeline_service_account}}"
+    assert job_inputs["restart_job_on_worker_restart"]["defaultValue"] is True
+    assert job_inputs["timeout"]["defaultValue"] == f"{TIMEOUT_S['train']}s"
     # The wrapped op keeps train's inputs and outputs: evaluate reads the Model artifact from the train task.
     assert tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
         "producerTask": "train", "outputArtifactKey": "model"}

@@ -140,11 +140,16 @@ def custom_job(component, *, timeout_s: int):
     defaults the wrapper puts there (one n1-standard-4) are never used.
 
     A worker restarted on its own would wait for the others' collectives, so
-    a restart restarts the whole job (which then resumes from its checkpoint)."""
+    a restart restarts the whole job (which then resumes from its checkpoint).
+    The job runs as the pipeline's service account and in its network (the
+    wrapper's defaults are Vertex AI's custom code service agent, which may
+    not read the data, and no network)."""
+    from google_cloud_pipeline_components import _placeholders
     from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
 
-    return create_custom_training_job_from_component(component, timeout=f"{timeout_s}s",
-                                                     restart_job_on_worker_restart=True)
+    return create_custom_training_job_from_component(
+        component, timeout=f"{timeout_s}s", restart_job_on_worker_restart=True,
+        service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER, network=_placeholders.NETWORK_PLACEHOLDER)
 
 
 def container(job) -> dict[str, Any]:
