@@ -11,7 +11,8 @@ with the same compiled step:
 * synthetic: one cached batch repeated (tf.data from a tensor), the ceiling
   an input pipeline can reach: only the host-to-GPU copy remains;
 * real: kic's input pipeline (``kic.data.input_pipeline.make_dataset``) over
-  kic's prepare output of generated photo-like JPEGs, decoding every batch
+  kic's prepare output of generated photo-like JPEGs (640x480, stored by
+  prepare at the short side the pipeline derives: 256 for 224), decoding every batch
   (``memory_cache_bytes=0``, as for a dataset larger than the cache), which
   is the demanding case: a small dataset is decoded once and then served from
   memory.
@@ -33,8 +34,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bench_prepare import photo_like  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from kic.data import dataset_info, input_pipeline  # noqa: E402
 from kic.data.prepare import PrepareOptions, prepare_dataset  # noqa: E402
@@ -88,8 +90,11 @@ def real(prepared: str, batch: int, size: int) -> tf.data.Dataset:
         info.shard_paths(prepared, "train"), image_size=size, interpolation="bilinear", batch_size=batch,
         num_classes=info.num_classes, binary_mode=False, training=True, num_examples=info.splits["train"].num_examples,
         memory_cache_bytes=0, deterministic=False, short_side=info.image_short_side)
-    # Full batches only: the last, smaller one of each pass would be a new shape for XLA to compile.
-    return dataset.repeat().filter(lambda pixels, _target: tf.shape(pixels)[0] == batch)
+    # Full batches only, of the synthetic input's static shape: the step compiled for it serves this input too
+    # (the last, smaller batch of each pass would be a new shape for XLA to compile).
+    full = dataset.repeat().filter(lambda pixels, _target: tf.shape(pixels)[0] == batch)
+    return full.map(lambda pixels, target: (tf.ensure_shape(pixels, (batch, size, size, 3)),
+                                            tf.ensure_shape(target, (batch, info.num_classes))))
 
 
 def images_per_second(model: keras.Model, dataset: tf.data.Dataset, *, batch: int, warmup: int, steps: int) -> float:
@@ -98,17 +103,29 @@ def images_per_second(model: keras.Model, dataset: tf.data.Dataset, *, batch: in
     return steps * batch / timer.seconds
 
 
-def prepared_photos(folder: str, images: int, size: int, *, photo_size: tuple[int, int]) -> str:
+def prepared_photos(folder: str, images: int, size: int, *, photo_size: tuple[int, int], workers: int) -> str:
     """kic's prepare output of generated photo-like JPEGs, stored to the short side the pipeline derives."""
     source, prepared = os.path.join(folder, "images"), os.path.join(folder, "prepared")
+    width, height = photo_size
+    rng = np.random.default_rng(0)
+    # bench_prepare's photo-like images (colour gradients and sensor-like noise), with the noise drawn once
+    # and cropped at random, which makes thousands of them in seconds.
+    noise = rng.normal(0, 12, size=(2 * height, 2 * width, 3)).astype(np.float32)
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
     for index in range(images):
+        colours = rng.uniform(0, 255, size=(3, 3)).astype(np.float32)
+        top, left = rng.integers(0, height), rng.integers(0, width)
+        pixels = (colours[0] * (1 - x) * (1 - y) + colours[1] * x + colours[2] * y * (1 - x)
+                  + noise[top:top + height, left:left + width])
         path = os.path.join(source, f"class_{index % CLASSES}", f"{index:05d}.jpg")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(photo_like(index, photo_size))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
     short_side = -(-size * 8 // 7 // 32) * 32 if size >= 32 else size  # parameters.derive_short_side's rule
+    # Shards of 256 images, as a large dataset has many: the reads interleave over several files.
     prepare_dataset(PrepareOptions(source=source, output_dir=prepared, validation_fraction=0.05,
-                                   test_fraction=0.0, image_short_side=short_side))
+                                   test_fraction=0.0, image_short_side=short_side, images_per_shard=256,
+                                   workers=workers))
     return prepared
 
 
@@ -131,7 +148,8 @@ def main() -> None:
     devices = [device.name for device in tf.config.list_logical_devices("GPU")] or ["CPU only"]
     with tempfile.TemporaryDirectory(prefix="kic-bench-gpu-") as scratch:
         prepared = prepared_photos(scratch, args.images, args.size,
-                                   photo_size=(160, 120) if args.smoke else (640, 480))
+                                   photo_size=(160, 120) if args.smoke else (640, 480),
+                                   workers=1 if args.smoke else 0)
         print(f"{', '.join(devices)}; {os.cpu_count()} cores; {args.size}x{args.size}, global batch {args.batch}, "
               f"mixed_bfloat16 + XLA; {args.warmup} warm-up + {args.steps} timed steps; real input: "
               f"{args.images} photos prepared in {time.perf_counter() - started:.0f}s, decoded every batch")
