@@ -37,7 +37,6 @@ from typing import Any
 
 from kic.errors import Problem
 
-EXECUTOR_INPUT = "{{$}}"
 ESCAPED_EXECUTOR_INPUT = "{{$.json_escape[1]}}"  # the executor input inside the launcher's JSON payload
 EXECUTOR_INPUT_MARKER = "<kic:executor-input>"
 BOOT_DISK = {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100}  # the wrapper's default disk
