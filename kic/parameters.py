@@ -29,6 +29,7 @@ from kic.data.sources import TFDS_PREFIX
 from kic.errors import ParameterError, Problem
 from kic.evaluation import gate
 from kic.model import backbones, model_info, weights
+from kic.orchestration import custom_job
 from kic.serving import contract, registry
 
 __all__ = ["PIPELINE_PARAMETERS", "Parameter", "ParameterError", "Problem", "defaults", "derive_short_side",
@@ -109,6 +110,16 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
               "Number of GPUs train asks for; with 1 or more, train fails at once when it sees none (0: whatever "
               "the machine has). The compiled cluster pipelines default to 1.",
               target_defaults={"kfp": 1, "vertex": 1}),
+    # --- train as a Vertex AI custom job (pipeline-vertex.yaml only)
+    Parameter("train_replica_count", int, 1,
+              "Machines train runs on, each with accelerator_count GPUs of accelerator_type: 2 or more train one "
+              "model across them (MultiWorkerMirroredStrategy; batch_size stays the global batch).",
+              targets=("vertex",)),
+    Parameter("train_machine_type", str, "",
+              "The machine type of each of train's machines, which must carry the GPUs asked for (NVIDIA_L4: "
+              "g2-standard-*, NVIDIA_TESLA_A100: a2-highgpu-<N>g, NVIDIA_H100_80GB: a3-highgpu-<N>g, "
+              "NVIDIA_TESLA_T4: n1-*); empty: the smallest that does (g2-standard-8 for one NVIDIA_L4).",
+              targets=("vertex",)),
     Parameter("tf_data_service", str, "",
               "Address of a tf.data service dispatcher (grpc://HOST:PORT) whose workers decode and augment train's "
               "images, for when train's own CPUs cannot feed its GPUs; empty: train's own CPUs."),
@@ -144,6 +155,8 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     # --- the 25 hyperparameters of the reference algorithm
     *_hyperparameters(),
 )
+# Train's Vertex AI custom job: the training pipeline's only (the tuning pipeline's trials are plain tasks).
+CUSTOM_JOB_PARAMETERS = ("train_replica_count", "train_machine_type")
 # The parameters that name files, folders or URIs.
 LOCATIONS = ("data_source", "validation_source", "test_source", "tfds_data_dir", "pretrained_weights",
              "base_model_uri", "baseline_model_uri", "export_uri", "batch_predict_source")
@@ -343,6 +356,13 @@ def _accelerator_rules(values: Values, _reachability: bool) -> list[Problem]:
                                                   f"accelerator type starting with {VERTEX_GPU_PREFIX} (such as "
                                                   "NVIDIA_L4); TensorFlow here runs on NVIDIA GPUs")]
     return []
+
+
+@_rule("train_replica_count", "train_machine_type", "accelerator_type", "accelerator_count")
+def _custom_job_rules(values: Values, _reachability: Reachability) -> list[Problem]:
+    return custom_job.problems(replica_count=values["train_replica_count"], machine_type=values["train_machine_type"],
+                               accelerator_type=values["accelerator_type"],
+                               accelerator_count=values["accelerator_count"])
 
 
 @_rule("vertex_model_display_name", "vertex_parent_model", "vertex_serving_image")

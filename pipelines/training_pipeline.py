@@ -1,7 +1,8 @@
 """validate -> snapshot -> prepare -> train -> evaluate -> export (only when
 the quality gate blesses the model) -> batch prediction (only when asked for)
 and, in the Vertex AI pipeline, the upload to its Model Registry (only when
-asked for: ``kic.pipelines.model_registry``).
+asked for: ``kic.pipelines.model_registry``). In the Vertex AI pipeline train
+is a CustomJob on ``train_replica_count`` machines (``kic.pipelines.vertex_training``).
 
 The pipeline's parameters are ``kic.parameters.PIPELINE_PARAMETERS``: its
 signature is generated from that list (those of the target: the Model Registry's
@@ -50,21 +51,30 @@ def build(cluster: ClusterOptions | None = None):
     """The pipeline, placed for ``cluster.target`` (by default Kubeflow Pipelines'); the
     Vertex AI one needs Google Cloud Pipeline Components (``pip install kic[vertex]``)."""
     cluster = cluster or ClusterOptions()
+    train_job = None
     if cluster.target == "vertex":
         model_registry.require_components()  # before anything is built
+        from kic.pipelines import vertex_training
+
+        train_job = vertex_training.TrainJob(train)
 
     def training_pipeline(**p):
         hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
         _, sources, prepared = validate_and_prepare(p, cluster)
 
-        trained = place(train(
+        train_arguments = dict(
             examples=prepared.outputs[artifacts.EXAMPLES_KEY], backbone=p["backbone"],
             pretrained_weights=p["pretrained_weights"], image_size=p["image_size"],
             base_model_uri=p["base_model_uri"], base_model_fingerprint=sources.outputs["base_model"],
             seed=p["seed"], required_gpus=p["accelerator_count"], tf_data_service=p["tf_data_service"],
             **hyperparameters,
-        ), "train", cluster, accelerator_type=p["accelerator_type"],
-            accelerator_count=p["accelerator_count"]).set_display_name(TRAIN_TASK)
+        )
+        if train_job:
+            trained = train_job(p, cluster, **train_arguments)
+        else:
+            trained = place(train(**train_arguments), "train", cluster, accelerator_type=p["accelerator_type"],
+                            accelerator_count=p["accelerator_count"])
+        trained.set_display_name(TRAIN_TASK)
 
         evaluated = evaluate_and_export(p, cluster, examples=prepared.outputs[artifacts.EXAMPLES_KEY],
                                         model=trained.outputs[artifacts.MODEL_KEY], sources=sources)

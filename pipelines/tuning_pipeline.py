@@ -101,7 +101,9 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT_PARA
                        best_hyperparameters=selected.outputs["best_hyperparameters"])
 
     pipeline = with_parameters(tuning_pipeline, "tuning_pipeline", cluster.target,
-                               (*parameters.for_target(cluster.target), *TUNING_PARAMETERS), Outputs)
+                               (*(parameter for parameter in parameters.for_target(cluster.target)
+                                  if parameter.name not in parameters.CUSTOM_JOB_PARAMETERS), *TUNING_PARAMETERS),
+                               Outputs)
     pipeline.__doc__ = docs.docstring(
         "Hyperparameter search over the training pipeline: prepare the images once, train the trials in parallel, "
         "then evaluate the best trial's model and export it when the quality gate passes.",

@@ -37,7 +37,8 @@ def test_list_params_shows_every_pipeline_parameter(capsys):
     assert [line.split()[0] for line in lines] == [parameter.name for parameter in parameters.PIPELINE_PARAMETERS]
     assert lines[0].split()[:3] == ["data_source", "str", "(required)"]
     only_vertex = [line.split()[0] for line in lines if "[only in the Vertex AI pipeline]" in line]
-    assert only_vertex == ["vertex_model_display_name", "vertex_parent_model", "vertex_serving_image"]
+    assert only_vertex == ["train_replica_count", "train_machine_type", "vertex_model_display_name",
+                           "vertex_parent_model", "vertex_serving_image"]
 
 
 def test_prepare_command_writes_a_finished_dataset(tmp_path, capsys):

@@ -76,15 +76,23 @@ def container(tmp_path_factory):
     return {"env": environment, "cwd": workdir, "root": root}
 
 
-def _run_ir_command(container, name: str, overrides: dict, task: str = "") -> tuple[subprocess.CompletedProcess, dict]:
-    """Runs component ``name``'s command as its component.yaml gives it, on the executor input a KFP
-    backend would send (every input parameter, defaults filled in); returns the process and that input."""
-    with open(os.path.join(ROOT, "components", name, "component.yaml"), encoding="utf-8") as handle:
+def _run_ir_command(container, name: str, overrides: dict, task: str = "",
+                    pipeline: str = "") -> tuple[subprocess.CompletedProcess, dict]:
+    """Runs component ``name``'s command as its component.yaml gives it (or, given ``pipeline``, as that
+    pipeline's YAML gives it), on the executor input a KFP backend would send (every input parameter,
+    defaults filled in); returns the process and that input."""
+    with open(os.path.join(ROOT, pipeline or os.path.join("components", name, "component.yaml")),
+              encoding="utf-8") as handle:
         spec = yaml.safe_load(handle)
-    [executor] = spec["deploymentSpec"]["executors"].values()
+    if pipeline:
+        component = spec["components"][f"comp-{name.replace('_', '-')}"]
+        executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]
+    else:
+        [executor] = spec["deploymentSpec"]["executors"].values()
+        component = spec["root"]
     task_root = container["root"] / "tasks" / (task or name)
     task_root.mkdir(parents=True)
-    inputs, outputs = spec["root"]["inputDefinitions"], spec["root"].get("outputDefinitions", {})
+    inputs, outputs = component["inputDefinitions"], component.get("outputDefinitions", {})
     values = {}
     for parameter, definition in inputs.get("parameters", {}).items():
         value = overrides.get(parameter, definition.get("defaultValue"))
@@ -156,3 +164,18 @@ def test_prepare_runs_from_the_installed_wheel(container, tmp_path):
         os.path.join(examples_dir, "validation-*.tfrecord"))
     with open(_output_uri(executor_input, artifacts.DATA_REPORT_KEY), encoding="utf-8") as handle:
         assert "<html" in handle.read().lower()
+
+
+def test_vertex_trains_worker_pools_step_runs_from_the_installed_wheel(container):
+    """The Vertex AI pipeline's train-worker-pools step (no component.yaml of its own), as pipeline-vertex.yaml
+    gives it: the job's worker pools, the chief alone in the first."""
+    train_container = {"image_uri": "registry.example/kic-gpu:1", "command": ["sh", "-ec", "..."],
+                       "args": ["--executor_input", "<kic:executor-input>", "--function_to_execute", "train"]}
+    output = _executor_output(*_run_ir_command(container, "train_worker_pools", {
+        "container": train_container, "replica_count": 2, "machine_type": "", "accelerator_type": "NVIDIA_L4",
+        "accelerator_count": 1}, pipeline="pipeline-vertex.yaml"))
+    chief, workers = output["parameterValues"]["Output"]
+    assert (chief["replica_count"], workers["replica_count"]) == (1, 1)
+    assert chief["machine_spec"] == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",
+                                     "accelerator_count": 1}
+    assert chief["container_spec"]["args"][1] == workers["container_spec"]["args"][1] == "{{$.json_escape[1]}}"

@@ -87,7 +87,8 @@ def test_the_pipeline_parameters_are_the_front_doors(fresh, vertex, target):
     # The IR sorts them; a parameter of other targets only (the Vertex AI Model Registry's) is not there.
     assert list(inputs) == sorted(parameter.name for parameter in parameters.for_target(target))
     assert {name for name in FRONT_DOOR if name not in inputs} == (
-        set() if target == "vertex" else {"vertex_model_display_name", "vertex_parent_model", "vertex_serving_image"})
+        set() if target == "vertex" else {"vertex_model_display_name", "vertex_parent_model", "vertex_serving_image",
+                                          *parameters.CUSTOM_JOB_PARAMETERS})
     _assert_matches_front_door(inputs, inputs, target=target)
     for name, spec in inputs.items():
         assert " ".join(spec["description"].split()) == FRONT_DOOR[name].help, name
@@ -213,10 +214,14 @@ def test_kic_compile_sets_the_images_of_the_pipeline_and_the_components(tmp_path
                    check=True, cwd=tmp_path,
                    capture_output=True)
     executors = _load(tmp_path / "one.yaml")["deploymentSpec"]["executors"]
+    # Train runs in the CustomJob that its launcher (Google's image) starts: the image is in the job's worker pools.
     kic_steps = [executor for name, executor in executors.items()
-                 if name.removeprefix("exec-").replace("-", "_") in kic_compile.TRAINING_COMPONENTS]
-    assert len(kic_steps) == len(kic_compile.TRAINING_COMPONENTS)  # the training pipeline's
+                 if name.removeprefix("exec-").replace("-", "_") in (*kic_compile.TRAINING_COMPONENTS,
+                                                                     "train_worker_pools") and name != "exec-train"]
+    assert len(kic_steps) == len(kic_compile.TRAINING_COMPONENTS)  # the training pipeline's, and the worker pools'
     assert {executor["container"]["image"] for executor in kic_steps} == {"registry.example/kic:1"}
+    worker_pools = _load(tmp_path / "one.yaml")["root"]["dag"]["tasks"]["train-worker-pools"]["inputs"]["parameters"]
+    assert worker_pools["container"]["runtimeValue"]["constant"]["image_uri"] == "registry.example/kic:1"
 
 
 def test_export_runs_only_when_the_gate_blesses_the_model(fresh):
@@ -250,7 +255,9 @@ def _tuning_tasks(spec) -> dict:
 @pytest.mark.parametrize("target", kic_compile.TARGETS)
 def test_the_tuning_pipeline_takes_the_training_parameters_and_the_tuning_ones(tuning, target):
     inputs = _inputs(tuning[target])
-    own = [parameter.name for parameter in parameters.for_target(target)]
+    # The trials are plain tasks: train's Vertex AI custom job settings are the training pipeline's only.
+    own = [parameter.name for parameter in parameters.for_target(target)
+           if parameter.name not in parameters.CUSTOM_JOB_PARAMETERS]
     assert list(inputs) == sorted({*own, *TUNING})
     _assert_matches_front_door(inputs, own, target=target)
     assert inputs["accelerator_count"]["defaultValue"] == 1

@@ -23,6 +23,8 @@ def validate(
     seed: int = 42,
     accelerator_type: str = "",
     accelerator_count: int = 0,
+    train_replica_count: int = 1,
+    train_machine_type: str = "",
     tf_data_service: str = "",
     gate_metric: str = "",
     gate_minimum: float = 0.0,
@@ -71,8 +73,8 @@ def validate(
 validate.__doc__ = docs.docstring(
     "Checks every pipeline parameter at the start of the pipeline (the hyperparameters against the contract, "
     "backbone and image size, split fractions, sources and model URIs that must exist, the pretrained weights, "
-    "the quality gate, export, batch-prediction and model-registry options), so that a bad value fails the run in "
-    "seconds with one message listing every problem.",
+    "the quality gate, export, batch-prediction and model-registry options, train's Vertex AI machines), so that a "
+    "bad value fails the run in seconds with one message listing every problem.",
     docs.pipeline_parameter_args(),
     {"Output": "The short side, in pixels, that prepare should store."},
 )

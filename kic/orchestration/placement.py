@@ -9,7 +9,9 @@ Targets:
 * ``vertex``: Vertex AI Pipelines, where each step is a CustomJob whose machine
   type is the smallest that meets the CPU and memory limits, and the GPU is an
   accelerator type such as ``NVIDIA_L4`` (which needs a G2 machine: 8 vCPUs
-  and 32 GB fit g2-standard-8).
+  and 32 GB fit g2-standard-8). Train is the exception: a CustomJob of its
+  own on ``train_replica_count`` machines of ``train_machine_type``
+  (``kic.orchestration.custom_job``), placed by ``kic.pipelines.vertex_training``.
 * ``local``: ``kic run`` (kfp.local), which ignores resources but honours
   retries, so it gets none: a user error should fail at once.
 
@@ -45,6 +47,7 @@ class Resources:
 STEP_RESOURCES: Mapping[str, Resources] = {
     "validate": Resources("1", "2", "2G", "4G"),
     "snapshot": Resources("1", "2", "1G", "2G"),
+    "train_worker_pools": Resources("1", "2", "1G", "2G"),  # Vertex AI: computes train's CustomJob machines
     "prepare": Resources("4", "8", "8G", "16G"),
     "train": Resources("8", "8", "24G", "32G"),
     "evaluate": Resources("4", "4", "8G", "16G"),

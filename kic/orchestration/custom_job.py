@@ -1,0 +1,185 @@
+"""Vertex AI only: train as a CustomJob of one or more replicas, each on a
+machine with the same GPUs, every replica running the same train container.
+
+Built with Google Cloud Pipeline Components' wrapper
+(``create_custom_training_job_from_component``), which turns the train
+component into a task that launches a CustomJob and carries the component's
+inputs and outputs (the Model artifact) over. The wrapper fixes the job's
+worker pools when it is called, from Python values (it computes
+``replica_count - 1`` and drops the second pool for one replica), so pipeline
+parameters cannot go there; the task's ``worker_pool_specs`` input takes them
+instead, from the small step ``train-worker-pools`` that computes them from
+``train_replica_count``, ``train_machine_type``, ``accelerator_type`` and
+``accelerator_count`` at run time. A step rather than placeholders in a
+constant, because Vertex AI wants the primary replica alone in the first pool
+(a second pool of ``train_replica_count - 1`` replicas, absent for one
+replica), and that arithmetic has no placeholder.
+
+The container spec reaches that step with the executor-input placeholder
+replaced by ``EXECUTOR_INPUT_MARKER``: a placeholder in a step's input is
+resolved for that step, so the real one would be filled with the
+worker-pools step's own executor input. The step puts the placeholder back in
+its output, which the train task's launcher resolves with train's.
+
+Vertex AI sets CLUSTER_SPEC and TF_CONFIG in every replica (the first pool is
+the chief, the second the workers), which is what train reads to train one
+model across them with MultiWorkerMirroredStrategy. Every replica runs the
+KFP executor with the same executor input, so every replica would write the
+same output artifacts: only the chief's may (the others write elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kic.errors import Problem
+
+ESCAPED_EXECUTOR_INPUT = "{{$.json_escape[1]}}"  # the executor input inside the launcher's JSON payload
+EXECUTOR_INPUT_MARKER = "<kic:executor-input>"
+BOOT_DISK = {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100}  # the wrapper's default disk
+
+_MACHINE_TYPE = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)+")
+# The machine series each Vertex AI GPU comes on; types not named here are not checked.
+GPU_MACHINE_SERIES: Mapping[str, tuple[str, ...]] = {
+    "NVIDIA_L4": ("g2-standard",),
+    "NVIDIA_TESLA_A100": ("a2-highgpu", "a2-megagpu"),
+    "NVIDIA_A100_80GB": ("a2-ultragpu",),
+    "NVIDIA_H100_80GB": ("a3-highgpu",),
+    "NVIDIA_H100_MEGA_80GB": ("a3-megagpu",),
+    "NVIDIA_H200_141GB": ("a3-ultragpu",),
+    "NVIDIA_B200": ("a4-highgpu",),
+    "NVIDIA_TESLA_T4": ("n1-standard", "n1-highmem", "n1-highcpu"),
+    "NVIDIA_TESLA_V100": ("n1-standard", "n1-highmem", "n1-highcpu"),
+    "NVIDIA_TESLA_P100": ("n1-standard", "n1-highmem", "n1-highcpu"),
+    "NVIDIA_TESLA_P4": ("n1-standard", "n1-highmem", "n1-highcpu"),
+}
+# Machines that come with their GPUs: how many a G2 machine has by its vCPUs (A2, A3 and A4 names end in -<N>g).
+_G2_GPUS = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}
+_GPU_MACHINES = ("a2-highgpu-1g", "a2-highgpu-2g", "a2-highgpu-4g", "a2-highgpu-8g", "a2-megagpu-16g",
+                 "a2-ultragpu-1g", "a2-ultragpu-2g", "a2-ultragpu-4g", "a2-ultragpu-8g", "a3-highgpu-1g",
+                 "a3-highgpu-2g", "a3-highgpu-4g", "a3-highgpu-8g", "a3-megagpu-8g", "a3-ultragpu-8g",
+                 "a4-highgpu-8g")
+_GPU_SERIES = ("g2-", "a2-", "a3-", "a4-")
+
+
+# The smallest machine of each series for a number of GPUs, with at least train's 8 vCPUs and 32 GB for one GPU
+# (placement.STEP_RESOURCES), as Vertex AI picks for the other steps.
+_G2_FOR_GPUS = {1: "g2-standard-8", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"}
+_N1_FOR_GPUS = {1: "n1-standard-8", 2: "n1-standard-16", 4: "n1-standard-32", 8: "n1-standard-64"}
+_CPU_MACHINE = "n1-standard-8"
+
+
+def default_machine_type(accelerator_type: str, accelerator_count: int) -> str | None:
+    """The machine train gets when ``train_machine_type`` is empty: the
+    smallest one that carries ``accelerator_count`` GPUs of the type (None:
+    no such machine known here)."""
+    if accelerator_count == 0:
+        return _CPU_MACHINE
+    series = GPU_MACHINE_SERIES.get(accelerator_type, ("",))[0]
+    if series == "g2-standard":
+        return _G2_FOR_GPUS.get(accelerator_count)
+    if series == "n1-standard":
+        return _N1_FOR_GPUS.get(accelerator_count)
+    if series and accelerator_count in (1, 2, 4, 8, 16):
+        machine = f"{series}-{accelerator_count}g"
+        return machine if machine in _GPU_MACHINES else None
+    return None
+
+
+def machine_gpus(machine_type: str) -> int | None:
+    """How many GPUs ``machine_type`` comes with (None: GPUs are attached as asked, as on N1)."""
+    if found := re.fullmatch(r"a[234]-\w+-(\d+)g", machine_type):
+        return int(found[1])
+    if found := re.fullmatch(r"g2-standard-(\d+)", machine_type):
+        return _G2_GPUS.get(int(found[1]))
+    return None
+
+
+def problems(*, replica_count: int, machine_type: str, accelerator_type: str, accelerator_count: int) -> list[Problem]:
+    """The Vertex AI custom job's settings: their form, and, for a Vertex AI
+    GPU type (NVIDIA_...), that the machine type carries it in that number."""
+    found = []
+    if replica_count < 1:
+        found.append(Problem("train_replica_count", replica_count, "1 (one machine) or more"))
+    vertex_gpu = accelerator_type.startswith("NVIDIA_")
+    if not machine_type:
+        if vertex_gpu and accelerator_count > 0 and not default_machine_type(accelerator_type, accelerator_count):
+            found.append(Problem("train_machine_type", machine_type, f"no machine known here for {accelerator_count} "
+                                                                     f"{accelerator_type}: name one"))
+        return found
+    if not _MACHINE_TYPE.fullmatch(machine_type):
+        return found + [Problem("train_machine_type", machine_type, "a Compute Engine machine type, such as "
+                                                                    "g2-standard-8, a2-highgpu-1g or n1-standard-8")]
+    if not vertex_gpu:
+        return found  # not a Vertex AI pipeline's value (Kubeflow Pipelines', or none on this machine)
+    gpus = machine_gpus(machine_type)
+    if accelerator_count == 0:
+        if machine_type.startswith(_GPU_SERIES):
+            found.append(Problem("train_machine_type", machine_type, "comes with GPUs: with accelerator_count 0 "
+                                                                     "(no GPU) use a CPU machine such as "
+                                                                     "n1-standard-8"))
+        return found
+    series = GPU_MACHINE_SERIES.get(accelerator_type)
+    if series and not machine_type.startswith(tuple(f"{name}-" for name in series)):
+        found.append(Problem("train_machine_type", machine_type, f"{accelerator_type} comes on "
+                                                                 f"{' or '.join(f'{name}-*' for name in series)} "
+                                                                 "machines"))
+    elif gpus is not None and gpus != accelerator_count:
+        found.append(Problem("accelerator_count", accelerator_count, f"{machine_type} has {gpus} GPU"
+                                                                     f"{'s' if gpus > 1 else ''}: ask for that many"))
+    return found
+
+
+def custom_job(component, *, timeout_s: int):
+    """``component`` (train) as a task that runs it as a Vertex AI CustomJob.
+    Its ``worker_pool_specs`` input must be given (``worker_pools``); the
+    defaults the wrapper puts there (one n1-standard-4) are never used.
+
+    A worker restarted on its own would wait for the others' collectives, so
+    a restart restarts the whole job (which then resumes from its checkpoint).
+    The job runs as the pipeline's service account and in its network (the
+    wrapper's defaults are Vertex AI's custom code service agent, which may
+    not read the data, and no network)."""
+    from google_cloud_pipeline_components import _placeholders
+    from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
+
+    return create_custom_training_job_from_component(
+        component, timeout=f"{timeout_s}s", restart_job_on_worker_restart=True,
+        service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER, network=_placeholders.NETWORK_PLACEHOLDER)
+
+
+def container(job) -> dict[str, Any]:
+    """The container spec every replica of ``job`` (a ``custom_job``) runs,
+    with the executor input as ``EXECUTOR_INPUT_MARKER``, to pass through the
+    worker-pools step."""
+    [pool] = job.component_spec.inputs["worker_pool_specs"].default
+    spec = pool["container_spec"]
+    spec = {**spec, "command": _swap(spec["command"], ESCAPED_EXECUTOR_INPUT, EXECUTOR_INPUT_MARKER),
+            "args": _swap(spec["args"], ESCAPED_EXECUTOR_INPUT, EXECUTOR_INPUT_MARKER)}
+    if "{{$" in json.dumps(spec):  # any other placeholder would be resolved for the worker-pools step
+        raise ValueError(f"the train container has a placeholder besides the executor input: {spec}")
+    return spec
+
+
+def worker_pools(container_spec: Mapping[str, Any], *, replica_count: int, machine_type: str, accelerator_type: str,
+                 accelerator_count: int) -> list[dict[str, Any]]:
+    """The CustomJob's worker pools: the chief alone in the first, the other
+    ``replica_count - 1`` replicas in the second (none for one replica); the
+    same machine (empty ``machine_type``: ``default_machine_type``), GPUs and
+    container in both."""
+    machine: dict[str, Any] = {"machine_type": machine_type or default_machine_type(accelerator_type,
+                                                                                  accelerator_count)}
+    if accelerator_count:  # Vertex AI refuses a type without a count and the other way round
+        machine.update(accelerator_type=accelerator_type, accelerator_count=accelerator_count)
+    spec = {**container_spec,
+            "command": _swap(container_spec.get("command", []), EXECUTOR_INPUT_MARKER, ESCAPED_EXECUTOR_INPUT),
+            "args": _swap(container_spec.get("args", []), EXECUTOR_INPUT_MARKER, ESCAPED_EXECUTOR_INPUT)}
+    chief = {"machine_spec": machine, "replica_count": 1, "container_spec": spec, "disk_spec": dict(BOOT_DISK)}
+    return [chief] + ([{**chief, "replica_count": replica_count - 1}] if replica_count > 1 else [])
+
+
+def _swap(parts: Sequence[str], old: str, new: str) -> list[str]:
+    return [new if part == old else part for part in parts]

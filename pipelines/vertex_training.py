@@ -1,0 +1,41 @@
+"""Vertex AI only: train as a CustomJob of ``train_replica_count`` machines
+(``kic.orchestration.custom_job``): the train-worker-pools step computes the
+job's worker pools from the pipeline parameters, and the train task launches
+the job with them. Compiling needs Google Cloud Pipeline Components
+(``kic[vertex]``), as the Model Registry step does."""
+
+from kfp import dsl
+
+from kic.components.image import CPU_IMAGE
+from kic.orchestration import custom_job
+from kic.orchestration.placement import RETRY, TIMEOUT_S, ClusterOptions, place
+
+WORKER_POOLS_TASK = "train-worker-pools"
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def train_worker_pools(container: dict, replica_count: int, machine_type: str, accelerator_type: str,
+                       accelerator_count: int) -> list:
+    """The worker pools of train's Vertex AI CustomJob: the chief, then the other replicas, on the same machines."""
+    from kic.orchestration import custom_job
+
+    return custom_job.worker_pools(container, replica_count=replica_count, machine_type=machine_type,
+                                   accelerator_type=accelerator_type, accelerator_count=accelerator_count)
+
+
+class TrainJob:
+    """Made before the pipeline's body runs: GCPC's wrapper fails when called
+    after a task has been created in the pipeline (kubeflow/pipelines#9320)."""
+
+    def __init__(self, train_component):
+        self.job = custom_job.custom_job(train_component, timeout_s=TIMEOUT_S["train"])
+        self.container = custom_job.container(self.job)
+
+    def __call__(self, p: dict, cluster: ClusterOptions, **train_arguments):
+        """The train task: a CustomJob on the machines the parameters name."""
+        pools = place(train_worker_pools(
+            container=self.container, replica_count=p["train_replica_count"], machine_type=p["train_machine_type"],
+            accelerator_type=p["accelerator_type"], accelerator_count=p["accelerator_count"],
+        ), "train_worker_pools", cluster).set_display_name(WORKER_POOLS_TASK)
+        # The launcher only waits for the job: no resources of its own; the job's retries are the task's.
+        return self.job(worker_pool_specs=pools.output, **train_arguments).set_retry(**RETRY)
