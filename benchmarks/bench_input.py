@@ -25,7 +25,9 @@ in 5 classes. For each size, in one process, it times passes (epochs) over:
   (kic.data.augmentation), and, as a lever, kic's input with Keras's layers.
 
 It prints images per second for the first epoch and for the later ones (their
-median), and each against the peer's. Not a test: nothing is asserted, numbers are printed.
+median), each against the peer's, and the process's CPU milliseconds per image
+(steadier than wall-clock time when other work shares the machine). Not a
+test: nothing is asserted, numbers are printed.
 """
 
 from __future__ import annotations
@@ -84,15 +86,16 @@ def make_photos(root: str, count: int, size: tuple[int, int], seed: int = 0) -> 
         image.save(os.path.join(folder, f"{index:05d}.jpg"), quality=90)
 
 
-def passes(dataset: tf.data.Dataset, epochs: int) -> tuple[int, list[float]]:
-    """Images per pass, and each pass's seconds (every batch pulled to the host)."""
-    seconds, count = [], 0
+def passes(dataset: tf.data.Dataset, epochs: int) -> tuple[int, list[float], list[float]]:
+    """Images per pass, and each pass's wall-clock and CPU seconds (every batch pulled to the host)."""
+    seconds, cpu_seconds, count = [], [], 0
     for _ in range(epochs):
-        started, count = time.perf_counter(), 0
+        started, cpu_started, count = time.perf_counter(), time.process_time(), 0
         for batch in dataset:
             count += int(batch[0].shape[0])
         seconds.append(time.perf_counter() - started)
-    return count, seconds
+        cpu_seconds.append(time.process_time() - cpu_started)
+    return count, seconds, cpu_seconds
 
 
 def peer(folder: str, augmentation: bool) -> tf.data.Dataset:
@@ -158,10 +161,13 @@ def file_cached(shards: list[str], count: int, short_side: int, folder: str) -> 
     return images.batch(BATCH).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
 
-def row(name: str, images: int, seconds: list[float], reference: tuple[float, float] | None) -> tuple[float, float]:
+def row(name: str, images: int, seconds: list[float], cpu_seconds: list[float],
+        reference: tuple[float, float] | None) -> tuple[float, float]:
     first, later = images / seconds[0], images / statistics.median(seconds[1:])  # median: robust to a noisy pass
     versus = f"{first / reference[0]:6.2f}x {later / reference[1]:6.2f}x" if reference else f"{'1.00x':>7} {'1.00x':>7}"
-    print(f"  {name:58} {first:8.0f} {later:8.0f}   {versus}", flush=True)
+    # CPU time per image holds better than wall-clock time on a shared machine.
+    cpu = [1000 * used / images for used in (cpu_seconds[0], statistics.median(cpu_seconds[1:]))]
+    print(f"  {name:58} {first:8.0f} {later:8.0f}   {versus}   {cpu[0]:6.2f} {cpu[1]:6.2f}", flush=True)
     return first, later
 
 
@@ -177,7 +183,8 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
     shards, count = info.shard_paths(prepared, "train"), info.splits["train"].num_examples
     print(f"\n{images} photos {size[0]}x{size[1]} JPEG, {CLASSES} classes, {os.cpu_count()} cores; prepare "
           f"(once per dataset) {images / prepare_seconds:.0f} img/s; kic reads {count} training images")
-    print(f"  {'images/s':58} {'epoch 1':>8} {'later':>8}   {'vs peer (epoch 1, later)':>15}")
+    print(f"  {'images/s':58} {'epoch 1':>8} {'later':>8}   {'vs peer (epoch 1, later)':>15}"
+          f"   CPU ms an image (epoch 1, later)")
 
     for augment in (False, True):
         print(f" {'with augmentation (flip, rotation, zoom)' if augment else 'no augmentation'}:")
