@@ -69,16 +69,19 @@ class Recalibrator:
 
         def on_replica(pixels):
             # Each replica's statistics weigh by its image count: the last
-            # batch may be short, and a replica may get none of it.
+            # batch may be short, and a replica may get none of it. One
+            # vector, the count last, so that one all-reduce sums them all.
             count = tf.cast(tf.shape(pixels)[0], tf.float32)
             statistics = [tf.math.multiply_no_nan(value, count) for probe in probes for value in probe(pixels)]
-            return statistics, count
+            return tf.concat([*statistics, [count]], axis=0)
 
         @tf.function(reduce_retracing=True)
         def step(batch):
             pixels, _ = batch
-            per_replica = strategy.run(on_replica, args=(pixels,))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            summed = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(on_replica, args=(pixels,)), axis=None)
+            sizes = [int(layer.moving_mean.shape[0]) for layers in self._groups for layer in layers for _ in "mv"]
+            *statistics, count = tf.split(summed, [*sizes, 1])
+            return statistics, count[0]
 
         return step
 

@@ -157,6 +157,8 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
         metrics = _metrics(config, data.num_classes)
         optimizer = precision.with_loss_scaling(optimizers.build_optimizer(config), choice.precision)
         model.compile(optimizer=optimizer, loss=_loss(config), metrics=metrics, jit_compile=choice.jit_compile)
+    if spread.num_workers > 1:
+        distribution.fix_keras_for_multi_worker(model)
     if choice.jit_compile and not model.jit_compile:  # Keras' own call: deterministic kernels, or a layer XLA lacks
         choice = dataclasses.replace(choice, jit_compile=False, reason="Keras cannot compile this model here")
     log(f"train: {choice.describe()}")
