@@ -23,10 +23,9 @@ from collections.abc import Iterator, Sequence
 
 import keras
 
-AUTO = "auto"
-FLOAT32, MIXED_FLOAT16, MIXED_BFLOAT16 = "float32", "mixed_float16", "mixed_bfloat16"
-PRECISIONS = (AUTO, FLOAT32, MIXED_FLOAT16, MIXED_BFLOAT16)
-JIT_COMPILE_CHOICES = (AUTO, "true", "false")
+from kic.config import PRECISIONS
+
+AUTO, FLOAT32, MIXED_FLOAT16, MIXED_BFLOAT16 = PRECISIONS
 BFLOAT16_COMPUTE_CAPABILITY = (8, 0)  # Ampere
 
 
@@ -74,16 +73,6 @@ def resolve(precision: str, jit_compile: str, devices: Devices, replicas: int = 
     if jit_compile == AUTO:
         return Choice(precision, bool(gpus), "auto: on a GPU" if gpus else "auto: off on the CPU")
     return Choice(precision, jit_compile == "true", "as asked")
-
-
-def problems(precision: str, jit_compile: str) -> list[tuple[str, str, str]]:
-    """(name, value, what is valid) for each invalid setting."""
-    found = []
-    if precision not in PRECISIONS:
-        found.append(("precision", precision, "one of " + ", ".join(PRECISIONS)))
-    if jit_compile not in JIT_COMPILE_CHOICES:
-        found.append(("jit_compile", jit_compile, "one of " + ", ".join(JIT_COMPILE_CHOICES)))
-    return found
 
 
 @contextlib.contextmanager
