@@ -112,7 +112,8 @@ class Distribution:
         return self.strategy.num_replicas_in_sync
 
     def describe(self) -> str:
-        name = type(self.strategy).__name__
+        # By the names they are made by (MultiWorkerMirroredStrategy's class is CollectiveAllReduceStrategy).
+        name = "MultiWorkerMirroredStrategy" if self.num_workers > 1 else type(self.strategy).__name__
         if self.num_workers > 1:
             role = "chief" if self.is_chief else "not the chief: its outputs are discarded"
             return (f"{name} over {self.num_workers} workers, {self.num_replicas} replicas in all; this is worker "
