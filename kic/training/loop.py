@@ -188,7 +188,9 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
                      metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
                      skipped_records=skipped.count, image_short_side=data.image_short_side)
     os.makedirs(model_dir, exist_ok=True)
-    model.save(os.path.join(model_dir, artifacts.KERAS_MODEL))
+    # Saved computing in float32, whatever the training precision: what evaluation, serving (often on CPUs,
+    # where half precision is slow) and later training read; the weights are float32 either way.
+    precision.recast(model, precision.FLOAT32).save(os.path.join(model_dir, artifacts.KERAS_MODEL))
     model_info.save(model_dir, info)
     storage.write_text(os.path.join(model_dir, artifacts.TRAINING_HISTORY), json.dumps(history, indent=2))
     return TrainResult(model_dir=model_dir, best_epoch=best.best_epoch, epochs_run=len(history["loss"]),
