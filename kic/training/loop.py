@@ -147,21 +147,8 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
         for split in ("train", "validation"))
     _log_decoded_images_home(shares["train"], image_size, cache_dir, options.data_service, log)
 
-    choice = precision.resolve(options.precision, options.jit_compile, precision.Devices.visible(),
-                               replicas=spread.num_replicas)
-    with spread.strategy.scope(), precision.policy(choice.precision):
-        model = _build_model(config, options, backbone, image_size, data.num_classes, plan, base_dir)
-        model = precision.recast(model, choice.precision, keep_float32=(classifier.DENSE_LAYER,))
-        hyperparameters = _as_built(config, model, log)
-        classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
-        metrics = _metrics(config, data.num_classes)
-        optimizer = precision.with_loss_scaling(optimizers.build_optimizer(config), choice.precision)
-        model.compile(optimizer=optimizer, loss=_loss(config), metrics=metrics, jit_compile=choice.jit_compile)
-    if spread.num_workers > 1:
-        distribution.fix_keras_for_multi_worker(model)
-    if choice.jit_compile and not model.jit_compile:  # Keras' own call: deterministic kernels, or a layer XLA lacks
-        choice = dataclasses.replace(choice, jit_compile=False, reason="Keras cannot compile this model here")
-    log(f"train: {choice.describe()}")
+    model, hyperparameters, metrics = _compiled_model(config, options, backbone, image_size, data.num_classes, plan,
+                                                      base_dir, spread, log)
 
     best = BestEpoch(config.monitored_metric)
     skipped = SkippedRecords(decoded, shares["train"], log)
@@ -198,6 +185,28 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
 
 
 # ----------------------------------------------------------------- model
+def _compiled_model(config, options, backbone, image_size, num_classes, plan, base_dir,
+                    spread: distribution.Distribution, log: Log) -> tuple[keras.Model, dict, list]:
+    """The model, built and compiled in the strategy's scope and the
+    precision's policy; the hyperparameters as built, and the metrics."""
+    choice = precision.resolve(options.precision, options.jit_compile, precision.Devices.visible(),
+                               replicas=spread.num_replicas)
+    with spread.strategy.scope(), precision.policy(choice.precision):
+        model = _build_model(config, options, backbone, image_size, num_classes, plan, base_dir)
+        model = precision.recast(model, choice.precision, keep_float32=(classifier.DENSE_LAYER,))
+        hyperparameters = _as_built(config, model, log)
+        classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
+        metrics = _metrics(config, num_classes)
+        optimizer = precision.with_loss_scaling(optimizers.build_optimizer(config), choice.precision)
+        model.compile(optimizer=optimizer, loss=_loss(config), metrics=metrics, jit_compile=choice.jit_compile)
+    if spread.num_workers > 1:
+        distribution.fix_keras_for_multi_worker(model)
+    if choice.jit_compile and not model.jit_compile:  # Keras' own call: deterministic kernels, or a layer XLA lacks
+        choice = dataclasses.replace(choice, jit_compile=False, reason="Keras cannot compile this model here")
+    log(f"train: {choice.describe()}")
+    return model, hyperparameters, metrics
+
+
 def _build_model(config, options, backbone, image_size, num_classes, plan, base_dir) -> keras.Model:
     if plan.start_from_base_model:
         model = loading.load_keras_model(base_dir)
