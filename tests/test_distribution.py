@@ -73,6 +73,25 @@ def test_a_malformed_cluster_is_refused_with_what_is_wrong(text, message):
         cluster_from_environment({distribution.TF_CONFIG: text})
 
 
+def test_only_the_chiefs_outputs_are_kept(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from kic.training import loop
+
+    monkeypatch.delenv(loop.WORKER_OUTPUT_VARIABLE, raising=False)
+    chief = distribution.Distribution(tf.distribute.get_strategy(), num_workers=2)
+    other = distribution.Distribution(tf.distribute.get_strategy(), num_workers=2, worker_index=1, is_chief=False)
+    with loop._output_dir(str(tmp_path / "model"), chief) as folder:
+        assert folder == str(tmp_path / "model")
+    with loop._output_dir(str(tmp_path / "model"), other) as folder:
+        assert folder != str(tmp_path / "model")
+        open(os.path.join(folder, "model.keras"), "w").close()
+    assert not os.path.exists(folder)
+    monkeypatch.setenv(loop.WORKER_OUTPUT_VARIABLE, str(tmp_path / "kept"))
+    with loop._output_dir(str(tmp_path / "model"), other) as folder:
+        assert folder == str(tmp_path / "kept" / "worker-1")
+
+
 # --------------------------------------------------------------------- input
 def test_each_worker_reads_its_own_share_of_the_records_every_epoch(prepared):
     info = dataset_info.load(prepared)

@@ -64,6 +64,10 @@ def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tra
     log(f"train: devices: {devices.describe()}")
     devices.require_gpus(options.required_gpus)
     log(f"train: strategy: {spread.describe()}")
+    if spread.num_workers > 1 and options.data_service:
+        # The service splits the input among its own workers, not by training worker.
+        raise distribution.ClusterError("tf_data_service cannot feed several training workers: each decodes its "
+                                        "own share of the data; leave tf_data_service empty")
     earlier_model = loading.local_model_dir(options.base_model) if options.base_model else contextlib.nullcontext("")
     with earlier_model as base_dir, \
             tempfile.TemporaryDirectory(prefix="kic-decoded-", dir=options.scratch_dir or None) as cache_dir, \
