@@ -205,8 +205,9 @@ def _compiled_model(config, options, backbone, image_size, num_classes, plan, ba
         model.compile(optimizer=optimizer, loss=_loss(config), metrics=metrics, jit_compile=choice.jit_compile)
     if spread.num_workers > 1:
         distribution.fix_keras_for_multi_worker(model)
-    if choice.jit_compile and not model.jit_compile:  # Keras' own call: deterministic kernels, or a layer XLA lacks
-        choice = dataclasses.replace(choice, jit_compile=False, reason="Keras cannot compile this model here")
+    if choice.jit_compile and not model.jit_compile:  # Keras' own call
+        choice = dataclasses.replace(choice, jit_compile=False, reason="Keras turned it off: deterministic kernels "
+                                                                       "(a repeatable CPU run), or a layer XLA lacks")
     log(f"train: {choice.describe()}")
     return model, hyperparameters, metrics
 
