@@ -596,6 +596,8 @@ def _train(args: argparse.Namespace) -> int:
         if not prepared:
             found.append(Problem("PREPARED_DIR", args.prepared, f"a folder (or gs:// prefix) kic prepare wrote, "
                                                                 f"with {artifacts.DATASET_INFO}"))
+    if storage.is_gcs(args.output):
+        found.append(Problem("OUTPUT_DIR", args.output, "a local folder (copy it to gs:// afterwards)"))
     if found:
         raise ParameterError(found)
     values = {**{name: parameters.PARAMETERS_BY_NAME[name].default for name in takes}, **values}
