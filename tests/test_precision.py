@@ -55,6 +55,16 @@ def test_the_global_policy_is_set_while_building_and_put_back_after_an_error():
     assert keras.mixed_precision.global_policy().name == before
 
 
+def test_the_loss_is_float32_under_a_mixed_policy():
+    from kic.training.loop import _loss
+
+    with precision.policy("mixed_bfloat16"):
+        loss = _loss(TrainingConfig())
+    assert loss.dtype == "float32"
+    logits = keras.ops.cast(np.array([[2.0, -1.0]]), "bfloat16")
+    assert loss(np.array([[1.0, 0.0]], "float32"), logits).dtype == "float32"
+
+
 def test_only_float16_gets_loss_scaling():
     wrapped = precision.with_loss_scaling(keras.optimizers.SGD(), "mixed_float16")
     assert isinstance(wrapped, keras.optimizers.LossScaleOptimizer)
