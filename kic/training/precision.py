@@ -3,16 +3,17 @@
 
 ``auto`` precision is mixed bfloat16 on GPUs of compute capability 8.0 and
 later (Ampere on: bfloat16 tensor cores, and float32's range, so no loss
-scaling), mixed float16 on older GPUs (Volta and Turing tensor cores; Keras
-wraps the optimizer in a LossScaleOptimizer, because float16 gradients
+scaling), mixed float16 on older GPUs (Volta and Turing tensor cores; the
+optimizer is wrapped in a LossScaleOptimizer, because float16 gradients
 underflow), and float32 on CPUs, where half precision is slower, not faster.
 The logits layer and the loss stay in float32 whatever the policy
-(``kic.model.classifier``), so a mixed model's outputs and losses are exact.
+(``kic.model.classifier``), and the model is saved computing in float32.
 
 ``auto`` XLA is on with one GPU. Keras 3 compiles its whole distributed step,
-strategy.run included, when jit_compile is on; XLA cannot compile the
-cross-replica gradient sum inside it (keras-team/keras#18145, #17187), so with
-more than one replica XLA stays off, and says so.
+strategy.run included, when jit_compile is on, which XLA cannot do across
+devices (keras-team/keras#18145; measured with Keras 3.15 on two logical CPUs:
+"Trying to access resource ... located in device CPU:1 from device CPU:0"), so
+with more than one replica XLA stays off, and says so.
 """
 
 from __future__ import annotations
@@ -85,11 +86,6 @@ def policy(name: str) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(before)
-
-
-def compute_dtypes(model: keras.Model) -> Sequence[str]:
-    """The distinct compute dtypes of the model's layers (for tests and logs)."""
-    return sorted({layer.compute_dtype for layer in model._flatten_layers(include_self=False)})
 
 
 def recast(model: keras.Model, name: str, keep_float32: Sequence[str] = ()) -> keras.Model:
