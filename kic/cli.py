@@ -156,6 +156,16 @@ def _parser() -> argparse.ArgumentParser:
     prepare_.add_argument("--workers", type=int, default=0, help="0: all cores")
     prepare_.set_defaults(handler=_prepare)
 
+    train = commands.add_parser("train", help="only the train step: a prepared dataset (kic prepare's output) -> a "
+                                              "model; what each worker of a multi-machine job runs")
+    train.add_argument("prepared", metavar="PREPARED_DIR", help="a folder kic prepare wrote")
+    train.add_argument("output", metavar="OUTPUT_DIR",
+                       help=f"where the model goes ({TRAIN_OUTPUTS['model']}/, as the train step's Model artifact) "
+                            f"with its best epoch's metrics ({TRAIN_OUTPUTS['metrics']})")
+    _add_param_options(train, "set any parameter of train, hyperparameters included (repeatable): "
+                              + ", ".join(TRAIN_PARAMETERS) + " and the 25 hyperparameters")
+    train.set_defaults(handler=_train)
+
     backbones = commands.add_parser("backbones", help="list the supported backbones")
     backbones.set_defaults(handler=_backbones)
 
@@ -182,8 +192,11 @@ def _parser() -> argparse.ArgumentParser:
 def _add_parameter_options(parser: argparse.ArgumentParser, *, data_help: str) -> None:
     """--data, --param and --hyperparameters: the pipeline parameters, the same for run, submit and schedule."""
     parser.add_argument("--data", default="", help=data_help)
-    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="set any pipeline parameter, hyperparameters included (repeatable)")
+    _add_param_options(parser, "set any pipeline parameter, hyperparameters included (repeatable)")
+
+
+def _add_param_options(parser: argparse.ArgumentParser, param_help: str) -> None:
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help=param_help)
     parser.add_argument("--hyperparameters", default="", metavar="FILE.json",
                         help="the reference algorithm's hyperparameter JSON (values may be strings)")
 
@@ -287,7 +300,7 @@ def _parameter_layers(args: argparse.Namespace) -> tuple[list[dict], list]:
     if args.hyperparameters:  # only what the file sets: the rest keeps the layers below it
         layers.append(read_json_object(args.hyperparameters))
     layers.append(assigned)
-    if args.data:
+    if getattr(args, "data", ""):
         layers.append({"data_source": args.data})
     return layers, malformed
 
@@ -544,6 +557,71 @@ class ProgressBar:
                 print()
         else:
             print(message, flush=True)
+
+
+# ----------------------------------------------------------------- train
+# The pipeline parameters train takes besides the hyperparameters (accelerator_count: the GPUs it must see).
+TRAIN_PARAMETERS = ("backbone", "pretrained_weights", "image_size", "base_model_uri", "seed", "accelerator_count",
+                    "tf_data_service", "precision", "jit_compile")
+TRAIN_OUTPUTS = {"model": "model", "metrics": "training_metrics.json"}
+
+
+def _train(args: argparse.Namespace) -> int:
+    """The train step of the pipeline on a prepared folder, as the component
+    runs it (kic.orchestration.steps.train_step): the same checks, log lines
+    and outputs. Every problem with the parameters or the folder is listed
+    before any compute."""
+    from kic import artifacts, config, parameters, storage
+    from kic.errors import Problem
+
+    layers, found = _parameter_layers(args)
+    given: dict = {}
+    for layer in layers:
+        given.update(layer)
+    values = {}
+    try:
+        values = parameters.validate(given, note=_note)
+    except ParameterError as error:
+        found += error.problems
+    takes = set(TRAIN_PARAMETERS) | set(parameters.HYPERPARAMETERS)
+    canonical = {config.ALIASES.get(name, name): value for name, value in given.items()}
+    found += [Problem(name, value, "not a parameter of train; it takes " + ", ".join(TRAIN_PARAMETERS)
+                                   + " and the hyperparameters") for name, value in canonical.items()
+              if name in parameters.PARAMETERS_BY_NAME and name not in takes]
+    try:
+        prepared = storage.exists(storage.join(args.prepared, artifacts.DATASET_INFO))
+    except storage.StorageError as error:
+        found.append(Problem("PREPARED_DIR", args.prepared, f"cannot be read: {error}"))
+    else:
+        if not prepared:
+            found.append(Problem("PREPARED_DIR", args.prepared, f"a folder (or gs:// prefix) kic prepare wrote, "
+                                                                f"with {artifacts.DATASET_INFO}"))
+    if storage.is_gcs(args.output):
+        found.append(Problem("OUTPUT_DIR", args.output, "a local folder (copy it to gs:// afterwards)"))
+    if found:
+        raise ParameterError(found)
+    values = {**{name: parameters.PARAMETERS_BY_NAME[name].default for name in takes}, **values}
+    from kic.orchestration import steps
+
+    model = _LocalArtifact(os.path.join(args.output, TRAIN_OUTPUTS["model"]))
+    metrics = _LocalArtifact(os.path.join(args.output, TRAIN_OUTPUTS["metrics"]))
+    os.makedirs(args.output, exist_ok=True)
+    steps.train_step(examples=_LocalArtifact(args.prepared), model=model, training_metrics=metrics,
+                     required_gpus=values.pop("accelerator_count"), base_model_fingerprint="", **values)
+    if os.path.exists(metrics.path):  # only the chief of several workers writes
+        print(f"kic: model in {model.path}, its best epoch's metrics in {metrics.path}")
+    return 0
+
+
+class _LocalArtifact:
+    """A folder or file standing in for a KFP artifact, for a step run on its own."""
+
+    def __init__(self, path: str):
+        self.path = self.uri = path
+        self.metadata: dict = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metadata[name] = value
 
 
 # --------------------------------------------------------------- others

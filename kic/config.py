@@ -32,6 +32,9 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos
                   "mitchellcubic")
 OPTIMIZERS = ("adam", "sgd", "nesterov", "rmsprop", "adagrad", "adadelta")
 REINITIALIZE_CHOICES = ("Auto", "True", "False")
+# Training's precision and XLA settings (kic.training.precision): pipeline parameters, not hyperparameters.
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+JIT_COMPILE_CHOICES = ("auto", "true", "false")
 
 # Which optimizer reads which parameter; the others are accepted and ignored
 # (and the training log says so).

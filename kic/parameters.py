@@ -123,6 +123,13 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("tf_data_service", str, "",
               "Address of a tf.data service dispatcher (grpc://HOST:PORT) whose workers decode and augment train's "
               "images, for when train's own CPUs cannot feed its GPUs; empty: train's own CPUs."),
+    Parameter("precision", str, config.PRECISIONS[0],
+              "Numeric precision of training: auto (mixed_bfloat16 on GPUs of compute capability 8.0 and later, "
+              "mixed_float16 with loss scaling on older GPUs, float32 on CPUs), float32, mixed_float16 or "
+              "mixed_bfloat16. The logits layer and the loss stay in float32."),
+    Parameter("jit_compile", str, config.JIT_COMPILE_CHOICES[0],
+              "XLA compilation of the training step: auto (on with one GPU), true or false. Off whenever "
+              "training runs on several replicas (Keras 3 cannot compile a distributed step)."),
     # --- evaluate
     Parameter("gate_metric", str, "", "Metric of the quality gate; empty: the monitored metric (accuracy, or "
                                       "eval_metric in binary mode)."),
@@ -344,6 +351,16 @@ def _data_service_rule(values: Values, _reachability: Reachability) -> list[Prob
     if address and not re.fullmatch(r"(grpc://)?[A-Za-z0-9._-]+:\d{1,5}", address):
         return [Problem("tf_data_service", address, "a dispatcher address, grpc://HOST:PORT (or HOST:PORT)")]
     return []
+
+
+@_rule("precision", "jit_compile")
+def _precision_rules(values: Values, _reachability: Reachability) -> list[Problem]:
+    found = []
+    if values["precision"] not in config.PRECISIONS:
+        found.append(Problem("precision", values["precision"], "one of " + ", ".join(config.PRECISIONS)))
+    if values["jit_compile"] not in config.JIT_COMPILE_CHOICES:
+        found.append(Problem("jit_compile", values["jit_compile"], "one of " + ", ".join(config.JIT_COMPILE_CHOICES)))
+    return found
 
 
 @_rule("accelerator_type", "accelerator_count")

@@ -60,6 +60,35 @@ def test_prepare_command_checks_through_the_front_door_before_reading(tmp_path, 
     assert not (tmp_path / "prepared").exists()
 
 
+def test_train_command_refuses_every_problem_before_training(tmp_path, capsys):
+    code = cli.main(["train", str(tmp_path / "nowhere"), "gs://bucket/out", "--param", "epochs=0",
+                     "--param", "precision=half", "--param", "gate_metric=accuracy", "--param", "oops"])
+    assert code == 2
+    err = capsys.readouterr().err
+    for expected in ("epochs=0", "precision='half'", "gate_metric='accuracy': not a parameter of train",
+                     "--param='oops': expected NAME=VALUE", "PREPARED_DIR=", "dataset_info.json",
+                     "OUTPUT_DIR='gs://bucket/out': a local folder"):
+        assert expected in err, err
+
+
+def test_train_command_trains_on_a_prepared_folder_as_the_step_does(prepared, tiny_backbone, tmp_path, capsys):
+    hyperparameters = tmp_path / "hyperparameters.json"
+    hyperparameters.write_text(json.dumps({"epochs": "1", "batch_size": "8"}))  # the reference's strings
+    code = cli.main(["train", prepared, str(tmp_path / "out"), "--hyperparameters", str(hyperparameters),
+                     "--param", f"backbone={tiny_backbone}", "--param", "pretrained_weights=none",
+                     "--param", "image_size=32", "--param", "precision=float32"])
+    assert code == 0
+    out = capsys.readouterr().out
+    for expected in ("train: strategy: one device (the default strategy)", "train: precision float32; XLA off",
+                     "Epoch 1/1 - loss: ", "train: best epoch 1 by val_accuracy"):
+        assert expected in out, out
+    assert (tmp_path / "out" / "model" / artifacts.KERAS_MODEL).exists()
+    info = json.loads((tmp_path / "out" / "model" / artifacts.MODEL_INFO).read_text())
+    assert info["backbone"] == tiny_backbone and info["hyperparameters"]["epochs"] == 1
+    metrics = json.loads((tmp_path / "out" / cli.TRAIN_OUTPUTS["metrics"]).read_text())
+    assert metrics["best_epoch"] == 1 and metrics["val_accuracy"] == info["metrics"]["val_accuracy"]
+
+
 def test_progress_bar_redraws_one_line(capsys):
     bar = cli.ProgressBar()
     bar("prepare: listing /data")

@@ -197,6 +197,15 @@ def test_a_tf_data_service_is_named_by_its_dispatchers_address():
         parameters.validate({"tf_data_service": "http://dispatcher"})
 
 
+def test_precision_and_xla_settings():
+    assert parameters.validate({"precision": "mixed_bfloat16", "jit_compile": "false"}) == {
+        "precision": "mixed_bfloat16", "jit_compile": "false"}
+    with pytest.raises(ParameterError) as caught:
+        parameters.validate({"precision": "float16", "jit_compile": "yes"})
+    assert names(caught.value) == {"precision", "jit_compile"}
+    assert "mixed_float16" in str(caught.value) and "auto, true, false" in str(caught.value)
+
+
 # --------------------------------------------------------------------------- Vertex AI Model Registry
 
 

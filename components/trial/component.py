@@ -19,6 +19,8 @@ def trial(
     base_model_fingerprint: str = "",
     seed: int = 42,
     required_gpus: int = 0,
+    precision: str = "auto",
+    jit_compile: str = "auto",
 ) -> dict:
     arguments = dict(locals())
     from kic.orchestration import steps
@@ -39,6 +41,7 @@ trial.__doc__ = docs.docstring(
         **docs.parameter_args("seed"),
         "required_gpus": "Fail the trial at once when fewer GPUs are visible (the pipeline passes "
                          "accelerator_count); 0: train on whatever the machine has.",
+        **docs.parameter_args("precision", "jit_compile"),
     },
     {
         "model": "The trial's model (best epoch), as train writes it, and trial.json (the trial's record); only "

@@ -26,6 +26,8 @@ def validate(
     train_replica_count: int = 1,
     train_machine_type: str = "",
     tf_data_service: str = "",
+    precision: str = "auto",
+    jit_compile: str = "auto",
     gate_metric: str = "",
     gate_minimum: float = 0.0,
     baseline_model_uri: str = "",

@@ -54,7 +54,8 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
                  augmentation: Augmentation | None = None, seed: int = 0,
                  with_source: bool = False, decoded: tf.Variable | None = None,
                  memory_cache_bytes: int | None = None, disk_cache_dir: str = "",
-                 data_service: str = "", deterministic: bool = True, short_side: int = 0) -> tf.data.Dataset:
+                 data_service: str = "", deterministic: bool = True, short_side: int = 0,
+                 num_workers: int = 1, worker_index: int = 0) -> tf.data.Dataset:
     """Batches of (pixels float32 [0, 255], target); targets are one-hot for
     multi-class and a float 0/1 column in binary mode. With ``with_source`` the
     elements are (pixels, label index, source URI) for evaluation reports.
@@ -67,7 +68,10 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     ``data_service``: a tf.data service dispatcher's address (grpc://host:port).
     ``deterministic``: the same order for the same seed (slower where cores wait on each other).
     ``short_side``: the dataset's ``image_short_side``, so that records are
-    decoded exactly as a served raw image is (``preprocessing.decode_prepared_and_resize``)."""
+    decoded exactly as a served raw image is (``preprocessing.decode_prepared_and_resize``).
+    ``num_workers``, ``worker_index``: this worker's share of the records in
+    multi-worker training (``shard_size`` of them); batches stay ``batch_size``,
+    the global batch, which tf.distribute splits among the workers' replicas."""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
     home = decoded_images_home(num_examples, image_size, memory_cache_bytes=memory_cache_bytes,
@@ -76,10 +80,20 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     decode = _decoder(image_size, interpolation, short_side, decoded)
 
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
-    if training:
-        files = files.shuffle(len(shard_paths), seed=seed, reshuffle_each_iteration=True)
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shard_paths), 8),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if num_workers > 1:
+        # Every num_workers-th record of one fixed order (the files as given,
+        # read deterministically): the workers' shares are disjoint, cover the
+        # data, and stay the same each epoch whatever order each worker reads
+        # its own share in. Each worker reads every record but decodes only
+        # its own, the expensive part.
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shard_paths), 8),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        records = records.shard(num_workers, worker_index)
+    else:
+        if training:
+            files = files.shuffle(len(shard_paths), seed=seed, reshuffle_each_iteration=True)
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shard_paths), 8),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if training and not in_memory:  # the first (or every) epoch's order: cheap to mix before decoding
         records = records.shuffle(min(num_examples, SHUFFLE_RECORDS), seed=seed, reshuffle_each_iteration=True)
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
@@ -95,7 +109,7 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     batches = images.batch(batch_size)
     if with_source:
         batches = batches.map(lambda pixels, label, source: (tf.cast(pixels, tf.float32), label, source))
-        return _served(batches, data_service).prefetch(tf.data.AUTOTUNE)
+        return _distributable(_served(batches, data_service).prefetch(tf.data.AUTOTUNE))
 
     def to_model(pixels, label, _source, key=None):
         if key is not None:
@@ -111,7 +125,21 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
                                                           deterministic=deterministic)
     else:
         batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    return _served(batches, data_service).prefetch(tf.data.AUTOTUNE)
+    return _distributable(_served(batches, data_service).prefetch(tf.data.AUTOTUNE))
+
+
+def shard_size(num_examples: int, num_workers: int, worker_index: int) -> int:
+    """How many of ``num_examples`` records make_dataset gives worker ``worker_index``."""
+    return len(range(worker_index, num_examples, num_workers))
+
+
+def _distributable(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` as tf.distribute must take it: already sharded by worker
+    (``num_workers``), so not sharded again; its batches are global ones,
+    which tf.distribute splits among the replicas."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
 
 
 def _decoder(image_size: int, interpolation: str, short_side: int, decoded: tf.Variable | None):

@@ -65,7 +65,8 @@ def add_head(features_model: keras.Model, *, num_classes: int, config: TrainingC
     x = keras.layers.Dropout(config.dropout_rate, seed=seed, name=DROPOUT_LAYER)(features)
     logits = keras.layers.Dense(
         units, kernel_regularizer=keras.regularizers.L2(config.regularizers_l2),
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed), name=DENSE_LAYER)(x)
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed), name=DENSE_LAYER,
+        dtype="float32")(x)  # logits (and so the loss) in float32 under a mixed precision policy
     return keras.Model(inputs, logits, name="classifier")
 
 

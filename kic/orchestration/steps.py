@@ -188,15 +188,18 @@ def _copy_if_exists(source: str, destination: str) -> None:
 # -------------------------------------------------------------------- train
 @fails_cleanly
 def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
-               seed, required_gpus=0, tf_data_service="", base_model_fingerprint="", **hyperparameters) -> None:
+               seed, required_gpus=0, tf_data_service="", precision="auto", jit_compile="auto",
+               base_model_fingerprint="", **hyperparameters) -> None:
     from kic.config import TrainingConfig
     from kic.training import TrainOptions, train
 
     config = TrainingConfig.from_dict(hyperparameters)
     options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
                            base_model=base_model_uri, seed=seed, required_gpus=required_gpus,
-                           data_service=tf_data_service)
+                           data_service=tf_data_service, precision=precision, jit_compile=jit_compile)
     result = train(examples.path, model.path, config, options, log=log)
+    if not result.is_chief:  # one of several workers: the chief writes the outputs
+        return
     _log_metrics(training_metrics, {**result.best_metrics, "best_epoch": result.best_epoch})
     model.metadata.update({"framework": "keras", "backbone": backbone, "best_epoch": result.best_epoch,
                            "epochs_run": result.epochs_run, "base_model_fingerprint": base_model_fingerprint})
@@ -335,12 +338,13 @@ def plan_second_wave_step(*, settings, first_wave) -> list:
 
 @fails_cleanly
 def trial_step(*, examples, model, trial_metrics, trial, backbone, pretrained_weights, image_size, base_model_uri,
-               seed, required_gpus=0, base_model_fingerprint="") -> dict:
+               seed, required_gpus=0, precision="auto", jit_compile="auto", base_model_fingerprint="") -> dict:
     from kic.training import TrainOptions
     from kic.tuning import trials as tuning_trials
 
     options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
-                           base_model=base_model_uri, seed=seed, required_gpus=required_gpus)
+                           base_model=base_model_uri, seed=seed, required_gpus=required_gpus,
+                           precision=precision, jit_compile=jit_compile)
     record = tuning_trials.run(trial, examples.path, model.path, options, log=log)
     _log_metrics(trial_metrics, {"objective": record.objective, "epochs_run": record.epochs_run,
                                  "seconds": record.seconds, "succeeded": int(record.status == tuning_trials.SUCCEEDED)})

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -24,7 +25,7 @@ from kic.data import dataset_info, input_pipeline
 from kic.errors import DataError
 from kic.model import backbones, classifier, loading, model_info, weights
 from kic.model.model_info import ModelInfo
-from kic.training import devices, optimizers
+from kic.training import devices, distribution, optimizers, precision
 from kic.training.callbacks import RECALIBRATION_IMAGES, BestEpoch, EpochLog, Log, SkippedRecords, Validation
 
 
@@ -42,6 +43,8 @@ class TrainOptions:
     scratch_dir: str = ""
     data_service: str = ""  # a tf.data service dispatcher (grpc://host:port) to decode on its workers
     recalibration_images: int = RECALIBRATION_IMAGES  # batch-norm statistics before each validation; 0: none
+    precision: str = "auto"  # float32, mixed_float16, mixed_bfloat16, or auto (kic.training.precision)
+    jit_compile: str = "auto"  # "true", "false", or auto: XLA on one GPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,20 +54,54 @@ class TrainResult:
     epochs_run: int
     history: dict[str, list[float]]
     best_metrics: dict[str, float]
+    is_chief: bool = True  # False: a multi-worker run's other worker, whose outputs were discarded
 
 
 def train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions = TrainOptions(),
           log: Log = print) -> TrainResult:
+    # First: a multi-worker strategy can only be set up before TensorFlow's runtime starts.
+    spread = distribution.choose()
     log(f"train: devices: {devices.describe()}")
     devices.require_gpus(options.required_gpus)
+    log(f"train: strategy: {spread.describe()}")
+    if spread.num_workers > 1 and options.data_service:
+        # The service splits the input among its own workers, not by training worker.
+        raise distribution.ClusterError("tf_data_service cannot feed several training workers: each decodes its "
+                                        "own share of the data; leave tf_data_service empty")
     earlier_model = loading.local_model_dir(options.base_model) if options.base_model else contextlib.nullcontext("")
     with earlier_model as base_dir, \
-            tempfile.TemporaryDirectory(prefix="kic-decoded-", dir=options.scratch_dir or None) as cache_dir:
-        return _train(dataset_dir, model_dir, config, options, log, base_dir, cache_dir)
+            tempfile.TemporaryDirectory(prefix="kic-decoded-", dir=options.scratch_dir or None) as cache_dir, \
+            _output_dir(model_dir, spread) as output_dir:
+        result = _train(dataset_dir, output_dir, config, options, log, base_dir, cache_dir, spread)
+    return dataclasses.replace(result, model_dir=model_dir, is_chief=spread.is_chief)
 
 
-def _log_decoded_images_home(data, image_size: int, cache_dir: str, data_service: str, log: Log) -> None:
-    count = data.splits["train"].num_examples
+# Where a worker that is not the chief writes what it would otherwise throw away
+# (its model, history, TensorBoard logs), to look into a multi-worker run.
+WORKER_OUTPUT_VARIABLE = "KIC_WORKER_OUTPUT"
+
+
+@contextlib.contextmanager
+def _output_dir(model_dir: str, spread: distribution.Distribution):
+    """``model_dir`` for the chief. Every worker runs the same saving code (as
+    Keras' multi-worker pattern has it), the others into a temporary folder
+    deleted afterwards, so that replicas of one task that all run this (a
+    Vertex AI multi-replica job) do not overwrite the chief's outputs."""
+    if spread.is_chief:
+        yield model_dir
+        return
+    kept = os.environ.get(WORKER_OUTPUT_VARIABLE)
+    if kept:
+        yield os.path.join(kept, f"worker-{spread.worker_index}")
+        return
+    scratch = tempfile.mkdtemp(prefix=f"kic-worker-{spread.worker_index}-")
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _log_decoded_images_home(count: int, image_size: int, cache_dir: str, data_service: str, log: Log) -> None:
     size = f"{count * image_size * image_size * 3 / 1024**2:,.0f} MB"
     home = input_pipeline.decoded_images_home(count, image_size, disk_cache_dir=cache_dir, data_service=data_service)
     if home == input_pipeline.MEMORY:
@@ -79,7 +116,7 @@ def _log_decoded_images_home(data, image_size: int, cache_dir: str, data_service
 
 
 def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: TrainOptions, log: Log,
-           base_dir: str, cache_dir: str) -> TrainResult:
+           base_dir: str, cache_dir: str, spread: distribution.Distribution) -> TrainResult:
     data = dataset_info.load(dataset_dir)
     config.check_against_data(data.num_classes)
     base_info = model_info.load(base_dir) if base_dir else None
@@ -99,26 +136,26 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     log(f"train: {plan.reason}")
 
     decoded = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # Each worker reads its own share of every split; batch_size stays the global batch.
+    shares = {split: input_pipeline.shard_size(data.splits[split].num_examples, spread.num_workers,
+                                               spread.worker_index) for split in ("train", "validation")}
     train_ds, val_ds = (
         input_pipeline.make_dataset(
             data.shard_paths(dataset_dir, split), image_size=image_size,
             interpolation=config.image_resize_interpolation, batch_size=config.batch_size,
             num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
-            num_examples=data.splits[split].num_examples, augmentation=input_pipeline.Augmentation.from_config(config),
+            num_examples=shares[split], augmentation=input_pipeline.Augmentation.from_config(config),
             seed=options.seed, decoded=decoded if split == "train" else None, disk_cache_dir=cache_dir,
-            data_service=options.data_service, deterministic=repeatable, short_side=data.image_short_side)
+            data_service=options.data_service, deterministic=repeatable, short_side=data.image_short_side,
+            num_workers=spread.num_workers, worker_index=spread.worker_index)
         for split in ("train", "validation"))
-    _log_decoded_images_home(data, image_size, cache_dir, options.data_service, log)
+    _log_decoded_images_home(shares["train"], image_size, cache_dir, options.data_service, log)
 
-    with _strategy().scope():
-        model = _build_model(config, options, backbone, image_size, data.num_classes, plan, base_dir)
-        hyperparameters = _as_built(config, model, log)
-        classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
-        metrics = _metrics(config, data.num_classes)
-        model.compile(optimizer=optimizers.build_optimizer(config), loss=_loss(config), metrics=metrics)
+    model, hyperparameters, metrics = _compiled_model(config, options, backbone, image_size, data.num_classes, plan,
+                                                      base_dir, spread, log)
 
     best = BestEpoch(config.monitored_metric)
-    skipped = SkippedRecords(decoded, data.splits["train"].num_examples, log)
+    skipped = SkippedRecords(decoded, shares["train"], log)
     epoch_log = EpochLog(config.epochs, data.splits["train"].num_examples, log, [metric.name for metric in metrics])
     callbacks = [skipped, Validation(val_ds, train_ds, options.recalibration_images), best, epoch_log]
     if config.early_stopping:
@@ -142,7 +179,9 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
                      metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
                      skipped_records=skipped.count, image_short_side=data.image_short_side)
     os.makedirs(model_dir, exist_ok=True)
-    model.save(os.path.join(model_dir, artifacts.KERAS_MODEL))
+    # Saved computing in float32, whatever the training precision: what evaluation, serving (often on CPUs,
+    # where half precision is slow) and later training read; the weights are float32 either way.
+    precision.recast(model, precision.FLOAT32).save(os.path.join(model_dir, artifacts.KERAS_MODEL))
     model_info.save(model_dir, info)
     storage.write_text(os.path.join(model_dir, artifacts.TRAINING_HISTORY), json.dumps(history, indent=2))
     return TrainResult(model_dir=model_dir, best_epoch=best.best_epoch, epochs_run=len(history["loss"]),
@@ -150,6 +189,29 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
 
 
 # ----------------------------------------------------------------- model
+def _compiled_model(config, options, backbone, image_size, num_classes, plan, base_dir,
+                    spread: distribution.Distribution, log: Log) -> tuple[keras.Model, dict, list]:
+    """The model, built and compiled in the strategy's scope and the
+    precision's policy; the hyperparameters as built, and the metrics."""
+    choice = precision.resolve(options.precision, options.jit_compile, precision.Devices.visible(),
+                               replicas=spread.num_replicas)
+    with spread.strategy.scope(), precision.policy(choice.precision):
+        model = _build_model(config, options, backbone, image_size, num_classes, plan, base_dir)
+        model = precision.recast(model, choice.precision, keep_float32=(classifier.DENSE_LAYER,))
+        hyperparameters = _as_built(config, model, log)
+        classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
+        metrics = _metrics(config, num_classes)
+        optimizer = precision.with_loss_scaling(optimizers.build_optimizer(config), choice.precision)
+        model.compile(optimizer=optimizer, loss=_loss(config), metrics=metrics, jit_compile=choice.jit_compile)
+    if spread.num_workers > 1:
+        distribution.fix_keras_for_multi_worker(model)
+    if choice.jit_compile and not model.jit_compile:  # Keras' own call
+        choice = dataclasses.replace(choice, jit_compile=False, reason="Keras turned it off: deterministic kernels "
+                                                                       "(a repeatable CPU run), or a layer XLA lacks")
+    log(f"train: {choice.describe()}")
+    return model, hyperparameters, metrics
+
+
 def _build_model(config, options, backbone, image_size, num_classes, plan, base_dir) -> keras.Model:
     if plan.start_from_base_model:
         model = loading.load_keras_model(base_dir)
@@ -220,10 +282,3 @@ def _seed_everything(seed: int) -> bool:
     tf.config.experimental.enable_op_determinism()
     return True
 
-
-def _strategy() -> tf.distribute.Strategy:
-    """All local GPUs share one global batch; otherwise the default strategy."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
