@@ -112,6 +112,12 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("tf_data_service", str, "",
               "Address of a tf.data service dispatcher (grpc://HOST:PORT) whose workers decode and augment train's "
               "images, for when train's own CPUs cannot feed its GPUs; empty: train's own CPUs."),
+    Parameter("checkpoint_uri", str, "",
+              "Folder (local or gs://) where train keeps its checkpoint, and resumes from one of the same settings "
+              "and data found there; empty: a folder of this run's train task under the pipeline root (a retry of "
+              "the task resumes, a new run starts afresh; `kic run`: <output>/checkpoints, resumed with --resume)."),
+    Parameter("checkpoint_every_steps", int, config.DEFAULT_CHECKPOINT_EVERY_STEPS,
+              "train also checkpoints every this many steps within an epoch (0: only at each epoch's end)."),
     # --- evaluate
     Parameter("gate_metric", str, "", "Metric of the quality gate; empty: the monitored metric (accuracy, or "
                                       "eval_metric in binary mode)."),
@@ -331,6 +337,19 @@ def _data_service_rule(values: Values, _reachability: Reachability) -> list[Prob
     if address and not re.fullmatch(r"(grpc://)?[A-Za-z0-9._-]+:\d{1,5}", address):
         return [Problem("tf_data_service", address, "a dispatcher address, grpc://HOST:PORT (or HOST:PORT)")]
     return []
+
+
+@_rule("checkpoint_uri", "checkpoint_every_steps")
+def _checkpoint_rules(values: Values, _reachability: Reachability) -> list[Problem]:
+    found, uri = [], values["checkpoint_uri"]
+    if values["checkpoint_every_steps"] < 0:
+        found.append(Problem("checkpoint_every_steps", values["checkpoint_every_steps"],
+                             "0 (at epoch ends only) or a positive number of steps"))
+    if storage.is_gcs(uri) and not uri[len(storage.GCS_SCHEME):].strip("/"):
+        found.append(Problem("checkpoint_uri", uri, "a gs://BUCKET/PATH URI"))
+    elif "://" in uri and not storage.is_gcs(uri):
+        found.append(Problem("checkpoint_uri", uri, "a local folder or a gs:// URI"))
+    return found
 
 
 @_rule("accelerator_type", "accelerator_count")

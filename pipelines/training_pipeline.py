@@ -62,6 +62,7 @@ def build(cluster: ClusterOptions | None = None):
             pretrained_weights=p["pretrained_weights"], image_size=p["image_size"],
             base_model_uri=p["base_model_uri"], base_model_fingerprint=sources.outputs["base_model"],
             seed=p["seed"], required_gpus=p["accelerator_count"], tf_data_service=p["tf_data_service"],
+            checkpoint_uri=p["checkpoint_uri"], checkpoint_every_steps=p["checkpoint_every_steps"],
             **hyperparameters,
         ), "train", cluster, accelerator_type=p["accelerator_type"],
             accelerator_count=p["accelerator_count"]).set_display_name(TRAIN_TASK)

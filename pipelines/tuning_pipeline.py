@@ -71,7 +71,8 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT_PARA
                 examples=examples, trial=item, backbone=p["backbone"], pretrained_weights=p["pretrained_weights"],
                 image_size=p["image_size"], base_model_uri=p["base_model_uri"],
                 base_model_fingerprint=sources.outputs["base_model"], seed=p["seed"],
-                required_gpus=p["accelerator_count"],
+                required_gpus=p["accelerator_count"], checkpoint_uri=p["checkpoint_uri"],
+                checkpoint_every_steps=p["checkpoint_every_steps"],
             ), "train", cluster, accelerator_type=p["accelerator_type"],
                 accelerator_count=p["accelerator_count"]).set_display_name(TRIAL_TASK)
 

@@ -89,10 +89,6 @@ def test_the_default_location_is_next_to_the_model_output(tmp_path):
     assert checkpoints.default_location("minio://mlpipeline/v2/artifacts/p/r/train/model", "/minio/x") == ""
 
 
-class Preempted(Exception):
-    pass
-
-
 def test_each_epochs_input_is_the_same_whatever_ran_before(prepared):
     """What a resumed run relies on: an epoch's batches, augmentation included, depend on the seed and
     the epoch alone, and the epoch's own pass skips the batches it is told to (the next pass does not)."""

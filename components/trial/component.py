@@ -19,6 +19,8 @@ def trial(
     base_model_fingerprint: str = "",
     seed: int = 42,
     required_gpus: int = 0,
+    checkpoint_uri: str = "",
+    checkpoint_every_steps: int = 1000,
 ) -> dict:
     arguments = dict(locals())
     from kic.orchestration import steps
@@ -39,6 +41,9 @@ trial.__doc__ = docs.docstring(
         **docs.parameter_args("seed"),
         "required_gpus": "Fail the trial at once when fewer GPUs are visible (the pipeline passes "
                          "accelerator_count); 0: train on whatever the machine has.",
+        "checkpoint_uri": "Where trials keep their checkpoints, each in its own trial-N folder; empty: a folder of "
+                          "this trial's task under the pipeline root.",
+        **docs.parameter_args("checkpoint_every_steps"),
     },
     {
         "model": "The trial's model (best epoch), as train writes it, and trial.json (the trial's record); only "

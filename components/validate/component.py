@@ -24,6 +24,8 @@ def validate(
     accelerator_type: str = "",
     accelerator_count: int = 0,
     tf_data_service: str = "",
+    checkpoint_uri: str = "",
+    checkpoint_every_steps: int = 1000,
     gate_metric: str = "",
     gate_minimum: float = 0.0,
     baseline_model_uri: str = "",

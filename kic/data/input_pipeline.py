@@ -19,9 +19,9 @@ Augmentation runs after the cache, on batches, so every epoch sees new
 variants. With an ``EpochOrder``, each epoch's order and augmentation are a
 function of the seed and the epoch's number rather than of how many passes
 this process made, so that a run resumed from a checkpoint sees the epochs an
-uninterrupted one does (and can skip the batches of an epoch it had trained). Record order is deterministic when asked (training asks for it
-where it makes a seeded run repeatable: on CPU), and free otherwise, which is
-faster. With
+uninterrupted one does (and can skip the batches of an epoch it had trained).
+Record order is deterministic when asked (training asks for it where it makes
+a seeded run repeatable: on CPU), and free otherwise, which is faster. With
 ``data_service`` (the address of a tf.data service dispatcher) the decoding
 and augmentation run on the service's workers instead of this machine.
 """

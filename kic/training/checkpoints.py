@@ -42,17 +42,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from kic import storage
+from kic import config, storage
 from kic.errors import UserError
 
 FORMAT = 1
 ARRAYS, STATE, MARKER = "variables.npz", "state.json", "COMMITTED"
 PREFIX = "ckpt-"
 CHECKPOINTS_DIR = "checkpoints"
-# Mid-epoch checkpoints bound the work a preemption loses within a long epoch:
-# 1,000 steps are minutes on a GPU, and writing a checkpoint (a few hundred
-# MB for ResNet50 with Adam's moments) takes seconds.
-DEFAULT_EVERY_STEPS = 1000
+DEFAULT_EVERY_STEPS = config.DEFAULT_CHECKPOINT_EVERY_STEPS
 
 
 class CheckpointMismatchError(UserError):
