@@ -130,7 +130,7 @@ class Store:
             raise CheckpointMismatchError(
                 f"the checkpoint {folder} was written by another training configuration, so it is not used: "
                 + "; ".join(differences) + ". Resume with the same settings and prepared data, or give this run "
-                "its own checkpoint_uri (or delete that folder) to start afresh")
+                "its own checkpoint_uri (or delete that folder; kic run: run without --resume) to start afresh")
         with np.load(io.BytesIO(storage.read_bytes(storage.join(folder, ARRAYS)))) as npz:
             arrays: dict[str, list[np.ndarray]] = {}
             for key in sorted(npz.files):
@@ -317,7 +317,7 @@ class Checkpointing(keras.callbacks.Callback):
         self._save(self.progress)
 
     def _save(self, progress: Progress) -> None:
-        if self.store is not None:
+        if self.store is not None and self.store.writer:
             self.store.save(progress, model_arrays(self.model, self.best.best_weights))
 
 
