@@ -19,6 +19,7 @@ from kic.errors import ParameterError, UserError
 DEFAULT_OUTPUT = "kic-output"
 DEFAULT_TUNE_OUTPUT = "kic-tune-output"
 LOGS_DIR = "logs"  # under the output folder: run.log and <step>.log
+CHECKPOINTS_DIR = "checkpoints"  # under the output folder: train's, for --resume
 
 # The built-in demo trains from scratch on CPU in a few minutes: no download,
 # a small backbone at a small input size, and enough epochs to really learn.
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", action="store_true",
                      help="reuse the outputs of steps whose inputs are unchanged since an earlier run into the same "
                           "--output, as clusters do (changed images are noticed: the snapshot step is never cached)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the last run into the same --output that did not finish (preempted, killed): "
+                          "steps that finished under --cache are reused, train resumes from its checkpoint in "
+                          f"<output>/{CHECKPOINTS_DIR}; without it a run starts afresh")
     run.add_argument("--verbose", action="store_true",
                      help="show everything the steps and KFP write (always in <output>/logs: run.log and one file per "
                           "step)")
@@ -257,6 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ParameterError(malformed)
 
     os.makedirs(output, exist_ok=True)
+    values = _with_checkpoints(values, output, resume=args.resume)
     pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML), kic_compile.LOCAL)
     logs = os.path.join(output, LOGS_DIR)
     print(f"kic: running pipeline {pipeline_yaml} locally; outputs in {output}, each step's log in {logs}",
@@ -265,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
     with run_log.RunLog(logs, verbose=args.verbose) as log:
         try:
             run = local_run.run_compiled_pipeline(pipeline_yaml, values, os.path.join(output, "runs"),
-                                                  cache=args.cache)
+                                                  cache=args.cache or args.resume)
         except RuntimeError as error:  # a step failed
             failure = error
     if failure is not None:
@@ -274,6 +280,26 @@ def _run(args: argparse.Namespace) -> int:
     outputs = local_run.collect_outputs(run, output, prediction_format=values["batch_predict_format"])
     _print_summary(outputs, output, time.perf_counter() - started)
     return 0
+
+
+def _with_checkpoints(values: dict, output: str, *, resume: bool) -> dict:
+    """``values`` with train's checkpoints in <output>/checkpoints unless
+    checkpoint_uri names a folder. kfp.local gives every run new output
+    folders, so the run-scoped default of a cluster would never be found
+    again; this one is, by --resume, and emptied by a run without it, whose
+    train must not pick up an earlier run's checkpoint."""
+    if values["checkpoint_uri"]:
+        return values
+    checkpoints = os.path.join(output, CHECKPOINTS_DIR)
+    if resume:
+        found = os.path.isdir(checkpoints) and os.listdir(checkpoints)
+        print(f"kic: resuming: train continues from its checkpoint in {checkpoints}" if found else
+              f"kic: resuming: no checkpoint in {checkpoints}; train starts from the beginning", flush=True)
+    else:
+        from kic import storage
+
+        storage.remove_tree(checkpoints)
+    return {**values, "checkpoint_uri": checkpoints}
 
 
 def _with_demo_data(layers: list[dict], output: str) -> list[dict]:

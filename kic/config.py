@@ -61,6 +61,9 @@ SAGEMAKER_KEYS = frozenset({"_tuning_objective_metric"})
 
 # The seed of initialisation, shuffling and augmentation (not one of the 25).
 DEFAULT_SEED = 42
+# train's checkpoints between epoch ends (kic.training.checkpoints): 1,000 steps are minutes on a GPU, and a
+# checkpoint (a few hundred MB for ResNet50 with Adam's moments) takes seconds to write.
+DEFAULT_CHECKPOINT_EVERY_STEPS = 1000
 
 
 def _param(default: Any, help: str, *, low: float | None = None, high: float | None = None,

@@ -130,6 +130,12 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("jit_compile", str, config.JIT_COMPILE_CHOICES[0],
               "XLA compilation of the training step: auto (on with one GPU), true or false. Off whenever "
               "training runs on several replicas (Keras 3 cannot compile a distributed step)."),
+    Parameter("checkpoint_uri", str, "",
+              "Folder (local or gs://) where train keeps its checkpoint, and resumes from one of the same settings "
+              "and data found there; empty: a folder of this run's train task under the pipeline root (a retry of "
+              "the task resumes, a new run starts afresh; `kic run`: <output>/checkpoints, resumed with --resume)."),
+    Parameter("checkpoint_every_steps", int, config.DEFAULT_CHECKPOINT_EVERY_STEPS,
+              "train also checkpoints every this many steps within an epoch (0: only at each epoch's end)."),
     # --- evaluate
     Parameter("gate_metric", str, "", "Metric of the quality gate; empty: the monitored metric (accuracy, or "
                                       "eval_metric in binary mode)."),
@@ -360,6 +366,19 @@ def _precision_rules(values: Values, _reachability: Reachability) -> list[Proble
         found.append(Problem("precision", values["precision"], "one of " + ", ".join(config.PRECISIONS)))
     if values["jit_compile"] not in config.JIT_COMPILE_CHOICES:
         found.append(Problem("jit_compile", values["jit_compile"], "one of " + ", ".join(config.JIT_COMPILE_CHOICES)))
+    return found
+
+
+@_rule("checkpoint_uri", "checkpoint_every_steps")
+def _checkpoint_rules(values: Values, _reachability: Reachability) -> list[Problem]:
+    found, uri = [], values["checkpoint_uri"]
+    if values["checkpoint_every_steps"] < 0:
+        found.append(Problem("checkpoint_every_steps", values["checkpoint_every_steps"],
+                             "0 (at epoch ends only) or a positive number of steps"))
+    if storage.is_gcs(uri) and not uri[len(storage.GCS_SCHEME):].strip("/"):
+        found.append(Problem("checkpoint_uri", uri, "a gs://BUCKET/PATH URI"))
+    elif "://" in uri and not storage.is_gcs(uri):
+        found.append(Problem("checkpoint_uri", uri, "a local folder or a gs:// URI"))
     return found
 
 

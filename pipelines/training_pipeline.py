@@ -67,7 +67,8 @@ def build(cluster: ClusterOptions | None = None):
             pretrained_weights=p["pretrained_weights"], image_size=p["image_size"],
             base_model_uri=p["base_model_uri"], base_model_fingerprint=sources.outputs["base_model"],
             seed=p["seed"], required_gpus=p["accelerator_count"], tf_data_service=p["tf_data_service"],
-            precision=p["precision"], jit_compile=p["jit_compile"], **hyperparameters,
+            precision=p["precision"], jit_compile=p["jit_compile"], checkpoint_uri=p["checkpoint_uri"],
+            checkpoint_every_steps=p["checkpoint_every_steps"], **hyperparameters,
         )
         if train_job:
             trained = train_job(p, cluster, **train_arguments)

@@ -72,6 +72,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT_PARA
                 image_size=p["image_size"], base_model_uri=p["base_model_uri"],
                 base_model_fingerprint=sources.outputs["base_model"], seed=p["seed"],
                 required_gpus=p["accelerator_count"], precision=p["precision"], jit_compile=p["jit_compile"],
+                checkpoint_uri=p["checkpoint_uri"], checkpoint_every_steps=p["checkpoint_every_steps"],
             ), "train", cluster, accelerator_type=p["accelerator_type"],
                 accelerator_count=p["accelerator_count"]).set_display_name(TRIAL_TASK)
 

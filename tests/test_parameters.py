@@ -206,6 +206,16 @@ def test_precision_and_xla_settings():
     assert "mixed_float16" in str(caught.value) and "auto, true, false" in str(caught.value)
 
 
+def test_checkpoints_go_to_a_local_folder_or_gcs_every_zero_or_more_steps():
+    parameters.validate({"checkpoint_uri": "gs://b/runs/checkpoints", "checkpoint_every_steps": 0})
+    parameters.validate({"checkpoint_uri": "/mnt/checkpoints", "checkpoint_every_steps": 500})
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"checkpoint_uri": "s3://b/c", "checkpoint_every_steps": -1})
+    assert names(error.value) == {"checkpoint_uri", "checkpoint_every_steps"}
+    with pytest.raises(ParameterError, match="gs://BUCKET/PATH"):
+        parameters.validate({"checkpoint_uri": "gs://"})
+
+
 # --------------------------------------------------------------------------- Vertex AI Model Registry
 
 

@@ -21,6 +21,8 @@ def train(
     tf_data_service: str = "",
     precision: str = "auto",
     jit_compile: str = "auto",
+    checkpoint_uri: str = "",
+    checkpoint_every_steps: int = 1000,
     augmentation: bool = False,
     augmentation_random_flip: str = "horizontal_and_vertical",
     augmentation_random_rotation: float = 0.2,
@@ -63,7 +65,8 @@ train.__doc__ = docs.docstring(
         **docs.parameter_args("seed"),
         "required_gpus": "Fail at once when fewer GPUs are visible (the pipeline passes accelerator_count, what it "
                          "asked the platform for); 0: train on whatever the machine has.",
-        **docs.parameter_args("tf_data_service", "precision", "jit_compile"),
+        **docs.parameter_args("tf_data_service", "precision", "jit_compile", "checkpoint_uri",
+                              "checkpoint_every_steps"),
         **docs.hyperparameter_args(),
     },
     {

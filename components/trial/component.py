@@ -21,6 +21,8 @@ def trial(
     required_gpus: int = 0,
     precision: str = "auto",
     jit_compile: str = "auto",
+    checkpoint_uri: str = "",
+    checkpoint_every_steps: int = 1000,
 ) -> dict:
     arguments = dict(locals())
     from kic.orchestration import steps
@@ -42,6 +44,9 @@ trial.__doc__ = docs.docstring(
         "required_gpus": "Fail the trial at once when fewer GPUs are visible (the pipeline passes "
                          "accelerator_count); 0: train on whatever the machine has.",
         **docs.parameter_args("precision", "jit_compile"),
+        "checkpoint_uri": "Where trials keep their checkpoints, each in its own trial-N folder; empty: a folder of "
+                          "this trial's task under the pipeline root.",
+        **docs.parameter_args("checkpoint_every_steps"),
     },
     {
         "model": "The trial's model (best epoch), as train writes it, and trial.json (the trial's record); only "

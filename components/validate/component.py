@@ -28,6 +28,8 @@ def validate(
     tf_data_service: str = "",
     precision: str = "auto",
     jit_compile: str = "auto",
+    checkpoint_uri: str = "",
+    checkpoint_every_steps: int = 1000,
     gate_metric: str = "",
     gate_minimum: float = 0.0,
     baseline_model_uri: str = "",

@@ -16,9 +16,13 @@ are kept decides how fast every later epoch is:
   before decoding, which is cheap, rather than decoded images).
 
 Augmentation (``kic.data.augmentation``: one resampling per image) runs
-after the cache, on batches, so every epoch sees new variants. Record order
-is deterministic when asked (training asks for it where it makes a seeded run
-repeatable: on CPU), and free otherwise, which is faster. With
+after the cache, on batches, so every epoch sees new variants. With an
+``EpochOrder``, each epoch's order and augmentation are a function of the
+seed and the epoch's number rather than of how many passes this process
+made, so that a run resumed from a checkpoint sees the epochs an
+uninterrupted one does (and can skip the batches of an epoch it had trained).
+Record order is deterministic when asked (training asks for it where it makes
+a seeded run repeatable: on CPU), and free otherwise, which is faster. With
 ``data_service`` (the address of a tf.data service dispatcher) the decoding
 and augmentation run on the service's workers instead of this machine.
 """
@@ -49,13 +53,61 @@ MEMORY, DISK, NOWHERE = "memory", "disk", "nowhere"
 SNAPSHOT_FILES = 8
 
 
+class EpochOrder:
+    """Makes a training input's randomness a function of (seed, epoch): its
+    shuffles and augmentation keys read ``epoch`` as a pass runs, set by
+    ``begin``, and a pass first drops ``skip_batches`` batches (``end`` sets it
+    back to 0 for the passes after the epoch's own). Without it the order of a
+    pass depends on the passes made before it in this process, which a
+    resumed run cannot replay."""
+
+    def __init__(self):
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_epoch")
+        self.skip_batches = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_skip_batches")
+
+    def begin(self, epoch: int, skip_batches: int = 0) -> None:
+        """Before the pass of ``epoch`` (0-based) starts."""
+        self.epoch.assign(epoch)
+        self.skip_batches.assign(skip_batches)
+
+    def end(self) -> None:
+        """After the pass of an epoch: later passes of it (batch-norm recalibration's) start at the start."""
+        self.skip_batches.assign(0)
+
+    def seed(self, seed: int) -> tf.Tensor:
+        """The seed of a shuffle in the current epoch (to be read inside a pass's function)."""
+        return tf.constant(seed, tf.int64) * 1_000_003 + self.epoch
+
+    def keys(self, seed: int) -> tf.data.Dataset:
+        """A stateless random key per batch: (the epoch's seed, the batch's index in the epoch)."""
+        return tf.data.Dataset.range(2**62).map(lambda index: tf.stack([self.seed(seed), index]))
+
+    def shuffle(self, dataset: tf.data.Dataset, buffer: int, seed: int) -> tf.data.Dataset:
+        # flat_map calls its function when a pass begins: the shuffle is made anew with that epoch's seed.
+        return tf.data.Dataset.from_tensors(0).flat_map(lambda _: dataset.shuffle(buffer, seed=self.seed(seed)))
+
+    def skip(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        # A filter rather than a skip in a flat_map: tf.data's determinism only reaches the top-level
+        # pipeline, not datasets inside a function.
+        return (dataset.enumerate()
+                .filter(lambda index, _batch: index >= self.skip_batches)
+                .map(lambda _index, batch: batch))
+
+
+def _reshuffled(dataset: tf.data.Dataset, buffer: int, seed: int, order: EpochOrder | None) -> tf.data.Dataset:
+    if order is None:
+        return dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return order.shuffle(dataset, buffer, seed)
+
+
 def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str, batch_size: int,
                  num_classes: int, binary_mode: bool, training: bool, num_examples: int,
                  augmentation: Augmentation | None = None, seed: int = 0,
                  with_source: bool = False, decoded: tf.Variable | None = None,
                  memory_cache_bytes: int | None = None, disk_cache_dir: str = "",
                  data_service: str = "", deterministic: bool = True, short_side: int = 0,
-                 num_workers: int = 1, worker_index: int = 0) -> tf.data.Dataset:
+                 order: EpochOrder | None = None, num_workers: int = 1,
+                 worker_index: int = 0) -> tf.data.Dataset:
     """Batches of (pixels float32 [0, 255], target); targets are one-hot for
     multi-class and a float 0/1 column in binary mode. With ``with_source`` the
     elements are (pixels, label index, source URI) for evaluation reports.
@@ -69,6 +121,7 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     ``deterministic``: the same order for the same seed (slower where cores wait on each other).
     ``short_side``: the dataset's ``image_short_side``, so that records are
     decoded exactly as a served raw image is (``preprocessing.decode_prepared_and_resize``).
+    ``order``: an EpochOrder that decides each training epoch's order (not with ``data_service``).
     ``num_workers``, ``worker_index``: this worker's share of the records in
     multi-worker training (``shard_size`` of them); batches stay ``batch_size``,
     the global batch, which tf.distribute splits among the workers' replicas."""
@@ -78,6 +131,16 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
                                disk_cache_dir=disk_cache_dir, data_service=data_service)
     in_memory, on_disk = home == MEMORY, home == DISK
     decode = _decoder(image_size, interpolation, short_side, decoded)
+
+    order = order if training and not data_service else None
+    # What is cached is read once, by whichever epoch comes first: with an EpochOrder it is read in the
+    # same order whatever that epoch is, so that a resumed run caches what an uninterrupted one did.
+    fixed_before_cache = order is not None and home != NOWHERE
+
+    def mixed(dataset: tf.data.Dataset, buffer: int) -> tf.data.Dataset:
+        if fixed_before_cache:
+            return dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+        return _reshuffled(dataset, buffer, seed, order)
 
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
     if num_workers > 1:
@@ -91,20 +154,21 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
         records = records.shard(num_workers, worker_index)
     else:
         if training:
-            files = files.shuffle(len(shard_paths), seed=seed, reshuffle_each_iteration=True)
+            files = mixed(files, len(shard_paths))
         records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shard_paths), 8),
                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if training and not in_memory:  # the first (or every) epoch's order: cheap to mix before decoding
-        records = records.shuffle(min(num_examples, SHUFFLE_RECORDS), seed=seed, reshuffle_each_iteration=True)
+        records = mixed(records, min(num_examples, SHUFFLE_RECORDS))
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     # A record that fails to parse or decode is dropped instead of ending the run.
     images = images.ignore_errors(log_warning=True)
     if in_memory:
         images = images.cache()
     elif on_disk:
-        images = _snapshot(images, disk_cache_dir, reshuffle=training, seed=seed, deterministic=deterministic)
+        images = _snapshot(images, disk_cache_dir, reshuffle=training, seed=seed, deterministic=deterministic,
+                           order=order)
     if training and (in_memory or on_disk):
-        images = images.shuffle(min(num_examples, SHUFFLE_IMAGES), seed=seed, reshuffle_each_iteration=True)
+        images = _reshuffled(images, min(num_examples, SHUFFLE_IMAGES), seed, order)
 
     batches = images.batch(batch_size)
     if with_source:
@@ -118,13 +182,17 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
         return tf.cast(pixels, tf.float32), target
 
     if training and augmentation is not None and augmentation.changes_anything:
-        # A stateless key a batch: the same seed gives the same run, and every epoch new draws.
-        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        # A stateless key a batch: the same seed gives the same run, and every epoch new draws
+        # (with an EpochOrder, the epoch's own, whatever ran before).
+        keys = (order.keys(seed) if order is not None
+                else tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2))
         batches = tf.data.Dataset.zip(batches, keys).map(lambda batch, key: to_model(*batch, key),
                                                           num_parallel_calls=tf.data.AUTOTUNE,
                                                           deterministic=deterministic)
     else:
         batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if order is not None:
+        batches = order.skip(batches)
     return _distributable(_served(batches, data_service).prefetch(tf.data.AUTOTUNE))
 
 
@@ -170,7 +238,7 @@ def _served(dataset: tf.data.Dataset, data_service: str) -> tf.data.Dataset:
 
 
 def _snapshot(images: tf.data.Dataset, folder: str, *, reshuffle: bool, seed: int,
-              deterministic: bool) -> tf.data.Dataset:
+              deterministic: bool, order: EpochOrder | None = None) -> tf.data.Dataset:
     """``images``, written to ``folder`` as they pass in the first epoch and
     read back from there in the later ones. tf.data's snapshot rather than its
     file cache: it writes on its own threads, where the cache writes in the
@@ -180,8 +248,9 @@ def _snapshot(images: tf.data.Dataset, folder: str, *, reshuffle: bool, seed: in
     files = SNAPSHOT_FILES
 
     def read(shards: tf.data.Dataset) -> tf.data.Dataset:
-        if reshuffle:
-            shards = shards.shuffle(files, seed=seed, reshuffle_each_iteration=True)
+        if reshuffle:  # reader_func runs when a pass begins: order.seed is that epoch's
+            shards = shards.shuffle(files, seed=seed if order is None else order.seed(seed),
+                                    reshuffle_each_iteration=order is None)
         return shards.interleave(lambda shard: shard, cycle_length=files, num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=deterministic)
 

@@ -18,6 +18,7 @@ import sys
 import time
 
 from kic import artifacts, storage
+from kic.config import DEFAULT_CHECKPOINT_EVERY_STEPS
 from kic.errors import UserError
 from kic.orchestration import quiet_startup
 
@@ -189,20 +190,35 @@ def _copy_if_exists(source: str, destination: str) -> None:
 @fails_cleanly
 def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
                seed, required_gpus=0, tf_data_service="", precision="auto", jit_compile="auto",
-               base_model_fingerprint="", **hyperparameters) -> None:
+               base_model_fingerprint="", checkpoint_uri="", checkpoint_every_steps=DEFAULT_CHECKPOINT_EVERY_STEPS,
+               **hyperparameters) -> None:
     from kic.config import TrainingConfig
     from kic.training import TrainOptions, train
 
     config = TrainingConfig.from_dict(hyperparameters)
     options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
                            base_model=base_model_uri, seed=seed, required_gpus=required_gpus,
-                           data_service=tf_data_service, precision=precision, jit_compile=jit_compile)
+                           data_service=tf_data_service, precision=precision, jit_compile=jit_compile,
+                           **_checkpointing(model, checkpoint_uri, checkpoint_every_steps))
     result = train(examples.path, model.path, config, options, log=log)
     if not result.is_chief:  # one of several workers: the chief writes the outputs
         return
     _log_metrics(training_metrics, {**result.best_metrics, "best_epoch": result.best_epoch})
     model.metadata.update({"framework": "keras", "backbone": backbone, "best_epoch": result.best_epoch,
                            "epochs_run": result.epochs_run, "base_model_fingerprint": base_model_fingerprint})
+
+
+def _checkpointing(model, checkpoint_uri: str, every_steps: int) -> dict:
+    """train's checkpoint options: ``checkpoint_uri``, or the folder next to
+    the task's model output, which a retry of the task gets again and a new
+    run does not (kic.training.checkpoints.default_location)."""
+    from kic.training import checkpoints
+
+    uri = checkpoint_uri or checkpoints.default_location(model.uri, model.path)
+    if not uri:
+        log(f"train: warning: no checkpoints: the pipeline root of {model.uri} is not one kic writes to; set "
+            "checkpoint_uri to a gs:// folder to resume after a preemption")
+    return {"checkpoint_uri": uri, "checkpoint_every_steps": every_steps}
 
 
 # ----------------------------------------------------------------- evaluate
@@ -338,13 +354,16 @@ def plan_second_wave_step(*, settings, first_wave) -> list:
 
 @fails_cleanly
 def trial_step(*, examples, model, trial_metrics, trial, backbone, pretrained_weights, image_size, base_model_uri,
-               seed, required_gpus=0, precision="auto", jit_compile="auto", base_model_fingerprint="") -> dict:
+               seed, required_gpus=0, precision="auto", jit_compile="auto", base_model_fingerprint="",
+               checkpoint_uri="", checkpoint_every_steps=DEFAULT_CHECKPOINT_EVERY_STEPS) -> dict:
     from kic.training import TrainOptions
     from kic.tuning import trials as tuning_trials
 
+    trial_checkpoints = storage.join(checkpoint_uri, f"trial-{trial['trial']}") if checkpoint_uri else ""
     options = TrainOptions(backbone=backbone, pretrained_weights=pretrained_weights, image_size=image_size,
                            base_model=base_model_uri, seed=seed, required_gpus=required_gpus,
-                           precision=precision, jit_compile=jit_compile)
+                           precision=precision, jit_compile=jit_compile,
+                           **_checkpointing(model, trial_checkpoints, checkpoint_every_steps))
     record = tuning_trials.run(trial, examples.path, model.path, options, log=log)
     _log_metrics(trial_metrics, {"objective": record.objective, "epochs_run": record.epochs_run,
                                  "seconds": record.seconds, "succeeded": int(record.status == tuning_trials.SUCCEEDED)})

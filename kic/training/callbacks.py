@@ -71,7 +71,8 @@ class BestEpoch(keras.callbacks.Callback):
         self.monitor = monitor
         self.best_value = -float("inf")
         self.best_epoch = 0
-        self._best_weights = None
+        self.best_weights = None  # a list of arrays (checkpoints save and restore it)
+        self.restore = True  # at the end of training (not of a fit that training goes on after)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -79,11 +80,11 @@ class BestEpoch(keras.callbacks.Callback):
             raise KeyError(f"monitored metric {self.monitor!r} missing from {sorted(logs or {})}")
         if value > self.best_value:
             self.best_value, self.best_epoch = float(value), epoch + 1
-            self._best_weights = self.model.get_weights()
+            self.best_weights = self.model.get_weights()
 
     def on_train_end(self, logs=None):
-        if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
+        if self.restore and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
 class EpochLog(keras.callbacks.Callback):

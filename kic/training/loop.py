@@ -25,7 +25,7 @@ from kic.data import dataset_info, input_pipeline
 from kic.errors import DataError
 from kic.model import backbones, classifier, loading, model_info, weights
 from kic.model.model_info import ModelInfo
-from kic.training import devices, distribution, optimizers, precision
+from kic.training import checkpoints, devices, distribution, optimizers, precision
 from kic.training.callbacks import RECALIBRATION_IMAGES, BestEpoch, EpochLog, Log, SkippedRecords, Validation
 
 
@@ -45,6 +45,10 @@ class TrainOptions:
     recalibration_images: int = RECALIBRATION_IMAGES  # batch-norm statistics before each validation; 0: none
     precision: str = "auto"  # float32, mixed_float16, mixed_bfloat16, or auto (kic.training.precision)
     jit_compile: str = "auto"  # "true", "false", or auto: XLA on one GPU
+    # Checkpoints (kic.training.checkpoints): a run-scoped folder, local or gs:// (empty: none), resumed from
+    # when it holds one; also every this many batches (0: at epoch ends only); only the chief writes.
+    checkpoint_uri: str = ""
+    checkpoint_every_steps: int = checkpoints.DEFAULT_EVERY_STEPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +143,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     # Each worker reads its own share of every split; batch_size stays the global batch.
     shares = {split: input_pipeline.shard_size(data.splits[split].num_examples, spread.num_workers,
                                                spread.worker_index) for split in ("train", "validation")}
+    order = input_pipeline.EpochOrder()  # each epoch's order from (seed, epoch): what a resumed run replays
     train_ds, val_ds = (
         input_pipeline.make_dataset(
             data.shard_paths(dataset_dir, split), image_size=image_size,
@@ -147,7 +152,8 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             num_examples=shares[split], augmentation=input_pipeline.Augmentation.from_config(config),
             seed=options.seed, decoded=decoded if split == "train" else None, disk_cache_dir=cache_dir,
             data_service=options.data_service, deterministic=repeatable, short_side=data.image_short_side,
-            num_workers=spread.num_workers, worker_index=spread.worker_index)
+            num_workers=spread.num_workers, worker_index=spread.worker_index,
+            order=order if split == "train" else None)
         for split in ("train", "validation"))
     _log_decoded_images_home(shares["train"], image_size, cache_dir, options.data_service, log)
 
@@ -157,18 +163,32 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     best = BestEpoch(config.monitored_metric)
     skipped = SkippedRecords(decoded, shares["train"], log)
     epoch_log = EpochLog(config.epochs, data.splits["train"].num_examples, log, [metric.name for metric in metrics])
-    callbacks = [skipped, Validation(val_ds, train_ds, options.recalibration_images), best, epoch_log]
+    early_stopping = None
     if config.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(
+        early_stopping = keras.callbacks.EarlyStopping(
             monitor=config.monitored_metric, mode="max", patience=config.early_stopping_patience,
-            min_delta=config.early_stopping_min_delta))
-    callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_dir, artifacts.TENSORBOARD_DIR),
-                                                 write_graph=False, profile_batch=0))
-    with warnings.catch_warnings():
-        # The input is finite and shuffled by tf.data; Keras warns about both.
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        history = model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, shuffle=False, verbose=0).history
-    history = {key: [float(value) for value in values] for key, values in history.items()}
+            min_delta=config.early_stopping_min_delta)
+    checkpointing = _checkpointing(config, options, hyperparameters, data, backbone.name, image_size, order,
+                                   best, early_stopping, skipped, spread.is_chief, log)
+    callbacks = [checkpointing.epoch_input, skipped, Validation(val_ds, train_ds, options.recalibration_images), best,
+                 epoch_log, *([early_stopping] if early_stopping else []),
+                 checkpointing,  # after the callbacks whose state it saves
+                 keras.callbacks.TensorBoard(os.path.join(model_dir, artifacts.TENSORBOARD_DIR),
+                                             write_graph=False, profile_batch=0)]
+    with model.distribute_strategy.scope():  # the optimizer's variables are made there
+        initial_epoch = checkpointing.resume(model)
+    best.restore = False  # once training is over, below, not at the end of each fit
+    for first, end in [] if checkpointing.finished else checkpointing.fits(initial_epoch):
+        with warnings.catch_warnings():
+            # The input is finite and shuffled by tf.data; Keras warns about both.
+            warnings.filterwarnings("ignore", message=".*ran out of data.*")
+            model.fit(train_ds, epochs=end, initial_epoch=first, callbacks=callbacks, shuffle=False, verbose=0)
+        if checkpointing.finished:  # early stopping
+            break
+    best.restore = True
+    best.set_model(model)
+    best.on_train_end()
+    history = checkpointing.history  # every epoch's, those before a resume included
     log(f"train: best epoch {best.best_epoch} by {config.monitored_metric} = {best.best_value:.4f}"
         f"{' (early stopping)' if len(history['loss']) < config.epochs else ''}")
 
@@ -186,6 +206,25 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     storage.write_text(os.path.join(model_dir, artifacts.TRAINING_HISTORY), json.dumps(history, indent=2))
     return TrainResult(model_dir=model_dir, best_epoch=best.best_epoch, epochs_run=len(history["loss"]),
                        history=history, best_metrics=info.metrics)
+
+
+def _checkpointing(config, options, hyperparameters, data, backbone, image_size, order, best, early_stopping,
+                   skipped, writer: bool, log) -> checkpoints.Checkpointing:
+    store = None
+    if options.checkpoint_uri:
+        # What makes a checkpoint this run's: a checkpoint from anything else is refused.
+        identity = {"hyperparameters": hyperparameters, "backbone": backbone, "image_size": image_size,
+                    "pretrained_weights": options.pretrained_weights, "base_model": options.base_model,
+                    "seed": options.seed, "recalibration_images": options.recalibration_images,
+                    "data_fingerprint": data.fingerprint, "class_names": list(data.class_names)}
+        store = checkpoints.Store(options.checkpoint_uri, identity, writer=writer)
+        every = options.checkpoint_every_steps if not options.data_service else 0
+        log(f"train: checkpoints in {options.checkpoint_uri} at each epoch's end"
+            + (f" and every {every} steps" if every else "")
+            + ("" if writer else " (written by the chief)"))
+    return checkpoints.Checkpointing(store, epochs=config.epochs, every_steps=options.checkpoint_every_steps,
+                                     best=best, early_stopping=early_stopping, skipped=skipped,
+                                     order=None if options.data_service else order, log=log)
 
 
 # ----------------------------------------------------------------- model
