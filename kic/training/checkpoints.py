@@ -302,7 +302,9 @@ class Checkpointing(keras.callbacks.Callback):
         self._save(self.progress)
 
     def _save(self, progress: Progress) -> None:
-        if self.store is not None and self.store.writer:
+        if self.store is not None:
+            # Every worker reads the variables, though only the writer writes: under a multi-worker
+            # strategy reading a metric's variable is a collective op that all workers must join.
             self.store.save(progress, model_arrays(self.model, self.best.best_weights))
 
 
