@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from kic.errors import ParameterError, UserError
@@ -163,10 +165,10 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="only the train step: a prepared dataset (kic prepare's output) -> a "
                                               "model; what each worker of a multi-machine job runs")
-    train.add_argument("prepared", metavar="PREPARED_DIR", help="a folder kic prepare wrote")
+    train.add_argument("prepared", metavar="PREPARED_DIR", help="a folder (or gs:// prefix) kic prepare wrote")
     train.add_argument("output", metavar="OUTPUT_DIR",
-                       help=f"where the model goes ({TRAIN_OUTPUTS['model']}/, as the train step's Model artifact) "
-                            f"with its best epoch's metrics ({TRAIN_OUTPUTS['metrics']})")
+                       help=f"folder or gs:// prefix for the model ({TRAIN_OUTPUTS['model']}/, as the train step's "
+                            f"Model artifact), its best epoch's metrics ({TRAIN_OUTPUTS['metrics']}) and checkpoints")
     _add_param_options(train, "set any parameter of train, hyperparameters included (repeatable): "
                               + ", ".join(TRAIN_PARAMETERS) + " and the 25 hyperparameters")
     train.set_defaults(handler=_train)
@@ -622,28 +624,39 @@ def _train(args: argparse.Namespace) -> int:
         if not prepared:
             found.append(Problem("PREPARED_DIR", args.prepared, f"a folder (or gs:// prefix) kic prepare wrote, "
                                                                 f"with {artifacts.DATASET_INFO}"))
-    if storage.is_gcs(args.output):
-        found.append(Problem("OUTPUT_DIR", args.output, "a local folder (copy it to gs:// afterwards)"))
     if found:
         raise ParameterError(found)
     values = {**{name: parameters.PARAMETERS_BY_NAME[name].default for name in takes}, **values}
     from kic.orchestration import steps
 
-    model = _LocalArtifact(os.path.join(args.output, TRAIN_OUTPUTS["model"]))
-    metrics = _LocalArtifact(os.path.join(args.output, TRAIN_OUTPUTS["metrics"]))
-    os.makedirs(args.output, exist_ok=True)
-    steps.train_step(examples=_LocalArtifact(args.prepared), model=model, training_metrics=metrics,
-                     required_gpus=values.pop("accelerator_count"), base_model_fingerprint="", **values)
-    if os.path.exists(metrics.path):  # only the chief of several workers writes
-        print(f"kic: model in {model.path}, its best epoch's metrics in {metrics.path}")
+    # A gs:// OUTPUT_DIR (several machines' shared output) is written here first and uploaded by the
+    # chief at the end; checkpoints go straight to it, where every worker and a restarted pod find them.
+    remote = storage.is_gcs(args.output)
+    local = tempfile.mkdtemp(prefix="kic-train-") if remote else args.output
+    model = _LocalArtifact(os.path.join(local, TRAIN_OUTPUTS["model"]),
+                           uri=storage.join(args.output, TRAIN_OUTPUTS["model"]))
+    metrics = _LocalArtifact(os.path.join(local, TRAIN_OUTPUTS["metrics"]))
+    os.makedirs(local, exist_ok=True)
+    try:
+        steps.train_step(examples=_LocalArtifact(args.prepared), model=model, training_metrics=metrics,
+                         required_gpus=values.pop("accelerator_count"), base_model_fingerprint="", **values)
+        if not os.path.exists(metrics.path):  # one of several workers: only the chief writes
+            return 0
+        if remote:
+            storage.upload_dir(local, args.output)
+    finally:
+        if remote:
+            shutil.rmtree(local, ignore_errors=True)
+    print(f"kic: model in {storage.join(args.output, TRAIN_OUTPUTS['model'])}, its best epoch's metrics in "
+          f"{storage.join(args.output, TRAIN_OUTPUTS['metrics'])}")
     return 0
 
 
 class _LocalArtifact:
     """A folder or file standing in for a KFP artifact, for a step run on its own."""
 
-    def __init__(self, path: str):
-        self.path = self.uri = path
+    def __init__(self, path: str, uri: str = ""):
+        self.path, self.uri = path, uri or path
         self.metadata: dict = {}
 
     def log_metric(self, name: str, value: float) -> None:

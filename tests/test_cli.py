@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from kic import artifacts, cli, parameters
+from kic import artifacts, cli, parameters, storage
 from kic.demo_data import write_demo_dataset
 
 # A new Python per command: what each imports is what a user's shell pays for.
@@ -61,31 +61,37 @@ def test_prepare_command_checks_through_the_front_door_before_reading(tmp_path, 
 
 
 def test_train_command_refuses_every_problem_before_training(tmp_path, capsys):
-    code = cli.main(["train", str(tmp_path / "nowhere"), "gs://bucket/out", "--param", "epochs=0",
+    code = cli.main(["train", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--param", "epochs=0",
                      "--param", "precision=half", "--param", "gate_metric=accuracy", "--param", "oops"])
     assert code == 2
     err = capsys.readouterr().err
     for expected in ("epochs=0", "precision='half'", "gate_metric='accuracy': not a parameter of train",
-                     "--param='oops': expected NAME=VALUE", "PREPARED_DIR=", "dataset_info.json",
-                     "OUTPUT_DIR='gs://bucket/out': a local folder"):
+                     "--param='oops': expected NAME=VALUE", "PREPARED_DIR=", "dataset_info.json"):
         assert expected in err, err
+    assert not (tmp_path / "out").exists()
 
 
-def test_train_command_trains_on_a_prepared_folder_as_the_step_does(prepared, tiny_backbone, tmp_path, capsys):
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_train_command_trains_on_a_prepared_folder_as_the_step_does(prepared, tiny_backbone, tmp_path, capsys,
+                                                                    gcs_emulator, where):
+    """Also into gs:// (a multi-machine job's shared output): checkpoints there, the rest uploaded at the end."""
+    output = gcs_emulator.new_bucket() + "/run" if where == "gcs" else str(tmp_path / "out")
     hyperparameters = tmp_path / "hyperparameters.json"
     hyperparameters.write_text(json.dumps({"epochs": "1", "batch_size": "8"}))  # the reference's strings
-    code = cli.main(["train", prepared, str(tmp_path / "out"), "--hyperparameters", str(hyperparameters),
+    code = cli.main(["train", prepared, output, "--hyperparameters", str(hyperparameters),
                      "--param", f"backbone={tiny_backbone}", "--param", "pretrained_weights=none",
                      "--param", "image_size=32", "--param", "precision=float32"])
     assert code == 0
     out = capsys.readouterr().out
     for expected in ("train: strategy: one device (the default strategy)", "train: precision float32; XLA off",
-                     "Epoch 1/1 - loss: ", "train: best epoch 1 by val_accuracy"):
+                     "Epoch 1/1 - loss: ", "train: best epoch 1 by val_accuracy",
+                     f"train: checkpoints in {storage.join(output, 'checkpoints')}"):
         assert expected in out, out
-    assert (tmp_path / "out" / "model" / artifacts.KERAS_MODEL).exists()
-    info = json.loads((tmp_path / "out" / "model" / artifacts.MODEL_INFO).read_text())
+    assert storage.exists(storage.join(output, "model", artifacts.KERAS_MODEL))
+    assert any(name.endswith("COMMITTED") for name in storage.list_files(storage.join(output, "checkpoints")))
+    info = json.loads(storage.read_text(storage.join(output, "model", artifacts.MODEL_INFO)))
     assert info["backbone"] == tiny_backbone and info["hyperparameters"]["epochs"] == 1
-    metrics = json.loads((tmp_path / "out" / cli.TRAIN_OUTPUTS["metrics"]).read_text())
+    metrics = json.loads(storage.read_text(storage.join(output, cli.TRAIN_OUTPUTS["metrics"])))
     assert metrics["best_epoch"] == 1 and metrics["val_accuracy"] == info["metrics"]["val_accuracy"]
 
 
