@@ -188,8 +188,7 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
 
     for augment in (False, True):
         print(f" {'with augmentation (flip, rotation, zoom)' if augment else 'no augmentation'}:")
-        n, seconds = passes(peer(folder, augment), epochs)
-        reference = row("peer: image_dataset_from_directory + prefetch", n, seconds, None)
+        reference = row("peer: image_dataset_from_directory + prefetch", *passes(peer(folder, augment), epochs), None)
 
         def kic(name: str, augmentation=AUGMENTATION if augment else None, reference=reference, **options) -> None:
             dataset = input_pipeline.make_dataset(
