@@ -125,7 +125,7 @@ def run_prepare(source: str, output: str, workers: int) -> tuple[float, dict]:
 
 
 def main() -> None:
-    from kic.data.prepare import available_cores
+    from kic.machine import available_cores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)

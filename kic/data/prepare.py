@@ -56,6 +56,7 @@ from kic.data.dataset_info import DatasetInfo, SplitInfo, save
 from kic.data.images import ImageLimits, ImageRejected, NormalizedImage, normalize_image
 from kic.data.sources import Listing, LocalFile, SourceError, SourceItem, list_source, read_payloads
 from kic.errors import DataError, ParameterError, Problem
+from kic.machine import available_cores
 
 __all__ = ["DataQualityError", "PrepareOptions", "PrepareResult", "SourceError", "prepare_dataset"]
 
@@ -210,13 +211,6 @@ def _normalize_chunk(chunk: list[tuple[int, object]], limits: ImageLimits) -> li
 
 
 # --------------------------------------------------------------------------- parent side
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _chunks(iterable: Iterable[tuple[int, object]], size: int) -> Iterator[list[tuple[int, object]]]:
