@@ -181,7 +181,7 @@ def normalize_image(raw: bytes, limits: ImageLimits = ImageLimits()) -> Normaliz
     _decode(image, image_format)
 
     try:
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of an upright image
         rgb = _to_rgb(image, limits.background)
         rgb = _downscale(rgb, limits.short_side)
         jpeg = _encode_jpeg(rgb, limits.jpeg_quality)
@@ -340,6 +340,8 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if image.mode == "RGB":  # most photos: nothing to convert, and no copy
+        return image
     if image.mode in _DIRECT_TO_RGB:
         return image.convert("RGB")
     raise ImageRejected(RejectReason.UNSUPPORTED_MODE,
