@@ -65,7 +65,7 @@ def _peak_memory(who: int = resource.RUSAGE_SELF) -> str:
     return f"peak memory {resource.getrusage(who).ru_maxrss / per_gb:.2f} GB"
 
 
-def _log_metrics(target, values: dict) -> None:
+def _log_metrics(target, values: dict, *, write_file: bool = True) -> None:
     """The numbers in ``values`` as the artifact's metrics (what the UI shows),
     and as its file, which a metrics artifact otherwise lacks: a cached output
     whose file is missing counts as gone (kfp.local), and the file is what
@@ -73,7 +73,8 @@ def _log_metrics(target, values: dict) -> None:
     for name, value in values.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             target.log_metric(name, float(value))
-    _write_metadata(target)
+    if write_file:
+        _write_metadata(target)
 
 
 def _write_metadata(target) -> None:
@@ -201,9 +202,10 @@ def train_step(*, examples, model, training_metrics, backbone, pretrained_weight
                            data_service=tf_data_service, precision=precision, jit_compile=jit_compile,
                            **_checkpointing(model, checkpoint_uri, checkpoint_every_steps))
     result = train(examples.path, model.path, config, options, log=log)
-    if not result.is_chief:  # one of several workers: the chief writes the outputs
-        return
-    _log_metrics(training_metrics, {**result.best_metrics, "best_epoch": result.best_epoch})
+    # Every replica of a Vertex AI multi-replica job runs this executor and writes its output (the
+    # artifacts' metadata) as it ends: the same metadata everywhere, but only the chief writes files.
+    _log_metrics(training_metrics, {**result.best_metrics, "best_epoch": result.best_epoch},
+                 write_file=result.is_chief)
     model.metadata.update({"framework": "keras", "backbone": backbone, "best_epoch": result.best_epoch,
                            "epochs_run": result.epochs_run, "base_model_fingerprint": base_model_fingerprint})
 
