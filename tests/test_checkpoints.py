@@ -154,6 +154,10 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_model_of_an_uninterrupted_on
 
     # The last checkpoint stays: a retry after training restores the trained model without training again.
     again: list[str] = []
-    train(prepared, str(tmp_path / "again"), config, options, log=again.append)
+    retried = train(prepared, str(tmp_path / "again"), config, options, log=again.append)
     assert not [line for line in again if line.startswith("Epoch ")]
     assert any("training had ended after epoch 2" in line for line in again)
+    assert (retried.best_epoch, retried.best_metrics) == (whole.best_epoch, resumed.best_metrics)
+    for a, b in zip(load_keras_model(str(tmp_path / "resumed")).get_weights(),
+                    load_keras_model(str(tmp_path / "again")).get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the best epoch's weights, as the first attempt saved them

@@ -63,8 +63,10 @@ class Validation(keras.callbacks.Callback):
 
 
 class BestEpoch(keras.callbacks.Callback):
-    """Keeps the weights of the best epoch by the monitored metric and restores
-    them when training ends, so the saved model is the best, not the last."""
+    """Keeps the weights of the best epoch by the monitored metric;
+    ``restore_best`` puts them back once training is over (which may take
+    several fits: a resumed epoch is a fit of its own), so the saved model is
+    the best, not the last."""
 
     def __init__(self, monitor: str):
         super().__init__()
@@ -72,7 +74,6 @@ class BestEpoch(keras.callbacks.Callback):
         self.best_value = -float("inf")
         self.best_epoch = 0
         self.best_weights = None  # a list of arrays (checkpoints save and restore it)
-        self.restore = True  # at the end of training (not of a fit that training goes on after)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -82,8 +83,8 @@ class BestEpoch(keras.callbacks.Callback):
             self.best_value, self.best_epoch = float(value), epoch + 1
             self.best_weights = self.model.get_weights()
 
-    def on_train_end(self, logs=None):
-        if self.restore and self.best_weights is not None:
+    def restore_best(self) -> None:
+        if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 
 

@@ -224,6 +224,11 @@ class Checkpointing(keras.callbacks.Callback):
         model.optimizer.build(model.trainable_variables)
         assign(model.variables, saved.arrays.get("model", []), "model")
         assign(model.optimizer.variables, saved.arrays.get("optimizer", []), "optimizer")
+        # Here, not when a fit begins: a run restored from a finished checkpoint fits no more.
+        self.best.best_value, self.best.best_epoch = saved.progress.best_value, saved.progress.best_epoch
+        self.best.best_weights = saved.arrays.get("best")
+        if self.skipped is not None:
+            self.skipped.count = saved.progress.skipped_records
         at = f"epoch {saved.progress.epoch + 1}" + (f" (step {saved.progress.step})" if saved.progress.step else "")
         if self.finished:
             self.log(f"train: resuming from checkpoint {self.store.uri}/{saved.name}: training had ended after "
@@ -245,15 +250,9 @@ class Checkpointing(keras.callbacks.Callback):
         return [(first_epoch, self.epochs)]
 
     def on_train_begin(self, logs=None):
-        progress = self.progress
-        if self._resumed is not None:
-            self.best.best_value, self.best.best_epoch = progress.best_value, progress.best_epoch
-            self.best.best_weights = self._resumed.arrays.get("best")
-            if self.skipped is not None:
-                self.skipped.count = progress.skipped_records
-        # Also at a later fit of the same training: EarlyStopping starts each fit afresh.
-        if self.early_stopping is not None and progress.early_stopping:
-            for key, value in progress.early_stopping.items():
+        # At every fit of the training: EarlyStopping starts each fit afresh.
+        if self.early_stopping is not None and self.progress.early_stopping:
+            for key, value in self.progress.early_stopping.items():
                 setattr(self.early_stopping, key, value)
 
     def skip_for(self, epoch: int) -> int:

@@ -177,7 +177,6 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
                                              write_graph=False, profile_batch=0)]
     with model.distribute_strategy.scope():  # the optimizer's variables are made there
         initial_epoch = checkpointing.resume(model)
-    best.restore = False  # once training is over, below, not at the end of each fit
     for first, end in [] if checkpointing.finished else checkpointing.fits(initial_epoch):
         with warnings.catch_warnings():
             # The input is finite and shuffled by tf.data; Keras warns about both.
@@ -185,9 +184,8 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             model.fit(train_ds, epochs=end, initial_epoch=first, callbacks=callbacks, shuffle=False, verbose=0)
         if checkpointing.finished:  # early stopping
             break
-    best.restore = True
-    best.set_model(model)
-    best.on_train_end()
+    best.set_model(model)  # a run restored from a finished checkpoint has not fitted
+    best.restore_best()
     history = checkpointing.history  # every epoch's, those before a resume included
     log(f"train: best epoch {best.best_epoch} by {config.monitored_metric} = {best.best_value:.4f}"
         f"{' (early stopping)' if len(history['loss']) < config.epochs else ''}")
