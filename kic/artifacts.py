@@ -37,6 +37,7 @@ KERAS_MODEL = "model.keras"
 MODEL_INFO = "model_info.json"
 TRAINING_HISTORY = "history.json"
 TENSORBOARD_DIR = "tensorboard"
+CHECKPOINTS_DIR = "checkpoints"  # beside the model output (kic.training.checkpoints); kic run: <output>/checkpoints
 
 # --- Evaluation -----------------------------------------------------------
 BLESSING_JSON = "blessing.json"

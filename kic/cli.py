@@ -16,12 +16,12 @@ import sys
 import tempfile
 import time
 
+from kic import artifacts
 from kic.errors import ParameterError, UserError
 
 DEFAULT_OUTPUT = "kic-output"
 DEFAULT_TUNE_OUTPUT = "kic-tune-output"
 LOGS_DIR = "logs"  # under the output folder: run.log and <step>.log
-CHECKPOINTS_DIR = "checkpoints"  # under the output folder: train's, for --resume
 
 # The built-in demo trains from scratch on CPU in a few minutes: no download,
 # a small backbone at a small input size, and enough epochs to really learn.
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the last run into the same --output that did not finish (preempted, killed): "
                           "steps that finished under --cache are reused, train resumes from its checkpoint in "
-                          f"<output>/{CHECKPOINTS_DIR}; without it a run starts afresh")
+                          f"<output>/{artifacts.CHECKPOINTS_DIR}; without it a run starts afresh")
     run.add_argument("--verbose", action="store_true",
                      help="show everything the steps and KFP write (always in <output>/logs: run.log and one file per "
                           "step)")
@@ -292,7 +292,7 @@ def _with_checkpoints(values: dict, output: str, *, resume: bool) -> dict:
     train must not pick up an earlier run's checkpoint."""
     if values["checkpoint_uri"]:
         return values
-    checkpoints = os.path.join(output, CHECKPOINTS_DIR)
+    checkpoints = os.path.join(output, artifacts.CHECKPOINTS_DIR)
     if resume:
         found = os.path.isdir(checkpoints) and os.listdir(checkpoints)
         print(f"kic: resuming: train continues from its checkpoint in {checkpoints}" if found else
@@ -590,7 +590,7 @@ class ProgressBar:
 # ----------------------------------------------------------------- train
 # The pipeline parameters train takes besides the hyperparameters (accelerator_count: the GPUs it must see).
 TRAIN_PARAMETERS = ("backbone", "pretrained_weights", "image_size", "base_model_uri", "seed", "accelerator_count",
-                    "tf_data_service", "precision", "jit_compile")
+                    "tf_data_service", "precision", "jit_compile", "checkpoint_uri", "checkpoint_every_steps")
 TRAIN_OUTPUTS = {"model": "model", "metrics": "training_metrics.json"}
 
 
@@ -599,7 +599,7 @@ def _train(args: argparse.Namespace) -> int:
     runs it (kic.orchestration.steps.train_step): the same checks, log lines
     and outputs. Every problem with the parameters or the folder is listed
     before any compute."""
-    from kic import artifacts, config, parameters, storage
+    from kic import config, parameters, storage
     from kic.errors import Problem
 
     layers, found = _parameter_layers(args)

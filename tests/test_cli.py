@@ -60,6 +60,17 @@ def test_prepare_command_checks_through_the_front_door_before_reading(tmp_path, 
     assert not (tmp_path / "prepared").exists()
 
 
+def test_train_command_takes_every_pipeline_parameter_the_train_step_takes():
+    """Read off the step, so a parameter added to train cannot be missing from `kic train`."""
+    import inspect
+
+    from kic.orchestration import steps
+
+    step = set(inspect.signature(steps.train_step).parameters) - {"hyperparameters"}
+    taken = {name for name in step if name in parameters.PARAMETERS_BY_NAME} | {"accelerator_count"}  # required_gpus
+    assert taken == set(cli.TRAIN_PARAMETERS)
+
+
 def test_train_command_refuses_every_problem_before_training(tmp_path, capsys):
     code = cli.main(["train", str(tmp_path / "nowhere"), str(tmp_path / "out"), "--param", "epochs=0",
                      "--param", "precision=half", "--param", "gate_metric=accuracy", "--param", "oops"])

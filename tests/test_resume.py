@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from kic import cli
+from kic import artifacts, cli
 from kic.pipelines.training_pipeline import PREPARE_TASK, TRAIN_TASK
 
 EPOCHS = 6
@@ -27,14 +27,14 @@ SETTINGS = {"backbone": "mobilenet_v3_small_100_224", "pretrained_weights": "non
 
 
 def test_a_local_run_keeps_its_checkpoints_in_the_output_folder_and_only_resume_keeps_old_ones(tmp_path, capsys):
-    old = tmp_path / cli.CHECKPOINTS_DIR / "ckpt-00002-000000000"
+    old = tmp_path / artifacts.CHECKPOINTS_DIR / "ckpt-00002-000000000"
     old.mkdir(parents=True)
     (old / "COMMITTED").write_text("x")
     resumed = cli._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=True)
-    assert resumed["checkpoint_uri"] == str(tmp_path / cli.CHECKPOINTS_DIR) and old.is_dir()
+    assert resumed["checkpoint_uri"] == str(tmp_path / artifacts.CHECKPOINTS_DIR) and old.is_dir()
     assert "train continues from its checkpoint" in capsys.readouterr().out
     fresh = cli._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=False)
-    assert fresh == resumed and not (tmp_path / cli.CHECKPOINTS_DIR).exists()  # a new run starts afresh
+    assert fresh == resumed and not (tmp_path / artifacts.CHECKPOINTS_DIR).exists()  # a new run starts afresh
     assert cli._with_checkpoints({"checkpoint_uri": "gs://b/c"}, str(tmp_path), resume=False) == {
         "checkpoint_uri": "gs://b/c"}  # a folder the user names is theirs
 
@@ -52,7 +52,7 @@ def test_a_killed_run_resumes_at_its_checkpointed_epoch_and_learns_as_much(tmp_p
 
     data, output = tmp_path / "images", tmp_path / "out"
     write_demo_dataset(str(data), images_per_class=20, size=40)
-    checkpoints = output / cli.CHECKPOINTS_DIR
+    checkpoints = output / artifacts.CHECKPOINTS_DIR
 
     with open(tmp_path / "first.log", "w") as first_log:
         first = subprocess.Popen(_kic_run(data, output), stdout=first_log, stderr=subprocess.STDOUT,

@@ -42,13 +42,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from kic import config, storage
+from kic import artifacts, config, storage
 from kic.errors import UserError
 
 FORMAT = 1
 ARRAYS, STATE, MARKER = "variables.npz", "state.json", "COMMITTED"
 PREFIX = "ckpt-"
-CHECKPOINTS_DIR = "checkpoints"
 DEFAULT_EVERY_STEPS = config.DEFAULT_CHECKPOINT_EVERY_STEPS
 
 
@@ -87,10 +86,10 @@ def default_location(model_uri: str, model_path: str) -> str:
     kfp.local runs); elsewhere (KFP's default MinIO, s3://) kic cannot write
     and returns "" (no checkpoints)."""
     if model_uri and storage.is_gcs(model_uri):
-        return storage.join(posixpath.dirname(model_uri.rstrip("/")), CHECKPOINTS_DIR)
+        return storage.join(posixpath.dirname(model_uri.rstrip("/")), artifacts.CHECKPOINTS_DIR)
     if model_uri and "://" in model_uri:
         return ""
-    return os.path.join(os.path.dirname(os.path.abspath(model_path)), CHECKPOINTS_DIR)
+    return os.path.join(os.path.dirname(os.path.abspath(model_path)), artifacts.CHECKPOINTS_DIR)
 
 
 class Store:
