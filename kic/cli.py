@@ -171,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
                             f"Model artifact), its best epoch's metrics ({TRAIN_OUTPUTS['metrics']}) and checkpoints")
     _add_param_options(train, "set any parameter of train, hyperparameters included (repeatable): "
                               + ", ".join(TRAIN_PARAMETERS) + " and the 25 hyperparameters")
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler=_train, data="")  # no --data: the prepared folder is the data
 
     backbones = commands.add_parser("backbones", help="list the supported backbones")
     backbones.set_defaults(handler=_backbones)
@@ -328,7 +328,7 @@ def _parameter_layers(args: argparse.Namespace) -> tuple[list[dict], list]:
     if args.hyperparameters:  # only what the file sets: the rest keeps the layers below it
         layers.append(read_json_object(args.hyperparameters))
     layers.append(assigned)
-    if getattr(args, "data", ""):
+    if args.data:
         layers.append({"data_source": args.data})
     return layers, malformed
 

@@ -67,7 +67,6 @@ def _hyperparameters() -> tuple[Parameter, ...]:
 
 
 KUBERNETES_GPU = "nvidia.com/gpu"  # the extended resource name NVIDIA's device plugin registers
-VERTEX_GPU_PREFIX = "NVIDIA_"  # Vertex AI's accelerator types for NVIDIA GPUs
 VERTEX_DEFAULT_GPU = "NVIDIA_L4"
 
 PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
@@ -387,10 +386,10 @@ def _accelerator_rules(values: Values, _reachability: bool) -> list[Problem]:
     kind, count = values["accelerator_type"], values["accelerator_count"]
     if count < 0:
         return [Problem("accelerator_count", count, "0 (no GPU asked for) or more")]
-    if count and not (kind == KUBERNETES_GPU or kind.startswith(VERTEX_GPU_PREFIX)):
+    if count and not (kind == KUBERNETES_GPU or kind.startswith(custom_job.VERTEX_GPU_PREFIX)):
         return [Problem("accelerator_type", kind, f"a GPU: {KUBERNETES_GPU} on Kubeflow Pipelines, or a Vertex AI "
-                                                  f"accelerator type starting with {VERTEX_GPU_PREFIX} (such as "
-                                                  "NVIDIA_L4); TensorFlow here runs on NVIDIA GPUs")]
+                                                  f"accelerator type starting with {custom_job.VERTEX_GPU_PREFIX} "
+                                                  "(such as NVIDIA_L4); TensorFlow here runs on NVIDIA GPUs")]
     return []
 
 

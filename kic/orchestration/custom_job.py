@@ -37,6 +37,7 @@ from typing import Any
 
 from kic.errors import Problem
 
+VERTEX_GPU_PREFIX = "NVIDIA_"  # Vertex AI's accelerator types for NVIDIA GPUs
 ESCAPED_EXECUTOR_INPUT = "{{$.json_escape[1]}}"  # the executor input inside the launcher's JSON payload
 EXECUTOR_INPUT_MARKER = "<kic:executor-input>"
 BOOT_DISK = {"boot_disk_type": "pd-ssd", "boot_disk_size_gb": 100}  # the wrapper's default disk
@@ -104,7 +105,7 @@ def problems(*, replica_count: int, machine_type: str, accelerator_type: str, ac
     found = []
     if replica_count < 1:
         found.append(Problem("train_replica_count", replica_count, "1 (one machine) or more"))
-    vertex_gpu = accelerator_type.startswith("NVIDIA_")
+    vertex_gpu = accelerator_type.startswith(VERTEX_GPU_PREFIX)
     if not machine_type:
         if vertex_gpu and accelerator_count > 0 and not default_machine_type(accelerator_type, accelerator_count):
             found.append(Problem("train_machine_type", machine_type, f"no machine known here for {accelerator_count} "
