@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -85,7 +84,7 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("split_seed", int, splits.DEFAULT_SEED, "Seed of the split; the same seed and images always give "
                                                       "the same splits."),
     Parameter("image_short_side", int, 0, "prepare downscales images so their short side is at most this many "
-                                          "pixels; 0: about 8/7 of the model's input size, so that training "
+                                          "pixels; 0: the model's input size, so that training "
                                           "decodes small images."),
     Parameter("tfds_data_dir", str, "", "Folder of an already prepared TFDS copy, for tfds: sources."),
     Parameter("max_rejected_fraction", float, prepare.DEFAULT_MAX_REJECTED_FRACTION,
@@ -256,14 +255,15 @@ def problems(values: Mapping[str, Any], *, reachability: Reachability = True) ->
 
 
 def derive_short_side(*, backbone: str, image_size: int, requested: int) -> int:
-    """The short side prepare stores: ``requested`` when set, else about 8/7
-    of the model's input size (room for zoom augmentation) rounded up to a
-    multiple of 32, so each training epoch decodes small JPEGs rather than
-    images sized for the largest backbone."""
+    """The short side prepare stores: ``requested`` when set, else the
+    model's input size, so each training epoch decodes the smallest JPEG that
+    holds every pixel the model sees. Nothing uses a margin above it:
+    training resizes to the input size before it augments, and the resize
+    keeps the short side as it is (measured on 500x375 photos: storing 8/7 of
+    224 made a first training epoch ~11% dearer in CPU, for nothing)."""
     if requested > 0:
         return requested
-    size = image_size or backbones.resolve(backbone).input_size
-    return math.ceil(size * 8 / 7 / 32) * 32
+    return image_size or backbones.resolve(backbone).input_size
 
 
 # --------------------------------------------------------------------------- the rules

@@ -115,8 +115,8 @@ def test_backbone_image_size_and_weights_files(tmp_path):
 
 
 def test_derived_short_side_follows_the_model():
-    cases = [("mobilenet_v2_100_224", 0, 0, 256), ("inception_v3", 0, 0, 352),
-             ("mobilenet_v3_small_100_224", 64, 0, 96), ("efficientnet_b7", 0, 0, 704),
+    cases = [("mobilenet_v2_100_224", 0, 0, 224), ("inception_v3", 0, 0, 299),
+             ("mobilenet_v3_small_100_224", 64, 0, 64), ("efficientnet_b7", 0, 0, 600),
              ("mobilenet_v2_100_224", 0, 480, 480)]
     for backbone, image_size, requested, expected in cases:
         assert parameters.derive_short_side(backbone=backbone, image_size=image_size, requested=requested) == expected

@@ -27,7 +27,7 @@ def pipeline_values(**overrides):
 # ----------------------------------------------------------------- validate
 def test_validate_accepts_every_default_and_sizes_the_prepared_images(tmp_path, capsys):
     values = pipeline_values(data_source=str(tmp_path))
-    assert steps.validate_step(**values) == 256  # 8/7 of MobileNetV2's 224, rounded up to 32
+    assert steps.validate_step(**values) == 224  # MobileNetV2's input size
     out = capsys.readouterr().out
     assert f"all {len(parameters.PIPELINE_PARAMETERS)} parameters are valid" in out
     assert "ignored for optimizer adam" in out
@@ -56,9 +56,9 @@ def test_validate_sizes_the_prepared_images_for_the_earlier_model_it_continues(t
     storage.copy_file(str(tarball), remote)
 
     values = pipeline_values(data_source=str(tmp_path))
-    assert steps.validate_step(**values) == 256  # the pipeline's MobileNetV2 at 224
+    assert steps.validate_step(**values) == 224  # the pipeline's MobileNetV2 at 224
     for base_model_uri in (str(folder), str(tarball), remote):
-        assert steps.validate_step(**{**values, "base_model_uri": base_model_uri}) == 128, base_model_uri
+        assert steps.validate_step(**{**values, "base_model_uri": base_model_uri}) == 96, base_model_uri
     assert "continues the earlier model's backbone efficientnet_b0 at 96x96" in capsys.readouterr().out
 
     with tarfile.open(tmp_path / "other.tar.gz", "w:gz") as archive:

@@ -131,7 +131,7 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     home = decoded_images_home(num_examples, image_size, memory_cache_bytes=memory_cache_bytes,
                                disk_cache_dir=disk_cache_dir, data_service=data_service)
     in_memory, on_disk = home == MEMORY, home == DISK
-    decode = _decoder(image_size, interpolation, short_side, decoded)
+    decode = _decoder(image_size, interpolation, short_side, decoded, with_source)
 
     order = order if training and not data_service else None
     # What is cached is read once, by whichever epoch comes first: with an EpochOrder it is read in the
@@ -165,18 +165,18 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     images = images.ignore_errors(log_warning=True)
     if in_memory:
         images = images.cache()
+        if training:
+            images = _reshuffled(images, min(num_examples, SHUFFLE_IMAGES), seed, order)
     elif on_disk:
         images = _snapshot(images, disk_cache_dir, reshuffle=training, seed=seed, deterministic=deterministic,
-                           order=order)
-    if training and (in_memory or on_disk):
-        images = _reshuffled(images, min(num_examples, SHUFFLE_IMAGES), seed, order)
+                           order=order, buffer=min(num_examples, SHUFFLE_IMAGES))
 
     batches = images.batch(batch_size)
     if with_source:
         batches = batches.map(lambda pixels, label, source: (tf.cast(pixels, tf.float32), label, source))
         return _with_options(_served(batches, data_service).prefetch(tf.data.AUTOTUNE))
 
-    def to_model(pixels, label, _source, key=None):
+    def to_model(pixels, label, key=None):
         if key is not None:
             pixels = augmentation(pixels, key)
         target = tf.cast(tf.expand_dims(label, -1), tf.float32) if binary_mode else tf.one_hot(label, num_classes)
@@ -216,8 +216,11 @@ def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def _decoder(image_size: int, interpolation: str, short_side: int, decoded: tf.Variable | None):
+def _decoder(image_size: int, interpolation: str, short_side: int, decoded: tf.Variable | None,
+             with_source: bool):
     feature_spec = schema.feature_spec()
+    if not with_source:  # neither parsed nor cached where nobody reads it
+        del feature_spec[schema.SOURCE_URI]
 
     def decode(serialized):
         example = tf.io.parse_single_example(serialized, feature_spec)
@@ -229,7 +232,9 @@ def _decoder(image_size: int, interpolation: str, short_side: int, decoded: tf.V
                 counted = decoded.assign_add(1)
             with tf.control_dependencies([counted]):
                 pixels = tf.identity(pixels)
-        return pixels, example[schema.LABEL], example[schema.SOURCE_URI]
+        if with_source:
+            return pixels, example[schema.LABEL], example[schema.SOURCE_URI]
+        return pixels, example[schema.LABEL]
 
     return decode
 
@@ -244,21 +249,28 @@ def _served(dataset: tf.data.Dataset, data_service: str) -> tf.data.Dataset:
 
 
 def _snapshot(images: tf.data.Dataset, folder: str, *, reshuffle: bool, seed: int,
-              deterministic: bool, order: EpochOrder | None = None) -> tf.data.Dataset:
+              deterministic: bool, order: EpochOrder | None = None, buffer: int = 0) -> tf.data.Dataset:
     """``images``, written to ``folder`` as they pass in the first epoch and
     read back from there in the later ones. tf.data's snapshot rather than its
     file cache: it writes on its own threads, where the cache writes in the
     consumer's path and costs a third of the first epoch (measured), and it
-    reads several files at once (with ``reshuffle``, in a new order each
-    epoch; without, in the order written)."""
+    reads several files at once. With ``reshuffle``, a later epoch reads the
+    files in a new order and mixes the images in a ``buffer`` of that many;
+    the first epoch passes the images on in the order they came (its records
+    were mixed before decoding), which spares it a shuffle of decoded images
+    (measured: ~4% of its CPU time); without, in the order written."""
     files = SNAPSHOT_FILES
 
     def read(shards: tf.data.Dataset) -> tf.data.Dataset:
-        if reshuffle:  # reader_func runs when a pass begins: order.seed is that epoch's
-            shards = shards.shuffle(files, seed=seed if order is None else order.seed(seed),
-                                    reshuffle_each_iteration=order is None)
-        return shards.interleave(lambda shard: shard, cycle_length=files, num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=deterministic)
+        if not reshuffle:
+            return shards.interleave(lambda shard: shard, cycle_length=files, num_parallel_calls=tf.data.AUTOTUNE,
+                                     deterministic=deterministic)
+        # reader_func runs when a pass begins: order.seed is that epoch's.
+        shards = shards.shuffle(files, seed=seed if order is None else order.seed(seed),
+                                reshuffle_each_iteration=order is None)
+        images = shards.interleave(lambda shard: shard, cycle_length=files, num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=deterministic)
+        return _reshuffled(images, buffer, seed, order)
 
     return (images.enumerate()
             .snapshot(folder, compression=None, reader_func=read, shard_func=lambda index, _image: index % files)

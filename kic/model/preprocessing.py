@@ -273,8 +273,9 @@ def _tiff_orientation(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tf.T
 # Antialiasing (widening the kernel to the scale when shrinking) keeps fine
 # detail from aliasing when an image shrinks by 2x or more. Below that it
 # changes little, and it costs most of the time of a decode: prepare stores
-# about 8/7 of the model's input size, so neither training nor serving (which
-# first takes a large upload down to that size, see decode_and_resize) pays it.
+# the model's input size on the short side, so neither training nor serving
+# (which first takes a large upload down to that size, see decode_and_resize)
+# pays it on photos of usual aspect ratios.
 ANTIALIAS_FROM_SHRINK = 2.0
 
 
