@@ -1,6 +1,6 @@
 """The training input, alone: kic's make_dataset against the plain Keras peer, on real photographs.
 
-    .venv/bin/python benchmarks/bench_input.py [--images 2000] [--epochs 4] [--sizes 500x375,1024x768]
+    .venv/bin/python benchmarks/bench_input.py [--images 2000] [--epochs 4] [--rounds 3] [--sizes 500x375,1024x768]
 
 The images are crops of the two photographs scikit-learn ships
 (sklearn.datasets.load_sample_images: a temple in China, a flower; 640x427),
@@ -27,13 +27,17 @@ in 5 classes. For each size, in one process, it times passes (epochs) over:
 
 It prints images per second for the first epoch and for the later ones (their
 median), each against the peer's, and the process's CPU milliseconds per image
-(steadier than wall-clock time when other work shares the machine). Not a
-test: nothing is asserted, numbers are printed.
+(steadier than wall-clock time when other work shares the machine). The peer
+and kic's three places for decoded images are measured ``--rounds`` times,
+taking turns, each round from scratch (a new disk cache too), and each figure
+is the median over the rounds: a burst of other work on a shared machine then
+moves no ratio. Not a test: nothing is asserted, numbers are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -166,17 +170,40 @@ def file_cached(shards: list[str], count: int, short_side: int, folder: str) -> 
     return images.batch(BATCH).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(tf.data.AUTOTUNE)
 
 
-def row(name: str, images: int, seconds: list[float], cpu_seconds: list[float],
-        reference: tuple[float, float] | None) -> tuple[float, float]:
-    first, later = images / seconds[0], images / statistics.median(seconds[1:])  # median: robust to a noisy pass
-    versus = f"{first / reference[0]:6.2f}x {later / reference[1]:6.2f}x" if reference else f"{'1.00x':>7} {'1.00x':>7}"
-    # CPU time per image holds better than wall-clock time on a shared machine.
-    cpu = [1000 * used / images for used in (cpu_seconds[0], statistics.median(cpu_seconds[1:]))]
-    print(f"  {name:58} {first:8.0f} {later:8.0f}   {versus}   {cpu[0]:6.2f} {cpu[1]:6.2f}", flush=True)
-    return first, later
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """One dataset's passes, as medians over rounds: images/s and the process's CPU ms an image,
+    in the first pass and in the later ones (their median: robust to one noisy pass)."""
+
+    first_rate: float
+    later_rate: float
+    first_cpu_ms: float
+    later_cpu_ms: float
+
+    @classmethod
+    def of(cls, runs: list[tuple[int, list[float], list[float]]]) -> Figures:
+        def median(values):
+            return statistics.median(values)
+
+        return cls(first_rate=median([images / seconds[0] for images, seconds, _ in runs]),
+                   later_rate=median([images / median(seconds[1:]) for images, seconds, _ in runs]),
+                   first_cpu_ms=median([1000 * cpu[0] / images for images, _, cpu in runs]),
+                   later_cpu_ms=median([1000 * median(cpu[1:]) / images for images, _, cpu in runs]))
 
 
-def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) -> None:
+def row(name: str, figures: Figures, reference: Figures | None) -> Figures:
+    reference = reference or figures
+    wall = f"{figures.first_rate / reference.first_rate:6.2f}x {figures.later_rate / reference.later_rate:6.2f}x"
+    # CPU time per image holds better than wall-clock time on a shared machine: "per core" is the
+    # peer's CPU time for an image over kic's.
+    core = (f"{reference.first_cpu_ms / figures.first_cpu_ms:6.2f}x "
+            f"{reference.later_cpu_ms / figures.later_cpu_ms:6.2f}x")
+    print(f"  {name:58} {figures.first_rate:8.0f} {figures.later_rate:8.0f}   {wall}   "
+          f"{figures.first_cpu_ms:6.2f} {figures.later_cpu_ms:6.2f}   {core}", flush=True)
+    return figures
+
+
+def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, rounds: int) -> None:
     folder, prepared = os.path.join(scratch, "photos"), os.path.join(scratch, "prepared")
     make_photos(folder, images, size)
     started = time.perf_counter()
@@ -187,31 +214,49 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
     info = dataset_info.load(prepared)
     shards, count = info.shard_paths(prepared, "train"), info.splits["train"].num_examples
     print(f"\n{images} photos {size[0]}x{size[1]} JPEG, {CLASSES} classes, {os.cpu_count()} cores; prepare "
-          f"(once per dataset) {images / prepare_seconds:.0f} img/s; kic reads {count} training images")
-    print(f"  {'images/s':58} {'epoch 1':>8} {'later':>8}   {'vs peer (epoch 1, later)':>15}"
-          f"   CPU ms an image (epoch 1, later)")
+          f"(once per dataset) {images / prepare_seconds:.0f} img/s; kic reads {count} training images; "
+          f"medians of {rounds} rounds")
+    print(f"  {'images/s':58} {'epoch 1':>8} {'later':>8}   {'vs peer (wall)':>15}"
+          f"   CPU ms an image   vs peer per core (CPU)")
 
     for augment in (False, True):
         print(f" {'with augmentation (flip, rotation, zoom)' if augment else 'no augmentation'}:")
-        reference = row("peer: image_dataset_from_directory + prefetch", *passes(peer(folder, augment), epochs), None)
+        augmentation = AUGMENTATION if augment else None
 
-        def kic(name: str, augmentation=AUGMENTATION if augment else None, reference=reference, **options) -> None:
-            dataset = input_pipeline.make_dataset(
+        def kic(augmentation=augmentation, **options) -> tf.data.Dataset:
+            return input_pipeline.make_dataset(
                 shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
                 binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side,
                 augmentation=augmentation, **options)
-            row(name, *passes(dataset, epochs), reference)
 
-        kic("kic, decoded images in memory (small datasets)")
-        cache = tempfile.mkdtemp(dir=scratch, prefix="cache-")
-        kic("kic, decoded images on local disk (large datasets)", memory_cache_bytes=0, disk_cache_dir=cache)
-        cache_bytes = sum(os.path.getsize(os.path.join(folder, name))
-                          for folder, _, names in os.walk(cache) for name in names)
+        def on_disk(cache: str) -> tf.data.Dataset:
+            return kic(memory_cache_bytes=0, disk_cache_dir=cache)
+
+        contenders = {"peer: image_dataset_from_directory + prefetch":
+                      lambda _cache, augment=augment: peer(folder, augment),
+                      "kic, decoded images in memory (small datasets)": lambda _cache: kic(),
+                      "kic, decoded images on local disk (large datasets)": on_disk,
+                      "kic, nothing cached (decodes every epoch)": lambda _cache: kic(memory_cache_bytes=0)}
+        runs: dict[str, list] = {name: [] for name in contenders}
+        cache_bytes = 0
+        for _ in range(rounds):  # taking turns, so that a burst of other work hits every contender alike
+            for name, make in contenders.items():
+                cache = tempfile.mkdtemp(dir=scratch, prefix="cache-")
+                runs[name].append(passes(make(cache), epochs))
+                cache_bytes = sum(os.path.getsize(os.path.join(where, file))
+                                  for where, _, files in os.walk(cache) for file in files) or cache_bytes
+                shutil.rmtree(cache)
+        names = list(contenders)
+        reference = row(names[0], Figures.of(runs[names[0]]), None)
+        for name in names[1:]:
+            row(name, Figures.of(runs[name]), reference)
         print(f"  {'':58} (the disk cache: {cache_bytes / count / 1024:.0f} KB an image)")
-        shutil.rmtree(cache)
-        kic("kic, nothing cached (decodes every epoch)", memory_cache_bytes=0)
+
+        def once(name: str, dataset: tf.data.Dataset, reference: Figures = reference) -> None:
+            row(name, Figures.of([passes(dataset, epochs)]), reference)
+
         if not augment:
-            print("  levers on the no-cache path, one at a time:")
+            print("  levers on the no-cache path, one at a time (one round each):")
             for name, options in (("as before: float32, always antialiased, deterministic",
                                    dict(antialias="always", uint8=False, deterministic=True)),
                                   ("+ antialiased only from a 2x shrink",
@@ -223,30 +268,30 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int) ->
                                    dict(antialias="from 2x", uint8=True, deterministic=False, parse="batch")),
                                   ("  the same with serving's decode (reads EXIF, downscales)",
                                    dict(antialias="from 2x", uint8=True, deterministic=False, decode="serving"))):
-                row(name, *passes(legacy(shards, count, short_side, **options), epochs), reference)
+                once(name, legacy(shards, count, short_side, **options))
             print("  the disk cache as it was:")
             cache = tempfile.mkdtemp(dir=scratch, prefix="file-cache-")
-            row("tf.data file cache per shard (now: tf.data snapshot)",
-                *passes(file_cached(shards, count, short_side, cache), epochs), reference)
+            once("tf.data file cache per shard (now: tf.data snapshot)", file_cached(shards, count, short_side, cache))
             shutil.rmtree(cache)
         else:
             print("  lever: augmentation as Keras's three layers (before), on kic's in-memory input:")
             dataset = input_pipeline.make_dataset(
                 shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
                 binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side)
-            row("kic in memory + Keras RandomFlip/Rotation/Zoom", *passes(keras_augmented(dataset), epochs), reference)
+            once("kic in memory + Keras RandomFlip/Rotation/Zoom", keras_augmented(dataset))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="turns taken by the peer and kic's three inputs")
     parser.add_argument("--sizes", default="500x375,1024x768")
     args = parser.parse_args()
     for text in args.sizes.split(","):
         width, height = (int(part) for part in text.split("x"))
         with tempfile.TemporaryDirectory(prefix="kic-bench-input-") as scratch:
-            bench_size(scratch, (width, height), args.images, args.epochs)
+            bench_size(scratch, (width, height), args.images, args.epochs, args.rounds)
 
 
 if __name__ == "__main__":
