@@ -2,9 +2,12 @@
 
 Each record is decoded and resized once, to the pixels serving's preprocessing
 (``kic.model.preprocessing.decode_and_resize``) makes of it, and kept as
-uint8 until the model: the backbone's pixel scaling is a layer inside it, so
-the batch only has to become float32 on its way in. Where the decoded images
-are kept decides how fast every later epoch is:
+uint8 until the model: training batches reach it as uint8 (float16 when
+augmented), and the model's input casts them to float32 on its own device,
+so the host neither casts them nor copies four bytes a pixel to a GPU or
+over a tf.data service's network (the backbone's pixel scaling is a layer
+inside the model). Where the decoded images are kept decides how fast every
+later epoch is:
 
 * in memory, when they fit ``memory_cache_bytes`` (2 GiB by default: about
   14,000 images at 224 px);
@@ -109,9 +112,12 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
                  data_service: str = "", deterministic: bool = True, short_side: int = 0,
                  order: EpochOrder | None = None, num_workers: int = 1,
                  worker_index: int = 0) -> tf.data.Dataset:
-    """Batches of (pixels float32 [0, 255], target); targets are one-hot for
-    multi-class and a float 0/1 column in binary mode. With ``with_source`` the
-    elements are (pixels, label index, source URI) for evaluation reports.
+    """Batches of (pixels [0, 255], target) for a Keras model, which casts the
+    pixels to its input's float32: uint8, or float16 when augmented (whole
+    levels and the interpolated ones in between, as the augmentation
+    computes them). Targets are one-hot for multi-class and a float 0/1
+    column in binary mode. With ``with_source`` the elements are (pixels
+    float32, label index, source URI) for evaluation reports.
 
     ``decoded``, an int64 variable, counts the records that decoded; the
     difference to the number of records is what was skipped as corrupt.
@@ -178,9 +184,9 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
 
     def to_model(pixels, label, key=None):
         if key is not None:
-            pixels = augmentation(pixels, key)
+            pixels = augmentation(pixels, key)  # float16
         target = tf.cast(tf.expand_dims(label, -1), tf.float32) if binary_mode else tf.one_hot(label, num_classes)
-        return tf.cast(pixels, tf.float32), target
+        return pixels, target
 
     if training and augmentation is not None and augmentation.changes_anything:
         # A stateless key a batch: the same seed gives the same run, and every epoch new draws
