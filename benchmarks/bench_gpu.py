@@ -40,6 +40,7 @@ from PIL import Image  # noqa: E402
 
 from kic.data import dataset_info, input_pipeline  # noqa: E402
 from kic.data.prepare import PrepareOptions, prepare_dataset  # noqa: E402
+from kic.parameters import derive_short_side  # noqa: E402
 
 MODELS = {
     "MobileNetV2": keras.applications.MobileNetV2,
@@ -79,7 +80,8 @@ def build(name: str, size: int, *, smoke: bool) -> keras.Model:
 
 
 def synthetic(batch: int, size: int) -> tf.data.Dataset:
-    pixels = tf.random.uniform((batch, size, size, 3), 0, 255, seed=0)
+    # uint8, as make_dataset hands training batches to the model (which casts them on the device).
+    pixels = tf.cast(tf.random.uniform((batch, size, size, 3), 0, 256, tf.int32, seed=0), tf.uint8)
     targets = tf.one_hot(tf.range(batch) % CLASSES, CLASSES)
     return tf.data.Dataset.from_tensors((pixels, targets)).cache().repeat()
 
@@ -121,7 +123,7 @@ def prepared_photos(folder: str, images: int, size: int, *, photo_size: tuple[in
         path = os.path.join(source, f"class_{index % CLASSES}", f"{index:05d}.jpg")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
-    short_side = -(-size * 8 // 7 // 32) * 32 if size >= 32 else size  # parameters.derive_short_side's rule
+    short_side = derive_short_side(backbone="", image_size=size, requested=0)
     # Shards of 256 images, as a large dataset has many: the reads interleave over several files.
     prepare_dataset(PrepareOptions(source=source, output_dir=prepared, validation_fraction=0.05,
                                    test_fraction=0.0, image_short_side=short_side, images_per_shard=256,

@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--short-side", type=int, default=256,
-                        help="prepare's image_short_side: the pipeline derives 256 for a 224 model; 600 is prepare's "
+    parser.add_argument("--short-side", type=int, default=224,
+                        help="prepare's image_short_side: the pipeline derives 224 for a 224 model; 600 is prepare's "
                              "standalone default, sized for the largest backbone")
     args = parser.parse_args()
 
