@@ -9,7 +9,9 @@ like photos rather than like flat colour), then times
            ``--short-side`` with LANCZOS, JPEG encode as prepare stores
            (quality 95, 4:4:4), write a TFRecord (no validation, no splits,
            no report);
-* prepare: ``prepare_dataset`` with 1 worker and with N workers (default: all cores).
+* prepare: ``prepare_dataset`` with 1 worker and with N workers (default: all cores);
+* the plain loop in N processes at once, each on 1/N of the files: the
+  per-core peer of N workers, on a machine shared the same way.
 
 600 is prepare's own default short side (from 768 no reduced JPEG decode
 applies: both sides do the same Lanczos work); 224 is what the pipeline
@@ -120,6 +122,37 @@ def plain_loop(files: list[tuple[str, int]], output: str, short_side: int) -> fl
     return time.perf_counter() - start
 
 
+def _import_tensorflow() -> None:
+    import tensorflow as tf  # noqa: F401
+
+
+def _plain_share(share: tuple[list[tuple[str, int]], str, int]) -> tuple[float, float]:
+    """One process's plain loop over its share of the files: (wall seconds, CPU seconds), after start-up."""
+    files, output, short_side = share
+    cpu = time.process_time()
+    seconds = plain_loop(files, output, short_side)
+    return seconds, time.process_time() - cpu
+
+
+def plain_loops_at_once(files: list[tuple[str, int]], folder: str, short_side: int,
+                        processes: int) -> tuple[float, float]:
+    """The plain loop in ``processes`` processes at once, each on its share of
+    the files: the per-core peer of prepare with that many workers, as it
+    meets the same sharing of the machine (caches, memory bandwidth, and
+    vCPUs that may be hyperthreads of one core). Returns (wall seconds, CPU
+    seconds of the loops, their start-up not counted)."""
+    import multiprocessing
+
+    shares = [(files[index::processes], os.path.join(folder, f"plain-{index}.tfrecord"), short_side)
+              for index in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes, initializer=_import_tensorflow) as pool:
+        pool.map(_burn, [1] * processes)  # every process started and TensorFlow imported, untimed
+        start = time.perf_counter()
+        results = pool.map(_plain_share, shares, chunksize=1)
+        seconds = time.perf_counter() - start
+    return seconds, sum(cpu for _, cpu in results)
+
+
 def run_prepare(source: str, output: str, workers: int, short_side: int) -> tuple[float, dict]:
     from kic.data.prepare import PrepareOptions, prepare_dataset
 
@@ -159,6 +192,8 @@ def main() -> None:
             seconds, timing = run_prepare(source, os.path.join(folder, f"out{workers}"), workers, args.short_side)
             split_cpus.append(cpu_since(cpu))
             rows.append((f"prepare, {workers} worker(s)", workers, seconds, timing))
+        if args.workers > 1:
+            many_plain_seconds, many_plain_cpu = plain_loops_at_once(files, folder, args.short_side, args.workers)
     cpus = [parent + children for parent, children in split_cpus]
 
     print(f"\n{args.images} 1024x768 JPEGs stored at a short side of {args.short_side}; per core: the plain "
@@ -178,6 +213,12 @@ def main() -> None:
           f"(a perfectly parallel CPU task gets {ceiling:.2f}x on this machine right now); "
           f"prepare (1 worker) vs plain loop: {one_rate / plain_rate:.2f}x")
     workers = rows[-1][1]
+    if workers > 1:
+        many_plain_rate = args.images / many_plain_seconds
+        print(f"plain loop in {workers} processes at once (each on 1/{workers} of the files): "
+              f"{many_plain_rate:.1f} images/s, {many_plain_rate / workers:.1f} per process, "
+              f"{1000 * many_plain_cpu / args.images:.1f} CPU ms/image; prepare with {workers} workers against it, "
+              f"per core: {many_plain_cpu / cpus[-1]:.2f}x (CPU), {many_rate / many_plain_rate:.2f}x (wall)")
     cpu_one, cpu_many = cpus[1] / args.images, cpus[-1] / args.images
     print(f"CPU per image: {1000 * cpu_one:.1f} ms with 1 worker, {1000 * cpu_many:.1f} ms with "
           f"{workers} (pool overhead {100 * (cpu_many / cpu_one - 1):+.0f}%); "
