@@ -11,7 +11,8 @@ in 5 classes. For each size, in one process, it times passes (epochs) over:
   (224 px, batch 32, bilinear, shuffled) + prefetch: what the keras-io
   examples do; it decodes every file every epoch;
 * kic: prepare once (timed apart: it is paid once per dataset), then
-  ``make_dataset`` with its decoded images kept in memory (small datasets),
+  ``make_dataset``, read as training reads it (with an EpochOrder told each
+  epoch), with its decoded images kept in memory (small datasets),
   on local disk (``memory_cache_bytes=0`` with ``disk_cache_dir``: the
   large-dataset path), and nowhere (every epoch decodes again);
 * levers, one at a time, on the no-cache path: the pipeline as it was
@@ -91,10 +92,14 @@ def make_photos(root: str, count: int, size: tuple[int, int], seed: int = 0) -> 
         image.save(os.path.join(folder, f"{index:05d}.jpg"), quality=90)
 
 
-def passes(dataset: tf.data.Dataset, epochs: int) -> tuple[int, list[float], list[float]]:
-    """Images per pass, and each pass's wall-clock and CPU seconds (every batch pulled to the host)."""
+def passes(dataset: tf.data.Dataset, epochs: int,
+           order: input_pipeline.EpochOrder | None = None) -> tuple[int, list[float], list[float]]:
+    """Images per pass, and each pass's wall-clock and CPU seconds (every batch pulled to the host); with
+    an EpochOrder, each pass is told its epoch first, as training does."""
     seconds, cpu_seconds, count = [], [], 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if order is not None:
+            order.begin(epoch)
         started, cpu_started, count = time.perf_counter(), time.process_time(), 0
         for batch in dataset:
             count += int(batch[0].shape[0])
@@ -223,17 +228,18 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
         print(f" {'with augmentation (flip, rotation, zoom)' if augment else 'no augmentation'}:")
         augmentation = AUGMENTATION if augment else None
 
-        def kic(augmentation=augmentation, **options) -> tf.data.Dataset:
+        def kic(augmentation=augmentation, **options) -> tuple[tf.data.Dataset, input_pipeline.EpochOrder]:
+            order = input_pipeline.EpochOrder()  # as training reads its input
             return input_pipeline.make_dataset(
                 shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
                 binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side,
-                augmentation=augmentation, **options)
+                augmentation=augmentation, order=order, **options), order
 
-        def on_disk(cache: str) -> tf.data.Dataset:
+        def on_disk(cache: str) -> tuple[tf.data.Dataset, input_pipeline.EpochOrder]:
             return kic(memory_cache_bytes=0, disk_cache_dir=cache)
 
         contenders = {"peer: image_dataset_from_directory + prefetch":
-                      lambda _cache, augment=augment: peer(folder, augment),
+                      lambda _cache, augment=augment: (peer(folder, augment), None),
                       "kic, decoded images in memory (small datasets)": lambda _cache: kic(),
                       "kic, decoded images on local disk (large datasets)": on_disk,
                       "kic, nothing cached (decodes every epoch)": lambda _cache: kic(memory_cache_bytes=0)}
@@ -242,7 +248,8 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
         for _ in range(rounds):  # taking turns, so that a burst of other work hits every contender alike
             for name, make in contenders.items():
                 cache = tempfile.mkdtemp(dir=scratch, prefix="cache-")
-                runs[name].append(passes(make(cache), epochs))
+                dataset, order = make(cache)
+                runs[name].append(passes(dataset, epochs, order))
                 cache_bytes = sum(os.path.getsize(os.path.join(where, file))
                                   for where, _, files in os.walk(cache) for file in files) or cache_bytes
                 shutil.rmtree(cache)

@@ -159,6 +159,7 @@ def test_the_input_keeps_decoded_images_in_memory_on_disk_or_nowhere(prepared, t
         return pixels.numpy(), targets.numpy()
 
     in_memory = pixels_and_labels(dataset())
+    assert in_memory[0].dtype == np.uint8  # to the model, which casts on its own device
     nowhere = pixels_and_labels(dataset(memory_cache_bytes=0))
     on_disk = dataset(memory_cache_bytes=0, disk_cache_dir=str(tmp_path / "cache"))
     first_epoch = pixels_and_labels(on_disk)
@@ -174,6 +175,32 @@ def test_the_input_keeps_decoded_images_in_memory_on_disk_or_nowhere(prepared, t
     assert home(count, 24, memory_cache_bytes=0, disk_cache_dir=str(tmp_path / "cache")) == input_pipeline.DISK
     assert home(count, 24, memory_cache_bytes=0) == input_pipeline.NOWHERE  # no folder given
     assert home(count, 24, data_service="grpc://localhost:5050") == input_pipeline.NOWHERE
+
+
+def test_a_training_input_from_the_disk_cache_has_every_image_once_an_epoch_in_new_orders(prepared, tmp_path):
+    """The first epoch writes the cache; the later ones read it back, each mixed in its own order: with an
+    EpochOrder (as training has) inside the snapshot's reader, without one after it."""
+    info = dataset_info.load(prepared)
+    count = info.splits["train"].num_examples
+
+    def epochs(order):
+        cache = tmp_path / ("cache-with-order" if order else "cache")
+        dataset = input_pipeline.make_dataset(
+            info.shard_paths(prepared, "train"), image_size=24, interpolation="bilinear", batch_size=count,
+            num_classes=3, binary_mode=False, training=True, num_examples=count, seed=3, memory_cache_bytes=0,
+            disk_cache_dir=str(cache), order=order)
+        passes = []
+        for epoch in range(3):
+            if order:
+                order.begin(epoch)
+            passes.append([image.tobytes() for pixels, _ in dataset for image in pixels.numpy()])
+        assert any(path.is_file() for path in cache.rglob("*"))  # later epochs read from there
+        return passes
+
+    for passes in (epochs(input_pipeline.EpochOrder()), epochs(None)):
+        for images in passes:
+            assert sorted(images) == sorted(passes[0]) and len(images) == count
+        assert passes[0] != passes[1] != passes[2]
 
 
 def test_the_input_can_be_decoded_by_a_tf_data_service_on_loopback(prepared):
