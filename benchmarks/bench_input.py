@@ -187,9 +187,7 @@ class Figures:
 
     @classmethod
     def of(cls, runs: list[tuple[int, list[float], list[float]]]) -> Figures:
-        def median(values):
-            return statistics.median(values)
-
+        median = statistics.median
         return cls(first_rate=median([images / seconds[0] for images, seconds, _ in runs]),
                    later_rate=median([images / median(seconds[1:]) for images, seconds, _ in runs]),
                    first_cpu_ms=median([1000 * cpu[0] / images for images, _, cpu in runs]),

@@ -328,7 +328,7 @@ def test_best_epoch_is_restored_not_the_last():
     for epoch, (value, weight) in enumerate([(0.5, 1.0), (0.9, 2.0), (0.7, 3.0)]):
         model.set_weights([np.array([[weight]]), np.zeros(1)])
         best.on_epoch_end(epoch, {"val_accuracy": value})
-    best.restore_best()
+    best.restore_best(model)
     assert best.best_epoch == 2 and model.get_weights()[0][0, 0] == 2.0
 
 

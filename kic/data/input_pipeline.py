@@ -169,19 +169,20 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     # A record that fails to parse or decode is dropped instead of ending the run.
     images = images.ignore_errors(log_warning=True)
+    image_buffer = min(num_examples, SHUFFLE_IMAGES)
     if in_memory:
         images = images.cache()
         if training:
-            images = _reshuffled(images, min(num_examples, SHUFFLE_IMAGES), seed, order)
+            images = _reshuffled(images, image_buffer, seed, order)
     elif on_disk:
         # With an EpochOrder, later epochs mix their images inside the snapshot's reader (made as a pass
         # begins, with that epoch's seed), so the first, which writes the cache, spares a shuffle of decoded
         # images; without one, a shuffle made there would repeat its order every epoch, so it stays outside.
         mixed_in_reader = training and order is not None
         images = _snapshot(images, disk_cache_dir, reshuffle=training, seed=seed, deterministic=deterministic,
-                           order=order, buffer=min(num_examples, SHUFFLE_IMAGES) if mixed_in_reader else 0)
+                           order=order, buffer=image_buffer if mixed_in_reader else 0)
         if training and not mixed_in_reader:
-            images = _reshuffled(images, min(num_examples, SHUFFLE_IMAGES), seed, order)
+            images = _reshuffled(images, image_buffer, seed, order)
 
     batches = images.batch(batch_size)
     if with_source:

@@ -83,9 +83,9 @@ class BestEpoch(keras.callbacks.Callback):
             self.best_value, self.best_epoch = float(value), epoch + 1
             self.best_weights = self.model.get_weights()
 
-    def restore_best(self) -> None:
+    def restore_best(self, model: keras.Model) -> None:
         if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
+            model.set_weights(self.best_weights)
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -184,8 +184,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             model.fit(train_ds, epochs=end, initial_epoch=first, callbacks=callbacks, shuffle=False, verbose=0)
         if checkpointing.finished:  # early stopping
             break
-    best.set_model(model)  # a run restored from a finished checkpoint has not fitted
-    best.restore_best()
+    best.restore_best(model)
     history = checkpointing.history  # every epoch's, those before a resume included
     log(f"train: best epoch {best.best_epoch} by {config.monitored_metric} = {best.best_value:.4f}"
         f"{' (early stopping)' if len(history['loss']) < config.epochs else ''}")
