@@ -103,20 +103,25 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("accelerator_type", str, "",
               "The GPU train asks for: nvidia.com/gpu on Kubeflow Pipelines; on Vertex AI an accelerator type such as "
               "NVIDIA_L4, NVIDIA_TESLA_T4, NVIDIA_A100_80GB or NVIDIA_H100_80GB. Empty (with accelerator_count 0) "
-              "on this machine.", target_defaults={"kfp": KUBERNETES_GPU, "vertex": VERTEX_DEFAULT_GPU}),
+              "on this machine. On a cluster it is compiled into the pipeline (kic compile --accelerator-type; kic "
+              "submit compiles what --param sets).",
+              target_defaults={"kfp": KUBERNETES_GPU, "vertex": VERTEX_DEFAULT_GPU}),
     Parameter("accelerator_count", int, 0,
               "Number of GPUs train asks for; with 1 or more, train fails at once when it sees none (0: whatever "
-              "the machine has). The compiled cluster pipelines default to 1.",
+              "the machine has). On a cluster it is compiled into the pipeline, 1 by default (kic compile "
+              "--accelerator-count; kic submit compiles what --param sets).",
               target_defaults={"kfp": 1, "vertex": 1}),
     # --- train as a Vertex AI custom job (pipeline-vertex.yaml only)
     Parameter("train_replica_count", int, 1,
               "Machines train runs on, each with accelerator_count GPUs of accelerator_type: 2 or more train one "
-              "model across them (MultiWorkerMirroredStrategy; batch_size stays the global batch).",
+              "model across them (MultiWorkerMirroredStrategy; batch_size stays the global batch). Compiled into "
+              "the pipeline (kic compile --train-replicas; kic submit compiles what --param sets).",
               targets=("vertex",)),
     Parameter("train_machine_type", str, "",
               "The machine type of each of train's machines, which must carry the GPUs asked for (NVIDIA_L4: "
               "g2-standard-*, NVIDIA_TESLA_A100: a2-highgpu-<N>g, NVIDIA_H100_80GB: a3-highgpu-<N>g, "
-              "NVIDIA_TESLA_T4: n1-*); empty: the smallest that does (g2-standard-8 for one NVIDIA_L4).",
+              "NVIDIA_TESLA_T4: n1-*); empty: the smallest that does (g2-standard-8 for one NVIDIA_L4). Compiled "
+              "into the pipeline (kic compile --train-machine-type).",
               targets=("vertex",)),
     Parameter("tf_data_service", str, "",
               "Address of a tf.data service dispatcher (grpc://HOST:PORT) whose workers decode and augment train's "
@@ -168,6 +173,15 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
 )
 # Train's Vertex AI custom job: the training pipeline's only (the tuning pipeline's trials are plain tasks).
 CUSTOM_JOB_PARAMETERS = ("train_replica_count", "train_machine_type")
+# Train's machines. On a cluster they are part of the compiled pipeline (`kic compile` options, or what `kic
+# submit` compiles for its run), not run parameters, because that is what both platforms honour: Kubeflow
+# Pipelines backends before 2.4 read only literal accelerator fields, and 2.4 and later resolve a placeholder
+# there by the run value's string form, so an integer count resolves to "" and the pod gets no GPU; Vertex AI
+# documents a CustomJob's worker pools as the compile-time values of GCPC's wrapper. `kic run` keeps them as
+# run parameters (kfp.local places nothing), and so does a Vertex AI pipeline compiled with
+# --train-machines-at-run-time.
+TRAIN_MACHINE_PARAMETERS = ("accelerator_type", "accelerator_count", *CUSTOM_JOB_PARAMETERS)
+CLUSTER_TARGETS = ("kfp", "vertex")
 # The parameters that name files, folders or URIs.
 LOCATIONS = ("data_source", "validation_source", "test_source", "tfds_data_dir", "pretrained_weights",
              "base_model_uri", "baseline_model_uri", "export_uri", "batch_predict_source")
@@ -188,9 +202,13 @@ def target_names(targets: tuple[str, ...]) -> str:
     return " and ".join(TARGET_NAMES.get(target, target) for target in targets)
 
 
-def for_target(target: str) -> tuple[Parameter, ...]:
-    """The parameters of the pipeline compiled for ``target`` ("kfp", "vertex", "local")."""
-    return tuple(parameter for parameter in PIPELINE_PARAMETERS if parameter.belongs_to(target))
+def for_target(target: str, *, train_machines_at_run_time: bool = False) -> tuple[Parameter, ...]:
+    """The run parameters of the pipeline compiled for ``target`` ("kfp", "vertex", "local"): on a
+    cluster, train's machines are fixed at compile time (``TRAIN_MACHINE_PARAMETERS``) unless
+    ``train_machines_at_run_time``."""
+    fixed = target in CLUSTER_TARGETS and not train_machines_at_run_time
+    return tuple(parameter for parameter in PIPELINE_PARAMETERS
+                 if parameter.belongs_to(target) and not (fixed and parameter.name in TRAIN_MACHINE_PARAMETERS))
 
 
 # --------------------------------------------------------------------------- the front door

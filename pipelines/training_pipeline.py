@@ -56,9 +56,10 @@ def build(cluster: ClusterOptions | None = None):
         model_registry.require_components()  # before anything is built
         from kic.pipelines import vertex_training
 
-        train_job = vertex_training.TrainJob(train)
+        train_job = vertex_training.TrainJob(train, cluster)
 
     def training_pipeline(**p):
+        p = {**cluster.train_machines(), **p}  # literals where train's machines are compiled in
         hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
         _, sources, prepared = validate_and_prepare(p, cluster)
 
@@ -66,12 +67,13 @@ def build(cluster: ClusterOptions | None = None):
             examples=prepared.outputs[artifacts.EXAMPLES_KEY], backbone=p["backbone"],
             pretrained_weights=p["pretrained_weights"], image_size=p["image_size"],
             base_model_uri=p["base_model_uri"], base_model_fingerprint=sources.outputs["base_model"],
+            pretrained_weights_fingerprint=sources.outputs["pretrained_weights"],
             seed=p["seed"], required_gpus=p["accelerator_count"], tf_data_service=p["tf_data_service"],
             precision=p["precision"], jit_compile=p["jit_compile"], checkpoint_uri=p["checkpoint_uri"],
             checkpoint_every_steps=p["checkpoint_every_steps"], **hyperparameters,
         )
         if train_job:
-            trained = train_job(p, cluster, **train_arguments)
+            trained = train_job(p, **train_arguments)
         else:
             trained = place(train(**train_arguments), "train", cluster, accelerator_type=p["accelerator_type"],
                             accelerator_count=p["accelerator_count"])
@@ -85,8 +87,8 @@ def build(cluster: ClusterOptions | None = None):
                        evaluation_report=evaluated.outputs[artifacts.EVALUATION_REPORT_KEY],
                        blessing=evaluated.outputs[artifacts.BLESSING_KEY])
 
-    pipeline = with_parameters(training_pipeline, "training_pipeline", cluster.target,
-                               parameters.for_target(cluster.target), Outputs)
+    pipeline = with_parameters(training_pipeline, "training_pipeline", cluster.target, cluster.run_parameters(),
+                               Outputs)
     pipeline.__doc__ = docs.docstring(
         "Transfer learning of a pretrained image backbone: validate every parameter, prepare the images, train, "
         "evaluate, and export when the quality gate passes.",
@@ -106,7 +108,8 @@ def validate_and_prepare(p: dict, cluster: ClusterOptions):
     sources = place(snapshot(
         data_source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
         tfds_data_dir=p["tfds_data_dir"], base_model_uri=p["base_model_uri"],
-        baseline_model_uri=p["baseline_model_uri"],
+        baseline_model_uri=p["baseline_model_uri"], pretrained_weights=p["pretrained_weights"],
+        search_space=p.get("search_space", ""),  # the tuning pipeline's
     ), "snapshot", cluster).set_display_name(SNAPSHOT_TASK).set_caching_options(False).after(validated)
 
     prepared = place(prepare(

@@ -55,14 +55,16 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT_PARA
     cluster = cluster or ClusterOptions()
 
     def tuning_pipeline(**p):
+        p = {**cluster.train_machines(), **p}  # literals where the trials' GPUs are compiled in
         hyperparameters = {name: p[name] for name in parameters.HYPERPARAMETERS}
+        _, sources, prepared = validate_and_prepare(p, cluster)
         planned = place(plan_trials(
-            search_space=p["search_space"], strategy=p["strategy"], trials=p["trials"],
+            search_space=p["search_space"], search_space_fingerprint=sources.outputs["search_space"],
+            strategy=p["strategy"], trials=p["trials"],
             objective_metric=p["objective_metric"], objective_direction=p["objective_direction"],
             parallelism=parallelism, gate_metric=p["gate_metric"], top_k=p["top_k"], seed=p["seed"],
             **hyperparameters,
         ), "plan_trials", cluster).set_display_name(PLAN_TASK)
-        _, sources, prepared = validate_and_prepare(p, cluster)
         prepared.after(planned)  # a search space that can produce an invalid trial fails before any data is read
         examples = prepared.outputs[artifacts.EXAMPLES_KEY]
 
@@ -70,7 +72,8 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT_PARA
             return place(trial(
                 examples=examples, trial=item, backbone=p["backbone"], pretrained_weights=p["pretrained_weights"],
                 image_size=p["image_size"], base_model_uri=p["base_model_uri"],
-                base_model_fingerprint=sources.outputs["base_model"], seed=p["seed"],
+                base_model_fingerprint=sources.outputs["base_model"],
+                pretrained_weights_fingerprint=sources.outputs["pretrained_weights"], seed=p["seed"],
                 required_gpus=p["accelerator_count"], precision=p["precision"], jit_compile=p["jit_compile"],
                 checkpoint_uri=p["checkpoint_uri"], checkpoint_every_steps=p["checkpoint_every_steps"],
             ), "train", cluster, accelerator_type=p["accelerator_type"],
@@ -102,7 +105,7 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT_PARA
                        best_hyperparameters=selected.outputs["best_hyperparameters"])
 
     pipeline = with_parameters(tuning_pipeline, "tuning_pipeline", cluster.target,
-                               (*(parameter for parameter in parameters.for_target(cluster.target)
+                               (*(parameter for parameter in cluster.run_parameters()
                                   if parameter.name not in parameters.CUSTOM_JOB_PARAMETERS), *TUNING_PARAMETERS),
                                Outputs)
     pipeline.__doc__ = docs.docstring(

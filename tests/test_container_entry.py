@@ -167,13 +167,18 @@ def test_prepare_runs_from_the_installed_wheel(container, tmp_path):
 
 
 def test_vertex_trains_worker_pools_step_runs_from_the_installed_wheel(container):
-    """The Vertex AI pipeline's train-worker-pools step (no component.yaml of its own), as pipeline-vertex.yaml
-    gives it: the job's worker pools, the chief alone in the first."""
+    """The train-worker-pools step of a Vertex AI pipeline compiled with train's machines at run time (no
+    component.yaml of its own), as that pipeline gives it: the job's worker pools, the chief alone in the first."""
+    from kic.orchestration import compile as kic_compile
+    from kic.orchestration.placement import ClusterOptions
+
+    pipeline = kic_compile.compile_pipeline(str(container["root"] / "vertex-run-time.yaml"), "vertex",
+                                            ClusterOptions(target="vertex", train_machines_at_run_time=True))
     train_container = {"image_uri": "registry.example/kic-gpu:1", "command": ["sh", "-ec", "..."],
                        "args": ["--executor_input", "<kic:executor-input>", "--function_to_execute", "train"]}
     output = _executor_output(*_run_ir_command(container, "train_worker_pools", {
         "container": train_container, "replica_count": 2, "machine_type": "", "accelerator_type": "NVIDIA_L4",
-        "accelerator_count": 1}, pipeline="pipeline-vertex.yaml"))
+        "accelerator_count": 1}, pipeline=pipeline))
     chief, workers = output["parameterValues"]["Output"]
     assert (chief["replica_count"], workers["replica_count"]) == (1, 1)
     assert chief["machine_spec"] == {"machine_type": "g2-standard-8", "accelerator_type": "NVIDIA_L4",

@@ -124,7 +124,9 @@ def test_the_kfp_and_local_pipelines_have_neither_the_upload_nor_its_parameters(
         spec = specs[target]
         vertex_only = {parameter.name for parameter in parameters.PIPELINE_PARAMETERS
                        if parameter.targets == ("vertex",)}
-        assert set(spec["root"]["inputDefinitions"]["parameters"]) == vertex_inputs - vertex_only
+        # Train's machines are compiled into the cluster pipelines, and run parameters of kic run's.
+        machines = set(parameters.TRAIN_MACHINE_PARAMETERS) - vertex_only if target == kic_compile.LOCAL else set()
+        assert set(spec["root"]["inputDefinitions"]["parameters"]) == (vertex_inputs - vertex_only) | machines
         assert not {"upload-model", "upload-model-version", "saved-model", "parent-model"} & set(_tasks(spec))
         executors = json.dumps(spec["deploymentSpec"])
         assert "google-cloud-pipeline-components" not in executors and "importer" not in executors

@@ -248,7 +248,11 @@ def test_a_parameter_of_one_pipeline_only(tmp_path):
     assert registry_names <= set(vertex) and vertex["accelerator_type"] == "NVIDIA_L4"  # the target's defaults
     for target in ("kfp", "local"):
         values = parameters.resolve(source, target=target)
-        assert set(values) == {parameter.name for parameter in parameters.for_target(target)}
+        # Train's machines too: on a cluster kic submit compiles them into the pipeline.
+        assert set(values) == {parameter.name for parameter in parameters.PIPELINE_PARAMETERS
+                               if parameter.belongs_to(target)}
+        run_parameters = {parameter.name for parameter in parameters.for_target(target)}
+        assert run_parameters == set(values) - (set(parameters.TRAIN_MACHINE_PARAMETERS) if target == "kfp" else set())
         assert not registry_names & set(values)
         with pytest.raises(ParameterError) as error:
             parameters.resolve(source, {"vertex_model_display_name": "flowers", "vertex_parent_model": "bad"},

@@ -86,15 +86,12 @@ def test_the_pipeline_parameters_are_the_front_doors(fresh, vertex, target):
     inputs = _inputs(fresh[0] if target == "kfp" else vertex)
     # The IR sorts them; a parameter of other targets only (the Vertex AI Model Registry's) is not there.
     assert list(inputs) == sorted(parameter.name for parameter in parameters.for_target(target))
-    assert {name for name in FRONT_DOOR if name not in inputs} == (
-        set() if target == "vertex" else {"vertex_model_display_name", "vertex_parent_model", "vertex_serving_image",
-                                          *parameters.CUSTOM_JOB_PARAMETERS})
+    # Train's machines are compiled in (test_placement.py), not run parameters.
+    assert {name for name in FRONT_DOOR if name not in inputs} == {*parameters.TRAIN_MACHINE_PARAMETERS, *(
+        () if target == "vertex" else ("vertex_model_display_name", "vertex_parent_model", "vertex_serving_image"))}
     _assert_matches_front_door(inputs, inputs, target=target)
     for name, spec in inputs.items():
         assert " ".join(spec["description"].split()) == FRONT_DOOR[name].help, name
-    # On a cluster train asks for a GPU unless told otherwise; on this machine, for none.
-    assert inputs["accelerator_count"]["defaultValue"] == 1 and FRONT_DOOR["accelerator_count"].default == 0
-    assert inputs["accelerator_type"]["defaultValue"] == {"kfp": "nvidia.com/gpu", "vertex": "NVIDIA_L4"}[target]
 
 
 @pytest.mark.parametrize("target", ["kfp", "vertex"])
@@ -106,8 +103,15 @@ def test_validate_takes_every_pipeline_parameter(fresh, vertex, target):
     _assert_matches_front_door(inputs, FRONT_DOOR)
     tasks = (fresh[0] if target == "kfp" else vertex)["root"]["dag"]["tasks"]
     passed = tasks["validate"]["inputs"]["parameters"]
-    assert {name: spec["componentInputParameter"] for name, spec in passed.items()} == {
-        parameter.name: parameter.name for parameter in parameters.for_target(target)}
+    run_parameters = {parameter.name for parameter in parameters.for_target(target)}
+    assert {name: spec["componentInputParameter"] for name, spec in passed.items() if name in run_parameters} == {
+        name: name for name in run_parameters}
+    # Train's machines, compiled in, are checked as the values they are.
+    compiled_in = {name: spec["runtimeValue"]["constant"] for name, spec in passed.items()
+                   if name not in run_parameters}
+    assert compiled_in == {name: parameters.PARAMETERS_BY_NAME[name].default_for(target)
+                           for name in parameters.TRAIN_MACHINE_PARAMETERS
+                           if parameters.PARAMETERS_BY_NAME[name].belongs_to(target)}
 
 
 def test_train_takes_every_hyperparameter_and_the_front_doors_defaults(fresh):
@@ -216,12 +220,13 @@ def test_kic_compile_sets_the_images_of_the_pipeline_and_the_components(tmp_path
     executors = _load(tmp_path / "one.yaml")["deploymentSpec"]["executors"]
     # Train runs in the CustomJob that its launcher (Google's image) starts: the image is in the job's worker pools.
     kic_steps = [executor for name, executor in executors.items()
-                 if name.removeprefix("exec-").replace("-", "_") in (*kic_compile.TRAINING_COMPONENTS,
-                                                                     "train_worker_pools") and name != "exec-train"]
-    assert len(kic_steps) == len(kic_compile.TRAINING_COMPONENTS)  # the training pipeline's, and the worker pools'
+                 if name.removeprefix("exec-").replace("-", "_") in kic_compile.TRAINING_COMPONENTS
+                 and name != "exec-train"]
+    assert len(kic_steps) == len(kic_compile.TRAINING_COMPONENTS) - 1  # the training pipeline's but train
     assert {executor["container"]["image"] for executor in kic_steps} == {"registry.example/kic:1"}
-    worker_pools = _load(tmp_path / "one.yaml")["root"]["dag"]["tasks"]["train-worker-pools"]["inputs"]["parameters"]
-    assert worker_pools["container"]["runtimeValue"]["constant"]["image_uri"] == "registry.example/kic:1"
+    [pool] = _load(tmp_path / "one.yaml")["components"]["comp-train"]["inputDefinitions"]["parameters"][
+        "worker_pool_specs"]["defaultValue"]
+    assert pool["container_spec"]["image_uri"] == "registry.example/kic:1"
 
 
 def test_export_runs_only_when_the_gate_blesses_the_model(fresh):
@@ -260,7 +265,6 @@ def test_the_tuning_pipeline_takes_the_training_parameters_and_the_tuning_ones(t
            if parameter.name not in parameters.CUSTOM_JOB_PARAMETERS]
     assert list(inputs) == sorted({*own, *TUNING})
     _assert_matches_front_door(inputs, own, target=target)
-    assert inputs["accelerator_count"]["defaultValue"] == 1
     for name, parameter in TUNING.items():
         assert inputs[name]["parameterType"] == IR_TYPE[parameter.type], name
         assert " ".join(inputs[name]["description"].split()) == parameter.help, name
@@ -282,12 +286,36 @@ def test_plan_trials_takes_every_hyperparameter_and_the_front_doors_defaults(fre
 
 def test_the_search_is_checked_before_any_data_is_read_and_the_trials_share_the_prepared_data(tuning):
     tasks = _tuning_tasks(tuning["kfp"])
-    assert "plan-trials" in tasks["prepare"]["dependentTasks"] and "dependentTasks" not in tasks["plan-trials"]
+    # After snapshot (which lists, reads no image), whose fingerprint of the search space file it takes.
+    assert "plan-trials" in tasks["prepare"]["dependentTasks"] and tasks["plan-trials"]["dependentTasks"] == [
+        "snapshot"]
     for trial in ("trial", "trial-2"):
         assert tasks[trial]["inputs"]["artifacts"]["examples"] == {
             "componentInputArtifact": "pipelinechannel--prepare-examples"}
-        assert tasks[trial]["inputs"]["parameters"]["required_gpus"] == {
-            "componentInputParameter": "pipelinechannel--accelerator_count"}
+        assert tasks[trial]["inputs"]["parameters"]["required_gpus"] == {"runtimeValue": {"constant": 1.0}}
+
+
+def test_what_can_change_in_place_reaches_the_cache_keys_of_the_steps_that_read_it(fresh, tuning):
+    """The snapshot's fingerprints of the pretrained weights and the search space file, besides the data's
+    and the models' (tests/test_placement.py)."""
+    def fed_by_snapshot(task) -> dict:
+        return {name: value["taskOutputParameter"]["outputParameterKey"]
+                for name, value in task["inputs"]["parameters"].items()
+                if value.get("taskOutputParameter", {}).get("producerTask") == "snapshot"}
+
+    training = fresh[0]["root"]["dag"]["tasks"]
+    assert fed_by_snapshot(training["train"]) == {"base_model_fingerprint": "base_model",
+                                                  "pretrained_weights_fingerprint": "pretrained_weights"}
+    assert training["snapshot"]["inputs"]["parameters"]["pretrained_weights"] == {
+        "componentInputParameter": "pretrained_weights"}
+    tasks = _tuning_tasks(tuning["kfp"])
+    assert tasks["snapshot"]["inputs"]["parameters"]["search_space"] == {"componentInputParameter": "search_space"}
+    assert fed_by_snapshot(tasks["plan-trials"]) == {"search_space_fingerprint": "search_space"}
+    for trial in ("trial", "trial-2"):  # inside the waves, the snapshot's outputs arrive as the loops' inputs
+        assert tasks[trial]["inputs"]["parameters"]["pretrained_weights_fingerprint"] == {
+            "componentInputParameter": "pipelinechannel--snapshot-pretrained_weights"}, trial
+    for task in ("plan-trials", "trial", "trial-2"):
+        assert tasks[task]["cachingOptions"] == {"enableCache": True}, task
 
 
 def test_trials_run_in_two_parallel_waves_and_only_the_winner_is_evaluated_and_exported(tuning):

@@ -150,10 +150,10 @@ def test_a_failed_prepare_still_publishes_its_report_and_says_why_in_the_log(tmp
 def test_snapshot_fingerprints_data_and_models(tmp_path):
     write_demo_dataset(str(tmp_path / "images"), images_per_class=2, size=16)
     (tmp_path / "model.tar.gz").write_bytes(b"archive")
-    data, base, baseline = steps.snapshot_step(
+    data, base, baseline, weights, search_space = steps.snapshot_step(
         data_source=str(tmp_path / "images"), validation_source="", test_source="", tfds_data_dir="",
         base_model_uri=str(tmp_path / "model.tar.gz"), baseline_model_uri="")
-    assert len(data) == len(base) == 32 and data != base and baseline == ""
+    assert len(data) == len(base) == 32 and data != base and baseline == weights == search_space == ""
     with pytest.raises(SystemExit):  # a source gone since validate: a user error, in the log
         steps.snapshot_step(data_source=str(tmp_path / "gone"), validation_source="", test_source="",
                             tfds_data_dir="", base_model_uri="", baseline_model_uri="")
@@ -284,6 +284,16 @@ def test_export_step_publishes_a_version_per_run_and_points_latest_at_it(chain, 
     for run_id in ("run-1", "run-2"):
         assert (published / run_id / "_SUCCESS").exists() and (published / run_id / "model.tar.gz").exists()
     assert (published / "LATEST").read_text().strip() == str(published / "run-2")
+
+    # Kubeflow Pipelines before 2.5 passes the run-id placeholder on unresolved: each run still gets its own
+    # version, never one folder named after the placeholder.
+    for attempt in ("old-1", "old-2"):
+        package = artifact(dsl.Model, tmp_path / attempt, "package")
+        steps.export_step(model=chain["model"], evaluation=chain["metrics"], package=package,
+                          destination_uri=str(published), run_id="{{$.pipeline_job_uuid}}", tflite="", top_k=2)
+    versions = sorted(path.name for path in published.iterdir() if path.name.startswith("20"))
+    assert len(versions) == 2 and not list(published.glob("{{*"))
+    assert (published / "LATEST").read_text().strip() == str(published / versions[-1])
 
 
 def test_batch_predict_step_predicts_with_the_exported_package(chain, tmp_path):

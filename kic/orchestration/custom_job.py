@@ -4,22 +4,24 @@ machine with the same GPUs, every replica running the same train container.
 Built with Google Cloud Pipeline Components' wrapper
 (``create_custom_training_job_from_component``), which turns the train
 component into a task that launches a CustomJob and carries the component's
-inputs and outputs (the Model artifact) over. The wrapper fixes the job's
-worker pools when it is called, from Python values (it computes
-``replica_count - 1`` and drops the second pool for one replica), so pipeline
-parameters cannot go there; the task's ``worker_pool_specs`` input takes them
-instead, from the small step ``train-worker-pools`` that computes them from
-``train_replica_count``, ``train_machine_type``, ``accelerator_type`` and
-``accelerator_count`` at run time. A step rather than placeholders in a
-constant, because Vertex AI wants the primary replica alone in the first pool
-(a second pool of ``train_replica_count - 1`` replicas, absent for one
-replica), and that arithmetic has no placeholder.
+inputs and outputs (the Model artifact) over. By default the wrapper fixes
+the job's worker pools when the pipeline is compiled (``custom_job`` with
+``machines``): the chief alone in the first pool, ``replica_count - 1``
+workers in a second, each replica's command holding the executor-input
+placeholder that Vertex AI expands in that compile-time default, as GCPC
+documents.
 
-The container spec reaches that step with the executor-input placeholder
-replaced by ``EXECUTOR_INPUT_MARKER``: a placeholder in a step's input is
-resolved for that step, so the real one would be filled with the
-worker-pools step's own executor input. The step puts the placeholder back in
-its output, which the train task's launcher resolves with train's.
+The run-time variant (``ClusterOptions.train_machines_at_run_time``) gives
+the task's ``worker_pool_specs`` input from the small step
+``train-worker-pools`` (``worker_pools``), computed from the run parameters.
+A step rather than placeholders in a constant, because Vertex AI wants the
+primary replica alone in the first pool, and that arithmetic has no
+placeholder. The container spec reaches that step with the executor-input
+placeholder replaced by ``EXECUTOR_INPUT_MARKER`` (a placeholder in a step's
+input is resolved for that step), and the step puts it back in its output,
+for the launcher to resolve with train's. Whether Vertex AI expands a
+placeholder inside a value an upstream task produced is not documented: that
+variant is unverified.
 
 Vertex AI sets CLUSTER_SPEC and TF_CONFIG in every replica (the first pool is
 the chief, the second the workers), which is what train reads to train one
@@ -57,6 +59,22 @@ GPU_MACHINE_SERIES: Mapping[str, tuple[str, ...]] = {
     "NVIDIA_TESLA_P100": ("n1-standard", "n1-highmem", "n1-highcpu"),
     "NVIDIA_TESLA_P4": ("n1-standard", "n1-highmem", "n1-highcpu"),
 }
+# How many GPUs of each type one machine can have in Vertex AI custom training (its compute table: N1 machines
+# take T4, P4 and P100 by 1, 2 or 4 and V100 up to 8; G2, A2, A3 and A4 machines come with theirs; H100 on
+# a3-highgpu-1g, -2g, -4g and -8g, the Mega, H200 and B200 on 8-GPU machines only).
+GPU_COUNTS: Mapping[str, tuple[int, ...]] = {
+    "NVIDIA_TESLA_T4": (1, 2, 4),
+    "NVIDIA_TESLA_P4": (1, 2, 4),
+    "NVIDIA_TESLA_P100": (1, 2, 4),
+    "NVIDIA_TESLA_V100": (1, 2, 4, 8),
+    "NVIDIA_L4": (1, 2, 4, 8),
+    "NVIDIA_TESLA_A100": (1, 2, 4, 8, 16),
+    "NVIDIA_A100_80GB": (1, 2, 4, 8),
+    "NVIDIA_H100_80GB": (1, 2, 4, 8),
+    "NVIDIA_H100_MEGA_80GB": (8,),
+    "NVIDIA_H200_141GB": (8,),
+    "NVIDIA_B200": (8,),
+}
 # Machines that come with their GPUs: how many a G2 machine has by its vCPUs (A2, A3 and A4 names end in -<N>g).
 _G2_GPUS = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}
 _GPU_MACHINES = ("a2-highgpu-1g", "a2-highgpu-2g", "a2-highgpu-4g", "a2-highgpu-8g", "a2-megagpu-16g",
@@ -84,9 +102,9 @@ def default_machine_type(accelerator_type: str, accelerator_count: int) -> str |
         return _G2_FOR_GPUS.get(accelerator_count)
     if series == "n1-standard":
         return _N1_FOR_GPUS.get(accelerator_count)
-    if series and accelerator_count in (1, 2, 4, 8, 16):
-        machine = f"{series}-{accelerator_count}g"
-        return machine if machine in _GPU_MACHINES else None
+    for series in GPU_MACHINE_SERIES.get(accelerator_type, ()):  # a2-highgpu up to 8 A100s, a2-megagpu 16
+        if (machine := f"{series}-{accelerator_count}g") in _GPU_MACHINES:
+            return machine
     return None
 
 
@@ -106,6 +124,12 @@ def problems(*, replica_count: int, machine_type: str, accelerator_type: str, ac
     if replica_count < 1:
         found.append(Problem("train_replica_count", replica_count, "1 (one machine) or more"))
     vertex_gpu = accelerator_type.startswith(VERTEX_GPU_PREFIX)
+    counts = GPU_COUNTS.get(accelerator_type)
+    if vertex_gpu and accelerator_count > 0 and counts and accelerator_count not in counts:
+        allowed = f"{', '.join(map(str, counts[:-1]))} or {counts[-1]}" if len(counts) > 1 else str(counts[0])
+        return found + [Problem("accelerator_count", accelerator_count,
+                                f"{allowed}: how many {accelerator_type} one machine has in Vertex AI custom "
+                                "training")]
     if not machine_type:
         if vertex_gpu and accelerator_count > 0 and not default_machine_type(accelerator_type, accelerator_count):
             found.append(Problem("train_machine_type", machine_type, f"no machine known here for {accelerator_count} "
@@ -134,10 +158,12 @@ def problems(*, replica_count: int, machine_type: str, accelerator_type: str, ac
     return found
 
 
-def custom_job(component, *, timeout_s: int):
+def custom_job(component, *, timeout_s: int, machines: Mapping[str, Any] | None = None):
     """``component`` (train) as a task that runs it as a Vertex AI CustomJob.
-    Its ``worker_pool_specs`` input must be given (``worker_pools``); the
-    defaults the wrapper puts there (one n1-standard-4) are never used.
+    ``machines`` (the values of kic.parameters.TRAIN_MACHINE_PARAMETERS)
+    become the worker pools the wrapper compiles in; without them the task's
+    ``worker_pool_specs`` input must be given at run time (``worker_pools``),
+    and the wrapper's default (one n1-standard-4) is never used.
 
     A worker restarted on its own would wait for the others' collectives, so
     a restart restarts the whole job (which then resumes from its checkpoint).
@@ -147,9 +173,19 @@ def custom_job(component, *, timeout_s: int):
     from google_cloud_pipeline_components import _placeholders
     from google_cloud_pipeline_components.v1.custom_job import create_custom_training_job_from_component
 
+    pools = {}
+    if machines:
+        count = machines["accelerator_count"]
+        pools = dict(replica_count=machines["train_replica_count"],
+                     machine_type=machines["train_machine_type"] or default_machine_type(
+                         machines["accelerator_type"], count),
+                     # Vertex AI refuses a type without a count and the other way round
+                     accelerator_type=machines["accelerator_type"] if count else "", accelerator_count=count,
+                     **BOOT_DISK)
     return create_custom_training_job_from_component(
         component, timeout=f"{timeout_s}s", restart_job_on_worker_restart=True,
-        service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER, network=_placeholders.NETWORK_PLACEHOLDER)
+        service_account=_placeholders.SERVICE_ACCOUNT_PLACEHOLDER, network=_placeholders.NETWORK_PLACEHOLDER,
+        **pools)
 
 
 def container(job) -> dict[str, Any]:

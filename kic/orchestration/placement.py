@@ -15,16 +15,23 @@ Targets:
 * ``local``: ``kic run`` (kfp.local), which ignores resources but honours
   retries, so it gets none: a user error should fail at once.
 
-The accelerator type and count are pipeline parameters (``accelerator_type``,
-``accelerator_count``): the compiled IR carries them as placeholders, which
-Vertex AI Pipelines and Kubeflow Pipelines backends from 2.5 on resolve at run
-time (parameterised resource fields came with kubeflow/pipelines#11770).
+Train's GPUs (and, on Vertex AI, its machines) are fixed when the pipeline is
+compiled (``ClusterOptions``; ``kic.parameters.TRAIN_MACHINE_PARAMETERS`` says
+why): the IR then carries literal accelerator fields, which every Kubeflow
+Pipelines backend from 2.0 on reads (2.0-2.3 the ``type``/``count`` fields, 2.4
+and later ``resourceType``/``resourceCount``; KFP's compiler writes both for a
+literal), and GCPC's wrapper writes train's CustomJob worker pools as its
+compile-time default, where Vertex AI expands the executor-input placeholder.
+A Vertex AI pipeline compiled with ``train_machines_at_run_time`` takes them as
+run parameters instead, through a step that computes the worker pools at run
+time: unverified on Vertex AI, and so not the default.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 TARGETS = ("kfp", "vertex")
 LOCAL = "local"
@@ -93,38 +100,107 @@ class ClusterOptions:
     gpu_node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)  # train only
     gpu_tolerations: tuple[Toleration, ...] = ()  # train only
     gcs_credentials_secret: str = ""  # a Kubernetes secret holding key.json, mounted into every step (kfp)
+    # kfp: prepare's and train's pod deadlines (TIMEOUT_S); Kubeflow Pipelines 2.0.x fails a step that has one.
+    step_timeouts: bool = True
+    # Train's machines, compiled into the pipeline; None: the target's default (kic.parameters).
+    accelerator_type: str | None = None
+    accelerator_count: int | None = None
+    train_replica_count: int | None = None  # Vertex AI only
+    train_machine_type: str | None = None  # Vertex AI only
+    # Vertex AI only: the four above as run parameters, through a step that computes the worker pools (unverified).
+    train_machines_at_run_time: bool = False
 
     def __post_init__(self) -> None:
+        from kic import parameters
+
         if self.target not in (*TARGETS, LOCAL):
             raise ValueError(f"target {self.target!r}: one of {', '.join(TARGETS)}")
-        kubernetes_only = self.gpu_node_selector or self.gpu_tolerations or self.gcs_credentials_secret
+        kubernetes_only = (self.gpu_node_selector or self.gpu_tolerations or self.gcs_credentials_secret
+                           or not self.step_timeouts)
         if kubernetes_only and self.target != "kfp":
-            raise ValueError("node selectors, tolerations and credential secrets are Kubernetes settings: "
-                             "target kfp only (Vertex AI places steps itself and uses the job's service account)")
+            raise ValueError("node selectors, tolerations, credential secrets and step timeouts are Kubernetes "
+                             "settings: target kfp only (Vertex AI places steps itself and uses the job's service "
+                             "account)")
+        vertex_only = {"train_replica_count": self.train_replica_count, "train_machine_type": self.train_machine_type,
+                       "train_machines_at_run_time": self.train_machines_at_run_time or None}
+        if self.target != "vertex" and any(value is not None for value in vertex_only.values()):
+            given = ", ".join(name for name, value in vertex_only.items() if value is not None)
+            raise ValueError(f"{given}: Vertex AI settings (train's CustomJob), target vertex only")
+        if self.train_machines_at_run_time and self._given_machines():
+            raise ValueError("train's machines are either compiled in or run parameters, not both")
+        machines = self.train_machines()
+        found = []
+        try:
+            parameters.validate(machines)
+        except parameters.ParameterError as error:
+            found += error.problems
+        kind = machines.get("accelerator_type", "")
+        if machines.get("accelerator_count") and self.target == "kfp" and "/" not in kind:
+            found.append(parameters.Problem("accelerator_type", kind, f"a Kubernetes extended resource such as "
+                                                                      f"{parameters.KUBERNETES_GPU} on Kubeflow "
+                                                                      "Pipelines (Vertex AI's names are no "
+                                                                      "resource of a node)"))
+        if machines.get("accelerator_count") and self.target == "vertex" and "/" in kind:
+            found.append(parameters.Problem("accelerator_type", kind, "a Vertex AI accelerator type such as "
+                                                                      f"{parameters.VERTEX_DEFAULT_GPU}"))
+        if found:
+            raise parameters.ParameterError(found)
+
+    def _given_machines(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _MACHINE_FIELDS if getattr(self, name) is not None}
+
+    def train_machines(self) -> dict[str, Any]:
+        """The values of kic.parameters.TRAIN_MACHINE_PARAMETERS compiled into the pipeline (the target's
+        defaults where not given); none for kic run and when they are run parameters."""
+        from kic import parameters
+
+        if self.target == LOCAL or self.train_machines_at_run_time:
+            return {}
+        names = [name for name in parameters.TRAIN_MACHINE_PARAMETERS
+                 if parameters.PARAMETERS_BY_NAME[name].belongs_to(self.target)]
+        return {**{name: parameters.PARAMETERS_BY_NAME[name].default_for(self.target) for name in names},
+                **self._given_machines()}
+
+    def run_parameters(self) -> tuple:
+        """The run parameters of the pipeline compiled with these options (kic.parameters.Parameter)."""
+        from kic import parameters
+
+        return parameters.for_target(self.target, train_machines_at_run_time=self.train_machines_at_run_time)
+
+
+_MACHINE_FIELDS = ("accelerator_type", "accelerator_count", "train_replica_count", "train_machine_type")
 
 
 def place(task, step: str, options: ClusterOptions, *, accelerator_type=None, accelerator_count=None):
     """Applies ``step``'s placement on ``options.target`` to a pipeline task;
-    the accelerator arguments (pipeline parameters) only for train."""
+    the accelerator arguments only for train and the trials: literals when
+    compiled in (a count of 0 asks for none), else run parameters."""
     if options.target == LOCAL:
         return task
     resources = STEP_RESOURCES[step]
     task.set_cpu_limit(resources.cpu_limit).set_memory_limit(resources.memory_limit)
     if options.target == "kfp":  # Vertex AI picks a machine from the limits; requests mean nothing there
         task.set_cpu_request(resources.cpu_request).set_memory_request(resources.memory_request)
-    if accelerator_type is not None:
+    gpu = _asks_for_gpus(accelerator_count)
+    if gpu:
         task.set_accelerator_type(accelerator_type).set_accelerator_limit(accelerator_count)
     if step in RETRIED_STEPS:
         task.set_retry(**RETRY)
     if options.target == "kfp":
-        _kubernetes(task, step, options, gpu=accelerator_type is not None)
+        _kubernetes(task, step, options, gpu=gpu)
     return task
+
+
+def _asks_for_gpus(count) -> bool:
+    """Whether a task asks for GPUs: a count of 1 or more, or a run parameter's (a channel: compared
+    with ``==`` it would make a pipeline condition, not a bool)."""
+    return count is not None and (not isinstance(count, int) or count > 0)
 
 
 def _kubernetes(task, step: str, options: ClusterOptions, *, gpu: bool) -> None:
     from kfp import kubernetes
 
-    if step in TIMEOUT_S:
+    if step in TIMEOUT_S and options.step_timeouts:
         kubernetes.set_timeout(task, TIMEOUT_S[step])
     if gpu:
         for key, value in options.gpu_node_selector.items():

@@ -9,6 +9,7 @@ it calls know nothing of it.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import os
@@ -16,6 +17,7 @@ import resource
 import shutil
 import sys
 import time
+import uuid
 
 from kic import artifacts, storage
 from kic.config import DEFAULT_CHECKPOINT_EVERY_STEPS
@@ -114,16 +116,25 @@ def validate_step(**values) -> int:
 # ----------------------------------------------------------------- snapshot
 @fails_cleanly(tensorflow=False)
 def snapshot_step(*, data_source, validation_source, test_source, tfds_data_dir, base_model_uri,
-                  baseline_model_uri) -> tuple[str, str, str]:
-    """Fingerprints (see kic.data.snapshot): of the data, the earlier model and the baseline model."""
-    from kic.data.snapshot import fingerprint
+                  baseline_model_uri, pretrained_weights="", search_space="") -> tuple[str, str, str, str, str]:
+    """Fingerprints (see kic.data.snapshot): of the data, the earlier model, the
+    baseline model, the pretrained weights file and the search space file; ""
+    for what is not a file (none given, ImageNet weights, a search space given
+    as JSON text: the parameter itself is in the cache keys)."""
+    from kic.data.snapshot import content_fingerprint, fingerprint
+    from kic.model import weights
+    from kic.tuning import space
 
     data = fingerprint(data_source, validation_source, test_source, tfds_data_dir=tfds_data_dir)
     base_model = fingerprint(base_model_uri) if base_model_uri else ""
     baseline_model = fingerprint(baseline_model_uri) if baseline_model_uri else ""
-    log(f"snapshot: data {data}" + (f", base model {base_model}" if base_model else "")
-        + (f", baseline model {baseline_model}" if baseline_model else ""))
-    return data, base_model, baseline_model
+    weights_file = weights.choice(pretrained_weights)
+    pretrained = fingerprint(weights_file) if weights_file not in (None, weights.IMAGENET) else ""
+    searched = content_fingerprint(search_space.strip()) if space.names_a_file(search_space) else ""
+    found = {"data": data, "base model": base_model, "baseline model": baseline_model,
+             "pretrained weights": pretrained, "search space": searched}
+    log("snapshot: " + ", ".join(f"{what} {value}" for what, value in found.items() if value))
+    return data, base_model, baseline_model, pretrained, searched
 
 
 # ------------------------------------------------------------------ prepare
@@ -191,8 +202,8 @@ def _copy_if_exists(source: str, destination: str) -> None:
 @fails_cleanly
 def train_step(*, examples, model, training_metrics, backbone, pretrained_weights, image_size, base_model_uri,
                seed, required_gpus=0, tf_data_service="", precision="auto", jit_compile="auto",
-               base_model_fingerprint="", checkpoint_uri="", checkpoint_every_steps=DEFAULT_CHECKPOINT_EVERY_STEPS,
-               **hyperparameters) -> None:
+               base_model_fingerprint="", pretrained_weights_fingerprint="", checkpoint_uri="",
+               checkpoint_every_steps=DEFAULT_CHECKPOINT_EVERY_STEPS, **hyperparameters) -> None:
     from kic.config import TrainingConfig
     from kic.training import TrainOptions, train
 
@@ -207,7 +218,8 @@ def train_step(*, examples, model, training_metrics, backbone, pretrained_weight
     _log_metrics(training_metrics, {**result.best_metrics, "best_epoch": result.best_epoch},
                  write_file=result.is_chief)
     model.metadata.update({"framework": "keras", "backbone": backbone, "best_epoch": result.best_epoch,
-                           "epochs_run": result.epochs_run, "base_model_fingerprint": base_model_fingerprint})
+                           "epochs_run": result.epochs_run, "base_model_fingerprint": base_model_fingerprint,
+                           "pretrained_weights_fingerprint": pretrained_weights_fingerprint})
 
 
 def _checkpointing(model, checkpoint_uri: str, every_steps: int) -> dict:
@@ -278,6 +290,11 @@ def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, r
     from kic.serving.export import ExportOptions, export_model
 
     evaluation_metrics = json.loads(storage.read_text(evaluation.path)) if os.path.exists(evaluation.path) else {}
+    if run_id.startswith("{{$"):
+        # Kubeflow Pipelines before 2.5 passes the run-id placeholder on as it is: one folder for every run
+        # would let each run overwrite the last.
+        run_id = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        log(f"export: the platform did not fill in the run's id (Kubeflow Pipelines before 2.5); version {run_id}")
     result = export_model(model.path, package.path, ExportOptions(
         destination_uri=destination_uri, version=run_id, tflite=tflite, top_k=top_k,
         evaluation_metrics=evaluation_metrics, examples=examples.path if examples is not None else ""))
@@ -315,7 +332,7 @@ def batch_predict_step(*, package, inputs, predictions, prediction_summary, outp
 # ------------------------------------------------------------------- tuning
 @fails_cleanly
 def plan_trials_step(*, settings, search_space, strategy, trials, objective_metric, objective_direction, parallelism,
-                     gate_metric, top_k, seed, **hyperparameters) -> list:
+                     gate_metric, top_k, seed, search_space_fingerprint="", **hyperparameters) -> list:
     """Checks the search and plans its first wave (see kic.tuning)."""
     from kic import parameters
     from kic.tuning import settings as tuning_settings
@@ -337,6 +354,7 @@ def plan_trials_step(*, settings, search_space, strategy, trials, objective_metr
     for item in planned:
         log(f"plan_trials: {tuning_trials.describe(item)}")
     storage.write_text(settings.path, json.dumps(resolved.to_json(), indent=2))
+    settings.metadata["search_space_fingerprint"] = search_space_fingerprint
     return planned
 
 
@@ -357,7 +375,8 @@ def plan_second_wave_step(*, settings, first_wave) -> list:
 @fails_cleanly
 def trial_step(*, examples, model, trial_metrics, trial, backbone, pretrained_weights, image_size, base_model_uri,
                seed, required_gpus=0, precision="auto", jit_compile="auto", base_model_fingerprint="",
-               checkpoint_uri="", checkpoint_every_steps=DEFAULT_CHECKPOINT_EVERY_STEPS) -> dict:
+               pretrained_weights_fingerprint="", checkpoint_uri="",
+               checkpoint_every_steps=DEFAULT_CHECKPOINT_EVERY_STEPS) -> dict:
     from kic.training import TrainOptions
     from kic.tuning import trials as tuning_trials
 
@@ -371,7 +390,8 @@ def trial_step(*, examples, model, trial_metrics, trial, backbone, pretrained_we
                                  "seconds": record.seconds, "succeeded": int(record.status == tuning_trials.SUCCEEDED)})
     model.metadata.update({"framework": "keras", "backbone": backbone, "trial": record.trial, "status": record.status,
                            "objective": record.objective, "best_epoch": record.best_epoch,
-                           "epochs_run": record.epochs_run, "base_model_fingerprint": base_model_fingerprint})
+                           "epochs_run": record.epochs_run, "base_model_fingerprint": base_model_fingerprint,
+                           "pretrained_weights_fingerprint": pretrained_weights_fingerprint})
     # No nulls: kfp.local (2.17) cannot pass a None inside a struct (a failed trial has no objective).
     return {name: value for name, value in record.to_json().items() if value is not None}
 
