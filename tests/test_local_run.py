@@ -176,13 +176,14 @@ def test_collect_outputs_leaves_no_stale_model_from_an_earlier_run(tmp_path):
 
 # --------------------------------------------------------------------------- caching, as on a cluster
 
-QUICK = ["--param", "backbone=mobilenet_v3_small_100_224", "--param", "pretrained_weights=none",
-         "--param", "image_size=32", "--param", "epochs=1", "--param", "batch_size=8"]
+QUICK_BACKBONE, QUICK_IMAGE_SIZE = "mobilenet_v3_small_100_224", 32
+QUICK = ["--param", f"backbone={QUICK_BACKBONE}", "--param", "pretrained_weights=none",
+         "--param", f"image_size={QUICK_IMAGE_SIZE}", "--param", "epochs=1", "--param", "batch_size=8"]
 
 
-def _cached_run(data, output) -> tuple[str, set[str]]:
+def _cached_run(data, output, *params: str) -> tuple[str, set[str]]:
     before = set(os.listdir(output / "runs")) if (output / "runs").exists() else set()
-    result = subprocess.run([*KIC, "run", "--cache", "--data", str(data), "--output", str(output), *QUICK],
+    result = subprocess.run([*KIC, "run", "--cache", "--data", str(data), "--output", str(output), *QUICK, *params],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = set(os.listdir(output / "runs")) - before - {local_run.CACHE_DIR}
@@ -210,3 +211,26 @@ def test_a_cached_rerun_reuses_unchanged_data_and_notices_new_images(tmp_path):
     assert {PREPARE_TASK, "train", EVALUATE_TASK, EXPORT_TASK} <= changed
     assert json.loads((output / "data_report.json").read_text())["metrics"]["num_listed"] == \
         first_report["metrics"]["num_listed"] + 1
+
+
+@pytest.mark.slow
+def test_a_cached_rerun_retrains_when_the_weights_file_is_replaced_under_its_name(tmp_path):
+    from kic.demo_data import write_demo_dataset
+    from kic.model.backbones import build_feature_extractor
+
+    data, output, weights = tmp_path / "images", tmp_path / "out", tmp_path / "backbone.weights.h5"
+    write_demo_dataset(str(data), images_per_class=12, size=40)
+
+    def save_new_weights():  # a randomly initialised backbone: other weights each time, under the same name
+        build_feature_extractor(QUICK_BACKBONE, image_size=QUICK_IMAGE_SIZE, weights="none").save_weights(str(weights))
+
+    save_new_weights()
+    uses_the_file = ("--param", f"pretrained_weights={weights}")
+    _, first = _cached_run(data, output, *uses_the_file)
+    assert {PREPARE_TASK, "train", EVALUATE_TASK, EXPORT_TASK} <= first
+    _, unchanged = _cached_run(data, output, *uses_the_file)
+    assert unchanged == {"snapshot", EXPORT_TASK}
+    save_new_weights()
+    shown, changed = _cached_run(data, output, *uses_the_file)
+    assert {"train", EVALUATE_TASK, EXPORT_TASK} <= changed and PREPARE_TASK not in changed  # the data is as it was
+    assert "train: started" in shown

@@ -10,6 +10,7 @@ from kic.components.image import CPU_IMAGE
 def plan_trials(
     settings: Output[Artifact],
     search_space: str,
+    search_space_fingerprint: str = "",
     strategy: str = "",
     trials: int = 0,
     objective_metric: str = "",
@@ -56,8 +57,10 @@ plan_trials.__doc__ = docs.docstring(
     "the objective, and plans the first wave of trials, so that a space that can produce an invalid trial fails "
     "the run in seconds, before any data is read.",
     {
-        **docs.tuning_parameter_args("search_space", "strategy", "trials", "objective_metric",
-                                     "objective_direction"),
+        **docs.tuning_parameter_args("search_space"),
+        "search_space_fingerprint": "What the search space file holds now (from snapshot; empty for JSON text): "
+                                    "part of the cache key.",
+        **docs.tuning_parameter_args("strategy", "trials", "objective_metric", "objective_direction"),
         "parallelism": "How many trials the pipeline runs at once (its ParallelFor's limit): the first wave is "
                        "sized in multiples of it.",
         **docs.parameter_args("gate_metric", "top_k"),

@@ -15,7 +15,10 @@ def snapshot(
     tfds_data_dir: str = "",
     base_model_uri: str = "",
     baseline_model_uri: str = "",
-) -> NamedTuple("Snapshot", [("data", str), ("base_model", str), ("baseline_model", str)]):
+    pretrained_weights: str = "",
+    search_space: str = "",
+) -> NamedTuple("Snapshot", [("data", str), ("base_model", str), ("baseline_model", str),
+                             ("pretrained_weights", str), ("search_space", str)]):
     arguments = dict(locals())
     from kic.orchestration import steps
 
@@ -23,16 +26,26 @@ def snapshot(
 
 
 snapshot.__doc__ = docs.docstring(
-    "Fingerprints the training, validation and test sources and the earlier and baseline models as they are "
-    "now (names, sizes and versions of their files; a manifest's content; a TFDS dataset's version). Never "
-    "cached: prepare, train and evaluate take these fingerprints as inputs, so a scheduled run reuses their "
-    "cached outputs while nothing changed and reruns them when something did.",
-    docs.parameter_args("data_source", "validation_source", "test_source", "tfds_data_dir", "base_model_uri",
-                        "baseline_model_uri"),
+    "Fingerprints what can change in place under the same name, as it is now: the training, validation and test "
+    "sources (names, sizes and versions of their files; a manifest's content and the sizes and versions of the "
+    "files it names; a TFDS dataset's version), the earlier and baseline models and a pretrained weights file "
+    "(their files' names, sizes and versions), and a search space file (its content). Never cached: prepare, "
+    "train, evaluate, plan_trials and the trials take these fingerprints as inputs, so a scheduled run reuses "
+    "their cached outputs while nothing changed and reruns them when something did.",
+    {
+        **docs.parameter_args("data_source", "validation_source", "test_source", "tfds_data_dir", "base_model_uri",
+                              "baseline_model_uri", "pretrained_weights"),
+        "search_space": "The tuning pipeline's search space (JSON text, or a JSON file's path or gs:// URI); "
+                        "empty in the training pipeline.",
+    },
     {
         "data": "Fingerprint of the training, validation and test sources: an input of prepare.",
         "base_model": "Fingerprint of base_model_uri (empty when none): an input of train.",
         "baseline_model": "Fingerprint of baseline_model_uri (empty when none): an input of evaluate.",
+        "pretrained_weights": "Fingerprint of the pretrained weights file (empty for imagenet and none): an input "
+                              "of train and of the trials.",
+        "search_space": "Fingerprint of the search space file's content (empty for JSON text, which is a cache key "
+                        "itself): an input of plan_trials.",
     },
 )
 snapshot = dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)(snapshot)

@@ -16,6 +16,7 @@ def train(
     image_size: int = 0,
     base_model_uri: str = "",
     base_model_fingerprint: str = "",
+    pretrained_weights_fingerprint: str = "",
     seed: int = 42,
     required_gpus: int = 0,
     tf_data_service: str = "",
@@ -62,6 +63,8 @@ train.__doc__ = docs.docstring(
         "examples": "The prepared dataset from prepare.",
         **docs.parameter_args("backbone", "pretrained_weights", "image_size", "base_model_uri"),
         "base_model_fingerprint": "What base_model_uri holds now (from snapshot): part of the cache key.",
+        "pretrained_weights_fingerprint": "What the pretrained weights file holds now (from snapshot; empty for "
+                                          "imagenet and none): part of the cache key.",
         **docs.parameter_args("seed"),
         "required_gpus": "Fail at once when fewer GPUs are visible (the pipeline passes accelerator_count, what it "
                          "asked the platform for); 0: train on whatever the machine has.",

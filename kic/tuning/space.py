@@ -142,12 +142,18 @@ def read(source: str) -> SearchDocument:
     return document
 
 
+def names_a_file(source: str) -> bool:
+    """Whether the search space ``source`` is a file's path or URI, not JSON text."""
+    text = source.strip()
+    return bool(text) and not text.startswith("{")
+
+
 def load_json(source: str) -> dict[str, Any]:
     """The JSON object of a document: JSON text, or a JSON file (local or gs://)."""
     text = source.strip()
     if not text:
         raise ParameterError([Problem(NAME, source, "required: a JSON file (or JSON text) of the ranges to search")])
-    if not text.startswith("{"):
+    if names_a_file(text):
         from kic import storage
 
         try:
