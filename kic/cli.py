@@ -143,9 +143,28 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--gpu-toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
                           help="kfp: a taint train's pod tolerates, e.g. nvidia.com/gpu=present:NoSchedule "
                                "(repeatable)")
+    compile_.add_argument("--no-step-timeouts", action="store_true",
+                          help="kfp: no pod deadlines for prepare (6 h) and train (72 h): Kubeflow Pipelines 2.0.x "
+                               "fails a step that has one")
     compile_.add_argument("--gcs-credentials-secret", default="", metavar="NAME",
                           help="kfp: a Kubernetes secret holding a service-account key.json, mounted into every "
                                "step for gs:// access from a cluster outside Google Cloud")
+    machines = compile_.add_argument_group(
+        "train's machines, compiled into the pipeline (what each platform honours; kic submit compiles what "
+        "--param sets)")
+    machines.add_argument("--accelerator-count", type=int, default=None, metavar="N",
+                          help="GPUs of train and of each tuning trial (default: 1; 0: the CPU)")
+    machines.add_argument("--accelerator-type", default=None, metavar="TYPE",
+                          help="needs --target: kfp the extended resource (default: nvidia.com/gpu), vertex an "
+                               "accelerator type (default: NVIDIA_L4)")
+    machines.add_argument("--train-replicas", type=int, default=None, metavar="M",
+                          help="vertex: machines of train's CustomJob (default: 1)")
+    machines.add_argument("--train-machine-type", default=None, metavar="TYPE",
+                          help="vertex: their machine type (default: the smallest that carries the GPUs)")
+    machines.add_argument("--train-machines-at-run-time", action="store_true",
+                          help="vertex: accelerator_type, accelerator_count, train_replica_count and "
+                               "train_machine_type as run parameters instead, through a step that computes the "
+                               "CustomJob's worker pools at run time (unverified on Vertex AI)")
     compile_.add_argument("--no-components", action="store_true", help="only write the pipeline")
     compile_.set_defaults(handler=_compile)
 
@@ -212,6 +231,12 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
     both = parser.add_argument_group("either platform")
     both.add_argument("--pipeline", default="", metavar="FILE",
                       help="a compiled pipeline to send (default: compile one for the platform now)")
+    both.add_argument("--dry-run", action="store_true",
+                      help="check what can be checked from here (parameters, credentials, the backend's release, "
+                           "the bucket, the images), print each item's status, and send nothing")
+    both.add_argument("--no-image-check", action="store_true",
+                      help="send without asking the registries whether the pipeline's images exist (for "
+                           "registries this machine cannot reach)")
     both.add_argument("--pipeline-root", default="", metavar="URI",
                       help="where the runs' artifacts go (Vertex AI: required, gs://; Kubeflow Pipelines: default "
                            "the deployment's)")
@@ -493,9 +518,12 @@ def _submit(args: argparse.Namespace) -> int:
 
     target, misplaced = _target(args)
     layers, malformed = _parameter_layers(args)
-    print(f"kic: checking the parameters, then sending the pipeline to {target.platform}", flush=True)
+    if args.dry_run:
+        return _dry_run(target, layers, malformed + misplaced, args)
+    print(f"kic: checking the parameters, the platform and the images, then sending the pipeline to "
+          f"{target.platform}", flush=True)
     run = remote.submit(target, layers, problems=malformed + misplaced, pipeline=args.pipeline, name=args.name,
-                        warn=_warn)
+                        warn=_warn, check_images=not args.no_image_check)
     print(f"kic: started run {run.id} on {target.platform}\n{run.url}")
     return 0
 
@@ -505,12 +533,30 @@ def _schedule(args: argparse.Namespace) -> int:
 
     target, misplaced = _target(args)
     layers, malformed = _parameter_layers(args)
-    print(f"kic: checking the parameters, then sending the schedule to {target.platform}", flush=True)
+    if args.dry_run:
+        return _dry_run(target, layers, malformed + misplaced, args, cron_expression=args.cron)
+    print(f"kic: checking the parameters, the platform and the images, then sending the schedule to "
+          f"{target.platform}", flush=True)
     schedule = remote.schedule(target, layers, args.cron, problems=malformed + misplaced, pipeline=args.pipeline,
-                               name=args.name, warn=_warn)
+                               name=args.name, warn=_warn, check_images=not args.no_image_check)
     print(f"kic: created schedule {schedule.id} on {target.platform}: {' '.join(args.cron.split())!r}, at most one "
           f"run at a time, missed runs skipped\n{schedule.url}")
     return 0
+
+
+def _dry_run(target, layers, problems, args: argparse.Namespace, cron_expression: str | None = None) -> int:
+    """Prints every check and its status; 1 when one failed. Nothing is sent."""
+    from kic.orchestration import preflight, remote
+
+    print(f"kic: checking what a run on {target.platform} needs, sending nothing", flush=True)
+    checks = remote.dry_run(target, layers, problems=problems, pipeline=args.pipeline,
+                            cron_expression=cron_expression, warn=_warn, check_images=not args.no_image_check)
+    for check in checks:
+        print(check.line())
+    failed = preflight.failures(checks)
+    print(f"kic: {len(failed)} of {len(checks)} checks failed; nothing was sent" if failed else
+          f"kic: nothing failed of what can be checked from here ({len(checks)} checks); nothing was sent")
+    return 1 if failed else 0
 
 
 _KUBEFLOW_ONLY = ("host", "namespace", "experiment", "token_file", "cookies")
@@ -693,19 +739,25 @@ def _compile(args: argparse.Namespace) -> int:
         except ValueError as error:
             problems.append(Problem("--gpu-toleration", text, str(error)))
     kubernetes_options = dict(gpu_node_selector=selector, gpu_tolerations=tuple(tolerations),
-                              gcs_credentials_secret=args.gcs_credentials_secret)
+                              gcs_credentials_secret=args.gcs_credentials_secret,
+                              step_timeouts=not args.no_step_timeouts)
     targets = [args.target] if args.target else list(TARGETS)
-    if any(kubernetes_options.values()) and targets != ["kfp"]:
-        problems.append(Problem("--target", args.target or "(both)", "node selectors, tolerations and credential "
-                                                                     "secrets are Kubernetes settings: --target kfp"))
+    if (selector or tolerations or args.gcs_credentials_secret or args.no_step_timeouts) and targets != ["kfp"]:
+        problems.append(Problem("--target", args.target or "(both)", "node selectors, tolerations, credential "
+                                                                     "secrets and step timeouts are Kubernetes "
+                                                                     "settings: --target kfp"))
+    machine_options = _compiled_machines(args, targets, problems)
     if problems:
         raise ParameterError(problems)
     from kic.orchestration import compile as kic_compile
 
     for target in targets:  # nothing is written when a target cannot be compiled here
         kic_compile.require(target)
+    clusters = {target: ClusterOptions(target=target, **(kubernetes_options if target == "kfp" else {}),
+                                       **machine_options.get(target, {}))
+                for target in targets}  # every value checked before anything is written
     for target in targets:
-        cluster = ClusterOptions(target=target, **(kubernetes_options if target == "kfp" else {}))
+        cluster = clusters[target]
         if not (args.output and args.tuning):
             path = args.output or kic_compile.PIPELINE_YAMLS[target]
             print(f"wrote {kic_compile.compile_pipeline(path, target, cluster)}")
@@ -716,6 +768,31 @@ def _compile(args: argparse.Namespace) -> int:
         for path in kic_compile.compile_components():
             print(f"wrote {path}")
     return 0
+
+
+def _compiled_machines(args: argparse.Namespace, targets: list[str], problems: list) -> dict[str, dict]:
+    """kic compile's options for train's machines, as ClusterOptions fields per target; what does not fit the
+    targets is added to ``problems``."""
+    from kic.errors import Problem
+
+    vertex_only = {"--train-replicas": args.train_replicas, "--train-machine-type": args.train_machine_type,
+                   "--train-machines-at-run-time": args.train_machines_at_run_time or None}
+    for flag, value in vertex_only.items():
+        if value is not None and targets != ["vertex"]:
+            problems.append(Problem(flag, value, "train's CustomJob is Vertex AI's: needs --target vertex"))
+    if args.accelerator_type is not None and len(targets) != 1:
+        problems.append(Problem("--accelerator-type", args.accelerator_type, "each platform names GPUs its own "
+                                                                            "way: needs --target"))
+    fields = {"accelerator_type": args.accelerator_type, "accelerator_count": args.accelerator_count}
+    if args.train_machines_at_run_time and any(value is not None for value in
+                                               (*fields.values(), args.train_replicas, args.train_machine_type)):
+        problems.append(Problem("--train-machines-at-run-time", True, "train's machines are then run parameters: "
+                                                                      "no other option of train's machines"))
+    vertex = {**fields, "train_replica_count": args.train_replicas, "train_machine_type": args.train_machine_type,
+              "train_machines_at_run_time": args.train_machines_at_run_time}
+    options = {"kfp": fields, "vertex": vertex}
+    return {target: {name: value for name, value in options[target].items() if value is not None and value is not False}
+            for target in targets}
 
 
 def _backbones(_args: argparse.Namespace) -> int:

@@ -116,15 +116,17 @@ class RecordingAPI:
 # --------------------------------------------------------------------------- Kubeflow Pipelines
 
 
-def kubeflow_routes() -> list[Route]:
-    """The KFP v2beta1 API as kfp.Client's submit and recurring-run calls use it."""
+def kubeflow_routes(tag_name: str = "2.5.0") -> list[Route]:
+    """The KFP v2beta1 API as kfp.Client's submit and recurring-run calls use it; its health check
+    answers as the API server's own handler writes it (release ``tag_name``; 2.4-2.15 say "unknown")."""
     ids = itertools.count(1)
 
     def experiment(request: Request, _match) -> dict:
         return {**request.body, "experiment_id": f"experiment-{next(ids)}"}
 
     return [
-        ("GET", "/apis/v2beta1/healthz", lambda request, match: {"multi_user": False}),
+        ("GET", "/apis/v2beta1/healthz",
+         lambda request, match: {"commit_sha": "unknown", "tag_name": tag_name, "multi_user": False}),
         ("GET", "/apis/v2beta1/experiments", lambda request, match: {}),  # none yet: the client creates it
         ("POST", "/apis/v2beta1/experiments", experiment),
         ("POST", "/apis/v2beta1/runs",
@@ -162,6 +164,7 @@ def vertex_routes() -> list[Route]:
         ("POST", "/token", lambda request, match: {"access_token": ACCESS_TOKEN, "expires_in": 3600,
                                                    "token_type": "Bearer"}),
         ("POST", VERTEX_PARENT + "/pipelineJobs", pipeline_job),
+        ("GET", VERTEX_PARENT + "/pipelineJobs", lambda request, match: {"pipelineJobs": []}),
         ("POST", VERTEX_PARENT + "/schedules", schedule),
     ]
 

@@ -17,8 +17,9 @@ import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from kic.errors import Problem, UnreachableError
-from kic.orchestration import cron
+from kic.errors import Problem, UnreachableError, UserError
+from kic.orchestration import cron, kfp_backend
+from kic.orchestration.preflight import FAILED, OK, UNCHECKED, WARNING, Check
 from kic.orchestration.remote import RejectedError, Submitted
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"  # kfp.Client reads these two itself
@@ -82,6 +83,23 @@ class KubeflowTarget:
         run_id = recurring.recurring_run_id
         return Submitted("schedule", run_id, f"{self._ui()}/#/recurringrun/details/{run_id}")
 
+    def checks(self, spec: Mapping[str, Any]) -> list[Check]:
+        """Whether the API answers these credentials, and whether the backend's release has what ``spec``
+        (the compiled pipeline) needs."""
+        where = f"{self.platform} at {self.endpoint}"
+        try:
+            client = self._client()
+            with self._answers("connection"):
+                # Read raw: kfp.Client's model of the answer drops the release (tag_name).
+                health = json.loads(client._healthz_api.healthz_service_get_healthz(_preload_content=False).data)
+                # Any call that needs the credentials (healthz may not).
+                client.list_experiments(page_size=1, namespace=self.namespace or None)
+        except UserError as error:
+            return [Check(where, FAILED, str(error))]
+        except ValueError as error:
+            return [Check(where, FAILED, f"its health check answered no JSON ({error})")]
+        return [Check(where, OK, "answers, and takes the credentials"), backend_check(spec, health)]
+
     def _client(self):
         import kfp
         from kfp.client import ServiceAccountTokenVolumeCredentials
@@ -125,3 +143,25 @@ def _message(body: Any) -> str:
         document = json.loads(text)
         return str(document.get("message") or document.get("error", {}).get("message") or text)
     return text
+
+
+def backend_check(spec: Mapping[str, Any], health: Mapping[str, Any]) -> Check:
+    """The backend's release (as its health check names it) against what ``spec`` needs."""
+    item = "Kubeflow Pipelines backend release"
+    needed = kfp_backend.needs(spec)
+    version = kfp_backend.reported_version(health)
+    if version is None:
+        minimum, full = kfp_backend.minimum_version(spec), kfp_backend.full_version(spec)
+        uses = "; ".join(f"{feature.name}: {kfp_backend.format_version(feature.since)}" for feature in needed)
+        return Check(item, UNCHECKED, f"the backend does not say which release it is (tag_name "
+                                      f"{health.get('tag_name', health.get('apiServerTagName'))!r}: releases 2.4 to "
+                                      f"2.15 say 'unknown'); the pipeline needs "
+                                      f"{kfp_backend.format_version(minimum)} or later, and "
+                                      f"{kfp_backend.format_version(full)} for all it uses ({uses or 'nothing more'})")
+    failing, lost = kfp_backend.shortfalls(spec, version)
+    shown = kfp_backend.format_version(version)
+    if failing:
+        return Check(item, FAILED, f"{shown} is too old: " + "; ".join(failing + lost))
+    if lost:
+        return Check(item, WARNING, f"{shown} runs the pipeline without: " + "; ".join(lost))
+    return Check(item, OK, f"{shown} has everything the pipeline uses")

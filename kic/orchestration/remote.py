@@ -25,13 +25,18 @@ from typing import Any, ClassVar, Protocol
 
 from kic import parameters, storage
 from kic.errors import ParameterError, Problem, UserError
-from kic.orchestration import cron
+from kic.orchestration import cron, preflight
+from kic.orchestration.preflight import Check
 
 Warn = Callable[[str], None]
 
 
 class RejectedError(UserError):
     """The platform answered, and refused what was sent (its message says why)."""
+
+
+class PreflightError(UserError):
+    """A check before sending failed: an image that cannot be pulled, a backend too old, ..."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,8 @@ class Target(Protocol):
 
     def problems(self) -> list[Problem]: ...
 
+    def checks(self, spec: Mapping[str, Any]) -> list[Check]: ...
+
     def submit(self, pipeline_path: str, arguments: Mapping[str, Any], name: str) -> Submitted: ...
 
     def schedule(self, pipeline_path: str, arguments: Mapping[str, Any], cron_expression: str,
@@ -59,26 +66,58 @@ class Target(Protocol):
 
 
 def submit(target: Target, layers: Iterable[Mapping[str, Any]], *, problems: Iterable[Problem] = (),
-           pipeline: str = "", name: str = "", warn: Warn = print) -> Submitted:
+           pipeline: str = "", name: str = "", warn: Warn = print, check_images: bool = True) -> Submitted:
     """Checks everything, then starts one run of the pipeline on ``target``
     with the parameters that ``layers`` set over the defaults (lowest first,
     as in ``parameters.resolve``). ``problems`` are the caller's own (a
     malformed option), reported with the rest. ``pipeline`` is a compiled
-    pipeline to send; by default the pipeline is compiled for the target."""
-    values = _checked(target, layers, problems, None, pipeline, warn)
-    with _pipeline_file(target, pipeline) as path:
+    pipeline to send; by default the pipeline is compiled for the target.
+    Before sending, the platform and the images are checked (``preflight``);
+    ``check_images`` off leaves the images out."""
+    values, machines = _checked(target, layers, problems, None, pipeline, warn)
+    with _pipeline_file(target, pipeline, machines) as path:
+        _stop_on_failed_checks(target, preflight_checks(target, path, check_images=check_images), warn)
         return target.submit(path, values, name or default_name())
 
 
 def schedule(target: Target, layers: Iterable[Mapping[str, Any]], cron_expression: str, *,
-             problems: Iterable[Problem] = (), pipeline: str = "", name: str = "", warn: Warn = print) -> Submitted:
+             problems: Iterable[Problem] = (), pipeline: str = "", name: str = "", warn: Warn = print,
+             check_images: bool = True) -> Submitted:
     """As ``submit``, but a recurring run on ``cron_expression`` (in the
     target's dialect): at most one run at a time, and runs missed while one
     was running (or while the schedule was paused) are skipped, not caught up."""
-    values = _checked(target, layers, problems, cron_expression, pipeline, warn)
+    values, machines = _checked(target, layers, problems, cron_expression, pipeline, warn)
     cron_expression = " ".join(cron_expression.split())
-    with _pipeline_file(target, pipeline) as path:
+    with _pipeline_file(target, pipeline, machines) as path:
+        _stop_on_failed_checks(target, preflight_checks(target, path, check_images=check_images), warn)
         return target.schedule(path, values, cron_expression, name or default_name(cron_expression))
+
+
+def dry_run(target: Target, layers: Iterable[Mapping[str, Any]], *, problems: Iterable[Problem] = (),
+            pipeline: str = "", cron_expression: str | None = None, warn: Warn = print,
+            check_images: bool = True) -> list[Check]:
+    """Every check ``submit`` (or ``schedule``, with a cron) makes, without sending anything: the
+    parameters (raising ParameterError as they do), then the platform, the backend and the images."""
+    _values, machines = _checked(target, layers, problems, cron_expression, pipeline, warn)
+    checks = [Check("parameters", preflight.OK, "every value checked" + (", and the cron" if cron_expression else ""))]
+    with _pipeline_file(target, pipeline, machines) as path:
+        return checks + preflight_checks(target, path, check_images=check_images)
+
+
+def preflight_checks(target: Target, pipeline_path: str, *, check_images: bool = True) -> list[Check]:
+    """What the platform says (credentials, backend, bucket) and whether every image can be pulled."""
+    checks = target.checks(preflight.load_spec(pipeline_path))
+    if check_images:
+        return checks + preflight.image_checks(pipeline_path)
+    return checks + [Check("images", preflight.UNCHECKED, "left out (--no-image-check)")]
+
+
+def _stop_on_failed_checks(target: Target, checks: list[Check], warn: Warn) -> None:
+    for check in checks:
+        if check.status in (preflight.WARNING, preflight.UNCHECKED):
+            warn(f"{check.item}: {check.detail}")
+    if preflight.failures(checks):
+        raise PreflightError(preflight.failure_message(target.platform, checks))
 
 
 def default_name(cron_expression: str = "") -> str:
@@ -89,12 +128,23 @@ def default_name(cron_expression: str = "") -> str:
     return f"{PIPELINE_NAME} {datetime.datetime.now():%Y-%m-%d %H-%M-%S}"
 
 
-def compile_for(target: str, directory: str) -> str:
+def compile_for(target: str, directory: str, machines: Mapping[str, Any] | None = None) -> str:
     """The pipeline compiled for ``target`` ("kfp" or "vertex") into
-    ``directory``: the one place where submit and schedule compile."""
+    ``directory``, with train's ``machines`` (the values of
+    kic.parameters.TRAIN_MACHINE_PARAMETERS) compiled in: the one place where
+    submit and schedule compile."""
     from kic.orchestration import compile as kic_compile
+    from kic.orchestration.placement import ClusterOptions
 
-    return kic_compile.compile_pipeline(os.path.join(directory, f"pipeline-{target}.yaml"), target)
+    cluster = ClusterOptions(target=target, **(machines or {}))
+    return kic_compile.compile_pipeline(os.path.join(directory, f"pipeline-{target}.yaml"), target, cluster)
+
+
+def split_train_machines(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` as (run arguments, train's machines): on a cluster the
+    machines are compiled into the pipeline, not sent with the run."""
+    machines = {name: value for name, value in values.items() if name in parameters.TRAIN_MACHINE_PARAMETERS}
+    return {name: value for name, value in values.items() if name not in machines}, machines
 
 
 def check_parameters(layers: Iterable[Mapping[str, Any]], target: str, warn: Warn = print) -> dict[str, Any]:
@@ -140,18 +190,26 @@ class GcsLookups:
         return True
 
 
-def pipeline_problems(path: str, values: Mapping[str, Any]) -> list[Problem]:
-    """Whether ``path`` is a compiled pipeline that takes every parameter sent."""
+def pipeline_inputs(path: str) -> tuple[dict[str, Any], list[Problem]]:
+    """The run parameters of the compiled pipeline at ``path`` (name -> its IR definition)."""
     import yaml
 
     try:
         with open(path, encoding="utf-8") as handle:
             spec = next(yaml.safe_load_all(handle), None) or {}
     except (OSError, yaml.YAMLError) as error:
-        return [Problem("--pipeline", path, f"a compiled pipeline (YAML): {error}")]
-    inputs = (spec.get("root") or {}).get("inputDefinitions", {}).get("parameters")
+        return {}, [Problem("--pipeline", path, f"a compiled pipeline (YAML): {error}")]
+    inputs = (spec.get("root") or {}).get("inputDefinitions", {}).get("parameters") if isinstance(spec, dict) else None
     if not isinstance(inputs, dict):
-        return [Problem("--pipeline", path, "a compiled pipeline (YAML): it has no root.inputDefinitions")]
+        return {}, [Problem("--pipeline", path, "a compiled pipeline (YAML): it has no root.inputDefinitions")]
+    return inputs, []
+
+
+def pipeline_problems(path: str, values: Mapping[str, Any]) -> list[Problem]:
+    """Whether ``path`` is a compiled pipeline that takes every parameter sent."""
+    inputs, found = pipeline_inputs(path)
+    if found:
+        return found
     unknown = sorted(set(values) - set(inputs))
     if unknown:
         return [Problem("--pipeline", path, f"does not take {', '.join(unknown)}: compiled by another kic version? "
@@ -159,8 +217,25 @@ def pipeline_problems(path: str, values: Mapping[str, Any]) -> list[Problem]:
     return []
 
 
+def train_machine_problems(target: str, machines: Mapping[str, Any]) -> list[Problem]:
+    """What the platform would refuse in train's machines, as they would be compiled in."""
+    from kic.orchestration.placement import ClusterOptions
+
+    try:
+        ClusterOptions(target=target, **machines)
+    except ParameterError as error:
+        return error.problems
+    return []
+
+
+def _given(layers: Iterable[Mapping[str, Any]]) -> set[str]:
+    return {name for layer in layers for name in layer}
+
+
 def _checked(target: Target, layers: Iterable[Mapping[str, Any]], problems: Iterable[Problem],
-             cron_expression: str | None, pipeline: str, warn: Warn) -> dict[str, Any]:
+             cron_expression: str | None, pipeline: str, warn: Warn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run arguments and train's machines to compile in (none when ``pipeline`` is given)."""
+    layers = list(layers)
     found = list(problems) + target.problems()
     if cron_expression is not None:
         found += cron.problems(cron_expression, target.cron_dialect)
@@ -169,18 +244,35 @@ def _checked(target: Target, layers: Iterable[Mapping[str, Any]], problems: Iter
         values = check_parameters(layers, target.compile_target, warn)
     except ParameterError as error:
         found += error.problems
+    arguments, machines = split_train_machines(values)
+    if values and not pipeline:
+        found += train_machine_problems(target.compile_target, machines)
     if pipeline and values:
-        found += pipeline_problems(pipeline, values)
+        inputs, unreadable = pipeline_inputs(pipeline)
+        found += unreadable
+        if not unreadable:
+            # A pipeline that takes train's machines at run time gets them; one that has them compiled in
+            # cannot be told otherwise.
+            arguments.update({name: value for name, value in machines.items() if name in inputs})
+            fixed = sorted((_given(layers) & set(machines)) - set(inputs))
+            if fixed:
+                found.append(Problem("--pipeline", pipeline, f"has train's machines compiled in, so it cannot take "
+                                                             f"{', '.join(fixed)}: recompile it (kic compile "
+                                                             "--accelerator-count ...), or leave out --pipeline "
+                                                             "and kic compiles them in"))
+            found += pipeline_problems(pipeline, arguments)
+        machines = {}
     if found:
         raise ParameterError(found)
-    return values
+    return arguments, machines
 
 
 @contextlib.contextmanager
-def _pipeline_file(target: Target, pipeline: str) -> Iterator[str]:
-    """The pipeline to send: the one given, or one compiled for the target into a temporary folder."""
+def _pipeline_file(target: Target, pipeline: str, machines: Mapping[str, Any]) -> Iterator[str]:
+    """The pipeline to send: the one given, or one compiled for the target, with ``machines``, into a
+    temporary folder."""
     if pipeline:
         yield pipeline
         return
     with tempfile.TemporaryDirectory(prefix="kic-pipeline-") as folder:
-        yield compile_for(target.compile_target, folder)
+        yield compile_for(target.compile_target, folder, machines)

@@ -17,8 +17,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from kic import storage
-from kic.errors import Problem, UnreachableError
+from kic.errors import Problem, UnreachableError, UserError
 from kic.orchestration import cron
+from kic.orchestration.preflight import FAILED, OK, UNCHECKED, Check
 from kic.orchestration.remote import RejectedError, Submitted
 
 CONSOLE = "https://console.cloud.google.com/vertex-ai"
@@ -87,6 +88,45 @@ class VertexTarget:
                             service_account=self.service_account or None)
         return Submitted("schedule", *_console(schedule.resource_name, "schedules"))
 
+    def checks(self, spec: Mapping[str, Any]) -> list[Check]:
+        """That Vertex AI answers in the project and region with these credentials (its API enabled, the
+        caller allowed to list pipeline jobs), that the pipeline root's bucket exists and can be read; and,
+        not checkable from here, what the first run also needs."""
+        where = f"{self.platform} ({self.project}, {self.region})"
+        found = []
+        try:
+            with self._answers("listing of pipeline jobs"):
+                self._list_one_pipeline_job()
+            found.append(Check(where, OK, "answers, and takes the credentials (the API is enabled)"))
+        except UserError as error:
+            found.append(Check(where, FAILED, f"{error} (enable it: gcloud services enable aiplatform.googleapis.com "
+                                              f"--project {self.project})"))
+        bucket = f"{storage.GCS_SCHEME}{self.pipeline_root[len(storage.GCS_SCHEME):].partition('/')[0]}"
+        try:
+            found.append(Check(f"pipeline root bucket {bucket}", OK, "exists") if storage.exists(bucket) else
+                         Check(f"pipeline root bucket {bucket}", FAILED,
+                               f"no such bucket: gcloud storage buckets create {bucket} --location {self.region}"))
+        except storage.StorageError as error:
+            found.append(Check(f"pipeline root bucket {bucket}", FAILED, str(error)))
+        account = self.service_account or "the Compute Engine default service account"
+        found.append(Check(f"service account {account}", UNCHECKED,
+                           "needs roles/aiplatform.user and read-write on the pipeline root bucket (roles/storage."
+                           "objectUser), read on the data and the images' repository (roles/artifactregistry.reader); "
+                           "whoever submits needs roles/iam.serviceAccountUser on it"))
+        found += [Check(f"GPU quota custom_model_training_{name}_gpus", UNCHECKED,
+                        f"in {self.region}, at least the GPUs of one run (IAM & Admin > Quotas)")
+                  for name in _gpu_quota_names(spec)]
+        return found
+
+    def _list_one_pipeline_job(self) -> None:
+        from google.cloud import aiplatform_v1
+
+        client = aiplatform_v1.PipelineServiceClient(
+            transport="rest", credentials=self._credentials(),
+            client_options={"api_endpoint": self.api_endpoint or f"{self.region}-aiplatform.googleapis.com"})
+        client.list_pipeline_jobs(request={"parent": f"projects/{self.project}/locations/{self.region}",
+                                           "page_size": 1})
+
     def _job(self, pipeline_path: str, arguments: Mapping[str, Any], name: str):
         from google.cloud import aiplatform
 
@@ -125,6 +165,24 @@ class VertexTarget:
             raise RejectedError(f"{where} refused the {what} ({error.code} {error.message})") from None
         except (auth_exceptions.TransportError, api_exceptions.RetryError, requests.RequestException) as error:
             raise UnreachableError(f"cannot reach {where}: {error}") from None
+
+
+# Vertex AI's custom-training quota names differ from the accelerator types for these.
+_QUOTA_NAMES = {"NVIDIA_H100_80GB": "nvidia_h100", "NVIDIA_H100_MEGA_80GB": "nvidia_h100_mega"}
+
+
+def _gpu_quota_names(spec: Mapping[str, Any]) -> list[str]:
+    """The quota names of the GPUs the compiled pipeline asks for: train's CustomJob worker pools and the
+    accelerators of plain tasks (the tuning pipeline's trials)."""
+    kinds = set()
+    for component in spec.get("components", {}).values():
+        pools = component.get("inputDefinitions", {}).get("parameters", {}).get("worker_pool_specs", {})
+        for pool in pools.get("defaultValue") or []:
+            kinds.add(pool.get("machine_spec", {}).get("accelerator_type", ""))
+    for executor in spec.get("deploymentSpec", {}).get("executors", {}).values():
+        kinds.add(executor.get("container", {}).get("resources", {}).get("accelerator", {}).get("resourceType", ""))
+    return sorted(_QUOTA_NAMES.get(kind, kind.replace("NVIDIA_TESLA_", "NVIDIA_").lower())
+                  for kind in kinds if kind.startswith("NVIDIA_"))
 
 
 def _console(resource_name: str, page: str) -> tuple[str, str]:
