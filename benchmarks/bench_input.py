@@ -23,8 +23,15 @@ in 5 classes. For each size, in one process, it times passes (epochs) over:
   (EXIF read, downscale) would cost on prepare's records;
   and the disk cache as it was (tf.data's file cache, one per shard);
 * with augmentation (flip + rotation + zoom) on both sides: the peer with
-  Keras's three layers, kic with its one-resampling transform
-  (kic.data.augmentation), and, as a lever, kic's input with Keras's layers.
+  Keras's three layers; kic with its one-resampling transform
+  (kic.data.augmentation) both ways: resampled by the input on the host
+  (XLA-compiled, what CPU-only training does), and resampled in the train
+  step (what training does on a GPU: the host only draws the transforms;
+  the row is the host's part, and a line gives the warp's own cost on this
+  CPU); as before (TensorFlow's ImageProjectiveTransformV3 on the host), in
+  the same rounds; and, as a lever, kic's input with Keras's layers. Then
+  the host's CPU an image with augmentation against without it (disk cache,
+  later epochs: the large-dataset path).
 
 It prints images per second for the first epoch and for the later ones (their
 median), each against the peer's, and the process's CPU milliseconds per image
@@ -54,7 +61,7 @@ from PIL import Image, ImageEnhance  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
 from kic.data import dataset_info, input_pipeline, schema  # noqa: E402
-from kic.data.augmentation import Augmentation  # noqa: E402
+from kic.data.augmentation import Augmentation, warp  # noqa: E402
 from kic.data.prepare import PrepareOptions, prepare_dataset  # noqa: E402
 from kic.model import preprocessing  # noqa: E402
 from kic.parameters import derive_short_side  # noqa: E402
@@ -71,6 +78,29 @@ def keras_augmented(dataset: tf.data.Dataset) -> tf.data.Dataset:
                                     seed=1),
         keras.layers.RandomZoom(height_factor=(-AUGMENTATION.zoom, AUGMENTATION.zoom), fill_mode="reflect", seed=2)])
     return dataset.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def kernel_augmented(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """An in-step input resampled on the host by TensorFlow's kernel in float16: kic's augmentation before."""
+    def resample(inputs, target):
+        pixels, transforms = inputs
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(pixels, tf.float16), transforms=transforms, output_shape=tf.shape(pixels)[1:3],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT"), target
+
+    return dataset.map(resample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).prefetch(tf.data.AUTOTUNE)
+
+
+def step_warp_ms(batches: int = 20) -> float:
+    """CPU ms an image of the in-step warp compiled by XLA on this CPU (on a GPU it runs on the device)."""
+    pixels = tf.cast(tf.random.uniform((BATCH, SIZE, SIZE, 3), 0, 256, tf.int32, seed=0), tf.uint8)
+    transforms = AUGMENTATION.draw(BATCH, tf.constant([1, 2], tf.int64), height=SIZE, width=SIZE)
+    step = tf.function(lambda pixels, transforms: tf.reduce_sum(warp(pixels, transforms)), jit_compile=True)
+    float(step(pixels, transforms))
+    started = time.process_time()
+    for _ in range(batches):
+        float(step(pixels, transforms))
+    return 1000 * (time.process_time() - started) / (batches * BATCH)
 
 
 def make_photos(root: str, count: int, size: tuple[int, int], seed: int = 0) -> None:
@@ -102,7 +132,7 @@ def passes(dataset: tf.data.Dataset, epochs: int,
             order.begin(epoch)
         started, cpu_started, count = time.perf_counter(), time.process_time(), 0
         for batch in dataset:
-            count += int(batch[0].shape[0])
+            count += int(batch[1].shape[0])  # the targets: the pixels are a pair when the step augments
         seconds.append(time.perf_counter() - started)
         cpu_seconds.append(time.process_time() - cpu_started)
     return count, seconds, cpu_seconds
@@ -222,6 +252,7 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
     print(f"  {'images/s':58} {'epoch 1':>8} {'later':>8}   {'vs peer (wall)':>15}"
           f"   CPU ms an image   vs peer per core (CPU)")
 
+    disk: dict[tuple[bool, str], Figures] = {}  # (augmented, contender): figures, for the host CPU comparison
     for augment in (False, True):
         print(f" {'with augmentation (flip, rotation, zoom)' if augment else 'no augmentation'}:")
         augmentation = AUGMENTATION if augment else None
@@ -241,6 +272,18 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
                       "kic, decoded images in memory (small datasets)": lambda _cache: kic(),
                       "kic, decoded images on local disk (large datasets)": on_disk,
                       "kic, nothing cached (decodes every epoch)": lambda _cache: kic(memory_cache_bytes=0)}
+        if augment:
+            # The host's part when the train step resamples (on a GPU), and the host's augmentation before.
+            contenders["kic, on local disk, resampled in the train step: host"] = (
+                lambda cache: kic(memory_cache_bytes=0, disk_cache_dir=cache, augment_in_step=True))
+            contenders["kic, nothing cached, resampled in the train step: host"] = (
+                lambda _cache: kic(memory_cache_bytes=0, augment_in_step=True))
+
+            def before(cache: str) -> tuple[tf.data.Dataset, input_pipeline.EpochOrder]:
+                dataset, order = kic(memory_cache_bytes=0, disk_cache_dir=cache, augment_in_step=True)
+                return kernel_augmented(dataset), order
+
+            contenders["as before: on local disk, TF's kernel on the host"] = before
         runs: dict[str, list] = {name: [] for name in contenders}
         cache_bytes = 0
         for _ in range(rounds):  # taking turns, so that a burst of other work hits every contender alike
@@ -254,7 +297,7 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
         names = list(contenders)
         reference = row(names[0], Figures.of(runs[names[0]]), None)
         for name in names[1:]:
-            row(name, Figures.of(runs[name]), reference)
+            disk[augment, name] = row(name, Figures.of(runs[name]), reference)
         print(f"  {'':58} (the disk cache: {cache_bytes / count / 1024:.0f} KB an image)")
 
         def once(name: str, dataset: tf.data.Dataset, reference: Figures = reference) -> None:
@@ -284,6 +327,15 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
                 shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
                 binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side)
             once("kic in memory + Keras RandomFlip/Rotation/Zoom", keras_augmented(dataset))
+            plain = disk[False, "kic, decoded images on local disk (large datasets)"].later_cpu_ms
+            augmented = {"on the host": "kic, decoded images on local disk (large datasets)",
+                         "in the step": "kic, on local disk, resampled in the train step: host",
+                         "as before": "as before: on local disk, TF's kernel on the host"}
+            print(f"  host CPU an image, disk cache, later epochs: no augmentation {plain:.2f} ms; augmented: "
+                  + "; ".join(f"{label} {disk[True, name].later_cpu_ms:.2f} ms "
+                              f"({disk[True, name].later_cpu_ms / plain:.1f}x)" for label, name in augmented.items()))
+            print(f"  the warp in the train step, XLA on this CPU: {step_warp_ms():.2f} ms an image (on a GPU: "
+                  f"the GPU's)")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Each record is decoded and resized once, to the pixels serving's preprocessing
 (``kic.model.preprocessing.decode_and_resize``) makes of it, and kept as
 uint8 until the model: training batches reach it as uint8 (float16 when
-augmented), and the model's input casts them to float32 on its own device,
+augmented on the host), and the model's input casts them to float32 on its own device,
 so the host neither casts them nor copies four bytes a pixel to a GPU or
 over a tf.data service's network (the backbone's pixel scaling is a layer
 inside the model). Where the decoded images are kept decides how fast every
@@ -19,7 +19,9 @@ later epoch is:
   before decoding, which is cheap, rather than decoded images).
 
 Augmentation (``kic.data.augmentation``: one resampling per image) runs
-after the cache, on batches, so every epoch sees new variants. With an
+after the cache, on batches, so every epoch sees new variants; with
+``augment_in_step`` the input only draws the transforms and the train step
+resamples on its accelerator. With an
 ``EpochOrder``, each epoch's order and augmentation are a function of the
 seed and the epoch's number rather than of how many passes this process
 made, so that a run resumed from a checkpoint sees the epochs an
@@ -111,9 +113,9 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
                  memory_cache_bytes: int | None = None, disk_cache_dir: str = "",
                  data_service: str = "", deterministic: bool = True, short_side: int = 0,
                  order: EpochOrder | None = None, num_workers: int = 1,
-                 worker_index: int = 0) -> tf.data.Dataset:
+                 worker_index: int = 0, augment_in_step: bool = False) -> tf.data.Dataset:
     """Batches of (pixels [0, 255], target) for a Keras model, which casts the
-    pixels to its input's float32: uint8, or float16 when augmented (whole
+    pixels to its input's float32: uint8, or float16 when augmented here (whole
     levels and the interpolated ones in between, as the augmentation
     computes them). Targets are one-hot for multi-class and a float 0/1
     column in binary mode. With ``with_source`` the elements are (pixels
@@ -131,7 +133,10 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
     ``order``: an EpochOrder that decides each training epoch's order (not with ``data_service``).
     ``num_workers``, ``worker_index``: this worker's share of the records in
     multi-worker training (``shard_size`` of them); batches stay ``batch_size``,
-    the global batch, which tf.distribute splits among the workers' replicas."""
+    the global batch, which tf.distribute splits among the workers' replicas.
+    ``augment_in_step``: the input only draws each image's transform and hands
+    ``((pixels uint8, transforms [batch, 8]), target)`` to a train step that
+    resamples on its device (kic.training.augmented), the same draws as here."""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
     home = decoded_images_home(num_examples, image_size, memory_cache_bytes=memory_cache_bytes,
@@ -190,10 +195,13 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
         return _with_options(_served(batches, data_service).prefetch(tf.data.AUTOTUNE))
 
     def to_model(pixels, label, key=None):
-        if key is not None:
-            pixels = augmentation(pixels, key)  # float16
         target = tf.cast(tf.expand_dims(label, -1), tf.float32) if binary_mode else tf.one_hot(label, num_classes)
-        return pixels, target
+        if key is None:
+            return pixels, target
+        if augment_in_step:
+            shape = tf.shape(pixels)
+            return (pixels, augmentation.draw(shape[0], key, height=shape[1], width=shape[2])), target
+        return augmentation(pixels, key), target  # float16
 
     if training and augmentation is not None and augmentation.changes_anything:
         # A stateless key a batch: the same seed gives the same run, and every epoch new draws

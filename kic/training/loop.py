@@ -25,7 +25,7 @@ from kic.data import dataset_info, input_pipeline
 from kic.errors import DataError
 from kic.model import backbones, classifier, loading, model_info, weights
 from kic.model.model_info import ModelInfo
-from kic.training import checkpoints, devices, distribution, optimizers, precision
+from kic.training import augmented, checkpoints, devices, distribution, optimizers, precision
 from kic.training.callbacks import RECALIBRATION_IMAGES, BestEpoch, EpochLog, Log, SkippedRecords, Validation
 
 
@@ -45,6 +45,9 @@ class TrainOptions:
     recalibration_images: int = RECALIBRATION_IMAGES  # batch-norm statistics before each validation; 0: none
     precision: str = "auto"  # float32, mixed_float16, mixed_bfloat16, or auto (kic.training.precision)
     jit_compile: str = "auto"  # "true", "false", or auto: XLA on one GPU
+    # Where augmentation resamples: "step" (in the train step, on its device), "host" (the input pipeline),
+    # or auto: in the step when there are GPUs, whose host's CPUs would otherwise bound training.
+    augment_in: str = "auto"
     # Checkpoints (kic.training.checkpoints): a run-scoped folder, local or gs:// (empty: none), resumed from
     # when it holds one; also every this many batches (0: at epoch ends only); only the chief writes.
     checkpoint_uri: str = ""
@@ -144,12 +147,14 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     shares = {split: input_pipeline.shard_size(data.splits[split].num_examples, spread.num_workers,
                                                spread.worker_index) for split in ("train", "validation")}
     order = input_pipeline.EpochOrder()  # each epoch's order from (seed, epoch): what a resumed run replays
+    augmentation = input_pipeline.Augmentation.from_config(config)
+    in_step = _augments_in_step(augmentation, options.augment_in)
     train_ds, val_ds = (
         input_pipeline.make_dataset(
             data.shard_paths(dataset_dir, split), image_size=image_size,
             interpolation=config.image_resize_interpolation, batch_size=config.batch_size,
             num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
-            num_examples=shares[split], augmentation=input_pipeline.Augmentation.from_config(config),
+            num_examples=shares[split], augmentation=augmentation, augment_in_step=in_step,
             seed=options.seed, decoded=decoded if split == "train" else None, disk_cache_dir=cache_dir,
             data_service=options.data_service, deterministic=repeatable, short_side=data.image_short_side,
             num_workers=spread.num_workers, worker_index=spread.worker_index,
@@ -157,8 +162,11 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
         for split in ("train", "validation"))
     _log_decoded_images_home(shares["train"], image_size, cache_dir, options.data_service, log)
 
-    model, hyperparameters, metrics = _compiled_model(config, options, backbone, image_size, data.num_classes, plan,
-                                                      base_dir, spread, log)
+    model, trained, hyperparameters, metrics = _compiled_model(config, options, backbone, image_size,
+                                                               data.num_classes, plan, base_dir, spread,
+                                                               augmentation if in_step else None, log)
+    if augmentation is not None and augmentation.changes_anything:
+        log(f"train: augmentation resampled {'in the train step' if in_step else 'by the input pipeline'}")
 
     best = BestEpoch(config.monitored_metric)
     skipped = SkippedRecords(decoded, shares["train"], log)
@@ -170,21 +178,23 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             min_delta=config.early_stopping_min_delta)
     checkpointing = _checkpointing(config, options, hyperparameters, data, backbone.name, image_size, order,
                                    best, early_stopping, skipped, spread.is_chief, log)
-    callbacks = [checkpointing.epoch_input, skipped, Validation(val_ds, train_ds, options.recalibration_images), best,
-                 epoch_log, *([early_stopping] if early_stopping else []),
+    # Batch-norm statistics are recalibrated on augmented images, as the step trains on them.
+    recalibration_ds = augmented.warped_on_host(train_ds, augmentation) if in_step else train_ds
+    callbacks = [checkpointing.epoch_input, skipped, Validation(val_ds, recalibration_ds, options.recalibration_images),
+                 best, epoch_log, *([early_stopping] if early_stopping else []),
                  checkpointing,  # after the callbacks whose state it saves
                  keras.callbacks.TensorBoard(os.path.join(model_dir, artifacts.TENSORBOARD_DIR),
                                              write_graph=False, profile_batch=0)]
-    with model.distribute_strategy.scope():  # the optimizer's variables are made there
-        initial_epoch = checkpointing.resume(model)
+    with trained.distribute_strategy.scope():  # the optimizer's variables are made there
+        initial_epoch = checkpointing.resume(trained)
     for first, end in [] if checkpointing.finished else checkpointing.fits(initial_epoch):
         with warnings.catch_warnings():
             # The input is finite and shuffled by tf.data; Keras warns about both.
             warnings.filterwarnings("ignore", message=".*ran out of data.*")
-            model.fit(train_ds, epochs=end, initial_epoch=first, callbacks=callbacks, shuffle=False, verbose=0)
+            trained.fit(train_ds, epochs=end, initial_epoch=first, callbacks=callbacks, shuffle=False, verbose=0)
         if checkpointing.finished:  # early stopping
             break
-    best.restore_best(model)
+    best.restore_best(trained)  # the classifier's variables
     history = checkpointing.history  # every epoch's, those before a resume included
     log(f"train: best epoch {best.best_epoch} by {config.monitored_metric} = {best.best_value:.4f}"
         f"{' (early stopping)' if len(history['loss']) < config.epochs else ''}")
@@ -194,7 +204,8 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
                      binary_mode=config.binary_mode, hyperparameters=hyperparameters,
                      data_fingerprint=data.fingerprint,
                      metrics={key: values[best.best_epoch - 1] for key, values in history.items()},
-                     skipped_records=skipped.count, image_short_side=data.image_short_side)
+                     skipped_records=skipped.count, image_short_side=data.image_short_side,
+                     images_per_class=dataset_info.images_per_class(dataset_dir))
     os.makedirs(model_dir, exist_ok=True)
     # Saved computing in float32, whatever the training precision: what evaluation, serving (often on CPUs,
     # where half precision is slow) and later training read; the weights are float32 either way.
@@ -225,10 +236,22 @@ def _checkpointing(config, options, hyperparameters, data, backbone, image_size,
 
 
 # ----------------------------------------------------------------- model
+def _augments_in_step(augmentation: input_pipeline.Augmentation | None, where: str) -> bool:
+    if augmentation is None or not augmentation.changes_anything:
+        return False
+    if where == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return where == "step"
+
+
 def _compiled_model(config, options, backbone, image_size, num_classes, plan, base_dir,
-                    spread: distribution.Distribution, log: Log) -> tuple[keras.Model, dict, list]:
-    """The model, built and compiled in the strategy's scope and the
-    precision's policy; the hyperparameters as built, and the metrics."""
+                    spread: distribution.Distribution, augmentation: input_pipeline.Augmentation | None,
+                    log: Log) -> tuple[keras.Model, keras.Model, dict, list]:
+    """The model, built in the strategy's scope and the precision's policy;
+    the model compiled and fitted (the same, or, given an ``augmentation``
+    to run in the train step, it wrapped in kic.training.augmented's
+    AugmentInStep: the same variables); the hyperparameters as built, and
+    the metrics."""
     choice = precision.resolve(options.precision, options.jit_compile, precision.Devices.visible(),
                                replicas=spread.num_replicas)
     with spread.strategy.scope(), precision.policy(choice.precision):
@@ -238,14 +261,15 @@ def _compiled_model(config, options, backbone, image_size, num_classes, plan, ba
         classifier.set_trainable(model, train_only_top_layer=config.train_only_on_top_layer)
         metrics = _metrics(config, num_classes)
         optimizer = precision.with_loss_scaling(optimizers.build_optimizer(config), choice.precision)
-        model.compile(optimizer=optimizer, loss=_loss(config), metrics=metrics, jit_compile=choice.jit_compile)
+        trained = augmented.AugmentInStep(model, augmentation) if augmentation is not None else model
+        trained.compile(optimizer=optimizer, loss=_loss(config), metrics=metrics, jit_compile=choice.jit_compile)
     if spread.num_workers > 1:
-        distribution.fix_keras_for_multi_worker(model)
-    if choice.jit_compile and not model.jit_compile:  # Keras' own call
+        distribution.fix_keras_for_multi_worker(trained)
+    if choice.jit_compile and not trained.jit_compile:  # Keras' own call
         choice = dataclasses.replace(choice, jit_compile=False, reason="Keras turned it off: deterministic kernels "
                                                                        "(a repeatable CPU run), or a layer XLA lacks")
     log(f"train: {choice.describe()}")
-    return model, hyperparameters, metrics
+    return model, trained, hyperparameters, metrics
 
 
 def _build_model(config, options, backbone, image_size, num_classes, plan, base_dir) -> keras.Model:
