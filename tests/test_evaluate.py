@@ -108,3 +108,92 @@ def test_binary_mode_is_evaluated_on_the_positive_class_probability(tmp_path):
     labels, positive = np.array(labels), np.array(positive)
     assert outcome.result.scalars["accuracy"] == pytest.approx(np.mean((positive > 0.5) == labels))
     assert outcome.result.scalars["true_positives"] == int(np.sum((positive > 0.5) & (labels == 1)))
+
+
+# ------------------------------------------------------------ against a baseline
+def _copy_with_info(model_dir: str, destination, **changes) -> str:
+    """A copy of a model whose model_info.json says otherwise: same weights, other class names or data."""
+    import dataclasses
+    import shutil
+
+    from kic.model import model_info
+
+    shutil.copytree(model_dir, destination)
+    model_info.save(str(destination), dataclasses.replace(model_info.load(str(destination)), **changes))
+    return str(destination)
+
+
+@pytest.fixture(scope="module")
+def untrained(prepared, tmp_path_factory) -> str:
+    """A model at its random initialisation, for the demo data's classes: clearly worse than ``trained``."""
+    from test_export import build_model_dir
+
+    directory = build_model_dir(str(tmp_path_factory.mktemp("untrained") / "raw"), seed=5)
+    classes = dataset_info.load(prepared).class_names
+    return _copy_with_info(directory, tmp_path_factory.mktemp("untrained-model") / "model", class_names=classes)
+
+
+def test_a_model_worse_than_its_baseline_is_not_blessed_and_the_report_says_why(prepared, trained, untrained,
+                                                                              evaluation):
+    outcome = evaluate_model(prepared, untrained, top_k=2,
+                             gate_options=GateOptions(baseline_model_uri=trained.model_dir), **QUIET)
+    blessing, comparison = outcome.blessing, outcome.comparison
+    baseline_accuracy = evaluation.result.scalars["accuracy"]
+    assert comparison.baseline_scalars["accuracy"] == pytest.approx(baseline_accuracy)
+    assert blessing.baseline_value == pytest.approx(baseline_accuracy)
+    assert blessing.regression == pytest.approx(baseline_accuracy - outcome.result.scalars["accuracy"])
+    assert blessing.regression > blessing.max_regression == 0.01
+    assert not blessing.blessed and blessing.summary().startswith("not exported: accuracy = ")
+    assert comparison.compared_on == "on the same 12 test images" and not comparison.added_classes
+    # Side by side: headline metrics, per-class F1 with the biggest drop first, the data then and now.
+    headline = {name: (new, old, change) for name, new, old, change in comparison.headline()}
+    assert headline["accuracy"] == pytest.approx((outcome.result.scalars["accuracy"], baseline_accuracy,
+                                                  outcome.result.scalars["accuracy"] - baseline_accuracy))
+    changes = [row["change"] for row in comparison.per_class_f1()]
+    assert changes == sorted(changes) and len(changes) == 3
+    assert comparison.data_changes.known and {row["change"] for row in comparison.data_changes.rows} == {0}
+    assert comparison.ui_metrics()["baseline_accuracy"] == pytest.approx(baseline_accuracy)
+    for text in (outcome.html, outcome.markdown):
+        assert "Against the baseline" in text and trained.model_dir in text and "Data since the baseline" in text
+    assert "**Not exported: accuracy = " in outcome.markdown
+
+
+def test_none_turns_the_comparison_off(prepared, untrained):
+    outcome = evaluate_model(prepared, untrained, gate_options=GateOptions(baseline_model_uri="none"), **QUIET)
+    assert outcome.comparison is None and outcome.blessing.blessed and len(outcome.blessing.reasons) == 1
+
+
+def test_a_changed_class_set_is_compared_on_the_classes_both_know(prepared, trained, tmp_path):
+    """The baseline knew circle, hexagon and square; the data now has circle, square and triangle. Both
+    models are judged on the circle and square test images, each by its own arg-max over every class it
+    knows; hexagon vanished (blocking unless allowed), triangle appeared, and the data report's counts are
+    set against those the baseline's model info recorded."""
+    baseline_classes = ("circle", "hexagon", "square")
+    recorded = {"circle": {"train": 6, "test": 4}, "hexagon": {"train": 5}, "square": {"train": 8, "validation": 4,
+                                                                                       "test": 4}}
+    baseline = _copy_with_info(trained.model_dir, tmp_path / "baseline", class_names=baseline_classes,
+                               images_per_class=recorded)
+    outcome = evaluate_model(prepared, trained.model_dir, top_k=2,
+                             gate_options=GateOptions(baseline_model_uri=baseline), **QUIET)
+    comparison, blessing = outcome.comparison, outcome.blessing
+    assert comparison.added_classes == ("triangle",) and comparison.removed_classes == ("hexagon",)
+    assert comparison.compared_on == "on the 8 test images of the 2 classes both models know (circle, square)"
+
+    labels, probabilities = _predictions_by_hand(prepared, trained.model_dir, "test")
+    data_classes = np.array(dataset_info.load(prepared).class_names)
+    true, shared = data_classes[labels], np.isin(data_classes[labels], ["circle", "square"])
+    new_accuracy = np.mean(data_classes[probabilities.argmax(axis=1)][shared] == true[shared])
+    old_accuracy = np.mean(np.array(baseline_classes)[probabilities.argmax(axis=1)][shared] == true[shared])
+    assert comparison.new_scalars["accuracy"] == pytest.approx(new_accuracy)
+    assert comparison.baseline_scalars["accuracy"] == pytest.approx(old_accuracy)
+    assert blessing.compared_value == pytest.approx(new_accuracy) and blessing.value == outcome.result.scalars[
+        "accuracy"]
+    assert not blessing.blessed and "hexagon are not in the data any more" in blessing.summary()
+    changes = {row["class"]: (row["baseline"], row["now"], row["change"]) for row in comparison.data_changes.rows}
+    assert changes == {"circle": (10, 16, 6), "square": (16, 16, 0), "triangle": (0, 16, 16), "hexagon": (5, 0, -5)}
+    assert "Classes of the baseline gone from the data: hexagon" in outcome.html
+    assert "Classes new since the baseline (it never saw them): triangle" in outcome.markdown
+
+    allowed = evaluate_model(prepared, trained.model_dir, top_k=2, gate_options=GateOptions(
+        baseline_model_uri=baseline, allow_removed_classes=True, max_regression=1.0), **QUIET)
+    assert allowed.blessing.blessed

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from kic.evaluation.gate import LOWER_IS_BETTER, Blessing, decide
+from kic import parameters
+from kic.evaluation.gate import DEFAULT_MAX_REGRESSION, LOWER_IS_BETTER, Blessing, decide
 
 
 def test_passes_minimum_without_baseline():
@@ -86,8 +87,14 @@ def test_lower_is_better_inverts_threshold_and_regression():
 def test_unknown_metric_names_the_available_ones():
     with pytest.raises(ValueError, match=r"'acuracy'.*available: accuracy, log_loss"):
         decide({"accuracy": 0.9, "log_loss": 0.2}, metric="acuracy", minimum=0.5)
-    with pytest.raises(ValueError, match="baseline"):
-        decide({"auc": 0.9}, metric="auc", minimum=0.5, baseline_metrics={"accuracy": 0.9})
+
+
+
+def test_a_baseline_without_the_gate_metric_blocks_the_model_without_failing_the_run():
+    # A blocked model is a verdict the run reports; an error would fail the scheduled run instead.
+    blessing = decide({"auc": 0.9}, metric="auc", minimum=0.5, baseline_metrics={"accuracy": 0.9})
+    assert not blessing.blessed and blessing.baseline_value is None
+    assert blessing.reasons[1].startswith("Failed: auc cannot be compared with the baseline")
 
 
 def test_invalid_settings_are_rejected():
@@ -109,3 +116,54 @@ def test_json_round_trip():
     assert data["blessed"] is True and data["metric"] == "auc" and data["baseline_value"] == 0.8
     assert len(data["reasons"]) == 2
     assert Blessing.from_json(blessing.to_json()) == blessing
+
+
+def test_the_default_tolerance_is_test_split_noise_not_zero():
+    # One binomial standard error of accuracy 0.9 on 1,000 test images: sqrt(0.9 * 0.1 / 1000) = 0.0095.
+    assert parameters.defaults()["max_regression"] == DEFAULT_MAX_REGRESSION == pytest.approx(0.01)
+    assert DEFAULT_MAX_REGRESSION == pytest.approx(math.sqrt(0.9 * 0.1 / 1000), abs=0.001)
+    within = decide({"accuracy": 0.905}, metric="accuracy", minimum=0.0, baseline_metrics={"accuracy": 0.91},
+                    max_regression=DEFAULT_MAX_REGRESSION)
+    beyond = decide({"accuracy": 0.89}, metric="accuracy", minimum=0.0, baseline_metrics={"accuracy": 0.91},
+                    max_regression=DEFAULT_MAX_REGRESSION)
+    assert within.blessed and not beyond.blessed
+    assert beyond.regression == pytest.approx(0.02) and beyond.max_regression == DEFAULT_MAX_REGRESSION
+
+
+def test_the_first_run_has_no_baseline_and_is_judged_on_the_bar_alone():
+    blessing = decide({"accuracy": 0.4}, metric="accuracy", minimum=0.0, max_regression=DEFAULT_MAX_REGRESSION)
+    assert blessing.blessed and len(blessing.reasons) == 1
+    assert blessing.baseline_value is blessing.regression is blessing.max_regression is None
+
+
+def test_a_blocked_model_says_not_exported_with_the_numbers_and_the_baseline():
+    blessing = decide({"accuracy": 0.5}, metric="accuracy", minimum=0.0, baseline_metrics={"accuracy": 0.9},
+                      max_regression=0.01, baseline_model="gs://b/exports/run-1")
+    summary = blessing.summary()
+    assert summary.startswith("not exported: accuracy = 0.5 is worse than the baseline's 0.9 by 0.4")
+    assert "0.01" in summary and summary.endswith("(baseline: gs://b/exports/run-1)")
+    assert json.loads(blessing.to_json())["summary"] == summary
+
+
+def test_a_changed_class_set_is_compared_on_the_shared_classes_and_a_removed_class_blocks():
+    compared = dict(metric="accuracy", minimum=0.0, baseline_metrics={"accuracy": 0.8},
+                    compared_metrics={"accuracy": 0.85}, added_classes=("hexagon",), removed_classes=("triangle",),
+                    compared_on="on the 8 test images of the 2 classes both models know")
+    # The whole split's value is the bar's; the regression is judged on the shared images alone.
+    blocked = decide({"accuracy": 0.6}, **compared)
+    assert not blocked.blessed and blocked.value == 0.6 and blocked.compared_value == 0.85
+    assert blocked.reasons[1].startswith("Passed: accuracy = 0.85 on the 8 test images of the 2 classes both")
+    assert blocked.reasons[2].startswith("Failed: the baseline's classes triangle are not in the data any more")
+    assert "allow_removed_classes=true" in blocked.summary()
+    allowed = decide({"accuracy": 0.6}, **compared, allow_removed_classes=True)
+    assert allowed.blessed and "allow_removed_classes allows" in allowed.reasons[2]
+    assert Blessing.from_json(allowed.to_json()) == allowed
+    # Classes that only appeared block nothing.
+    added_only = decide({"accuracy": 0.6}, **{**compared, "removed_classes": ()})
+    assert added_only.blessed and added_only.added_classes == ("hexagon",)
+
+
+def test_a_regression_on_the_shared_classes_blocks_even_when_the_whole_split_looks_better():
+    blessing = decide({"accuracy": 0.95}, metric="accuracy", minimum=0.0, baseline_metrics={"accuracy": 0.9},
+                      compared_metrics={"accuracy": 0.7}, added_classes=("easy",))
+    assert not blessing.blessed and blessing.regression == pytest.approx(0.2)

@@ -16,11 +16,13 @@ def evaluate(
     report: Output[HTML],
     report_markdown: Output[Markdown],
     blessing: Output[Artifact],
+    comparison: Output[Metrics],
     gate_metric: str = "",
     gate_minimum: float = 0.0,
     baseline_model_uri: str = "",
     baseline_fingerprint: str = "",
-    max_regression: float = 0.0,
+    max_regression: float = 0.01,
+    allow_removed_classes: bool = False,
     top_k: int = 5,
 ) -> bool:
     arguments = dict(locals())
@@ -35,9 +37,12 @@ evaluate.__doc__ = docs.docstring(
     {
         "examples": "The prepared dataset from prepare.",
         "model": "The trained model from train.",
-        **docs.parameter_args("gate_metric", "gate_minimum", "baseline_model_uri"),
-        "baseline_fingerprint": "What baseline_model_uri holds now (from snapshot): part of the cache key.",
-        **docs.parameter_args("max_regression"),
+        **docs.parameter_args("gate_metric", "gate_minimum"),
+        "baseline_model_uri": "The model to compare with (folder or model.tar.gz), on the same test images; empty "
+                              "or none: no comparison. The pipeline passes snapshot's, which resolves its default "
+                              "(what export_uri/LATEST names).",
+        "baseline_fingerprint": "What the baseline model holds now (from snapshot): part of the cache key.",
+        **docs.parameter_args("max_regression", "allow_removed_classes"),
         "top_k": "k of the top-k accuracy (reported when there are more than k classes).",
     },
     {
@@ -47,7 +52,11 @@ evaluate.__doc__ = docs.docstring(
                       "the curves.",
         "report": "Self-contained HTML evaluation report.",
         "report_markdown": "Markdown summary of the evaluation.",
-        "blessing": "The gate's decision and reasons (blessed: true/false in its metadata).",
+        "blessing": "The gate's decision and reasons (blessed: true/false in its metadata, and for a blocked model "
+                    "the summary \"not exported: ...\" with the numbers and where the report is).",
+        "comparison": "The new model against the baseline on the same images: each headline metric as new_<metric>, "
+                      "baseline_<metric> and <metric>_change; the numbers of added and removed classes (empty "
+                      "without a baseline).",
         "Output": "Whether the model passed the quality gate (blessed).",
     },
 )

@@ -85,5 +85,15 @@ def load(dataset_dir: str) -> DatasetInfo:
     return DatasetInfo.from_json(storage.read_text(path))
 
 
+def images_per_class(dataset_dir: str) -> dict[str, dict[str, int]]:
+    """How many images of each class each split of a prepared dataset holds
+    (class -> split -> count), from prepare's data report; {} without one."""
+    path = storage.join(dataset_dir, artifacts.DATA_REPORT_JSON)
+    if not storage.exists(path):
+        return {}
+    counts = json.loads(storage.read_text(path)).get("counts", {}).get("per_class", {})
+    return {name: {split: int(count) for split, count in splits.items()} for name, splits in counts.items()}
+
+
 def save(dataset_dir: str, info: DatasetInfo) -> None:
     storage.write_text(storage.join(dataset_dir, artifacts.DATASET_INFO), info.to_json())

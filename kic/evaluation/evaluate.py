@@ -20,7 +20,8 @@ from PIL import Image
 from kic import artifacts, storage
 from kic.data import dataset_info, input_pipeline
 from kic.errors import DataError
-from kic.evaluation import gate, report
+from kic.evaluation import baseline, gate, report
+from kic.evaluation.comparison import Comparison, compare
 from kic.evaluation.metrics import EvaluationResult, evaluate_predictions
 from kic.model import model_info
 from kic.model.loading import class_scores, load_trained_model, local_model_dir, logits_to_probabilities
@@ -34,8 +35,11 @@ BATCH_SIZE = 64
 class GateOptions:
     metric: str = ""  # empty: the monitored metric of training
     minimum: float = 0.0
+    # A model to compare with; "" or "none": none. (The pipeline's default, what
+    # export_uri/LATEST names, is resolved by the snapshot step: kic.evaluation.baseline.)
     baseline_model_uri: str = ""
-    max_regression: float = 0.0
+    max_regression: float = gate.DEFAULT_MAX_REGRESSION
+    allow_removed_classes: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,15 @@ class Evaluation:
     blessing: gate.Blessing
     html: str
     markdown: str
+    comparison: Comparison | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Predictions:
+    labels: np.ndarray  # indices into the data's classes
+    probabilities: np.ndarray  # the model's output: [n, classes], or [n, 1] in binary mode
+    scores: np.ndarray  # one per class the model knows: [n, classes]
+    misclassified: list[dict]
 
 
 def evaluate_model(dataset_dir: str, model_dir: str, *, top_k: int = DEFAULT_TOP_K,
@@ -65,25 +78,55 @@ def _evaluate(dataset_dir: str, model_dir: str, top_k: int, gate_options: GateOp
                         f"{list(data.class_names)}")
     split = evaluation_split(data)
     log(f"evaluate: {data.splits[split].num_examples} images of the {split} split")
-    result, misclassified = _evaluate_on(dataset_dir, data, split, model_dir, top_k)
+    predicted = _predict(dataset_dir, data, split, model_dir, keep_mistakes=True)
+    result = evaluate_predictions(predicted.labels, predicted.probabilities, info.class_names,
+                                  binary_mode=info.binary_mode, top_k=top_k)
 
-    baseline_scalars = None
-    if gate_options.baseline_model_uri:
+    comparison = None
+    if gate_options.baseline_model_uri and not baseline.is_off(gate_options.baseline_model_uri):
         log(f"evaluate: baseline {gate_options.baseline_model_uri} on the same split")
-        with local_model_dir(gate_options.baseline_model_uri) as baseline_dir:
-            baseline_scalars = _evaluate_on(dataset_dir, data, split, baseline_dir, top_k)[0].scalars
+        comparison = _compare(dataset_dir, data, split, predicted, result, gate_options.baseline_model_uri, top_k)
+        for name, new, old, change in comparison.headline():
+            log(f"evaluate: {name} {new:.4f}, baseline {old:.4f} ({change:+.4f}) {comparison.compared_on}")
 
     metric = gate_options.metric or _monitored_metric(info)
-    blessing = gate.decide(result.scalars, metric=metric, minimum=gate_options.minimum,
-                           baseline_metrics=baseline_scalars, max_regression=gate_options.max_regression)
+    blessing = gate.decide(
+        result.scalars, metric=metric, minimum=gate_options.minimum, max_regression=gate_options.max_regression,
+        baseline_metrics=comparison.baseline_scalars if comparison else None,
+        compared_metrics=comparison.new_scalars if comparison else None,
+        baseline_model=comparison.baseline_model if comparison else "",
+        added_classes=comparison.added_classes if comparison else (),
+        removed_classes=comparison.removed_classes if comparison else (),
+        allow_removed_classes=gate_options.allow_removed_classes,
+        compared_on=comparison.compared_on if comparison else "")
     log(f"evaluate: {'blessed' if blessing.blessed else 'NOT blessed'}: " + " ".join(blessing.reasons))
 
     history_path = os.path.join(model_dir, artifacts.TRAINING_HISTORY)
     history = json.loads(storage.read_text(history_path)) if storage.exists(history_path) else None
     html = report.render_html(result, title=f"Evaluation of {info.backbone} on the {split} split",
-                              blessing=blessing, history=history, misclassified=misclassified)
-    markdown = report.render_markdown(result, blessing=blessing)
-    return Evaluation(split=split, result=result, blessing=blessing, html=html, markdown=markdown)
+                              blessing=blessing, history=history, misclassified=predicted.misclassified,
+                              comparison=comparison)
+    markdown = report.render_markdown(result, blessing=blessing, comparison=comparison)
+    return Evaluation(split=split, result=result, blessing=blessing, html=html, markdown=markdown,
+                      comparison=comparison)
+
+
+def _compare(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, predicted: _Predictions,
+             result: EvaluationResult, baseline_uri: str, top_k: int) -> Comparison:
+    """The baseline on the very images the new model was evaluated on."""
+    with local_model_dir(baseline_uri) as baseline_dir:
+        baseline_info = model_info.load(baseline_dir)
+        old = _predict(dataset_dir, data, split, baseline_dir, keep_mistakes=False)
+    if not np.array_equal(old.labels, predicted.labels):
+        raise RuntimeError("the baseline was evaluated on other images than the new model; this is a bug in kic")
+    same_classes = tuple(baseline_info.class_names) == tuple(data.class_names)
+    baseline_result = evaluate_predictions(old.labels, old.probabilities, baseline_info.class_names,
+                                           binary_mode=baseline_info.binary_mode, top_k=top_k) if same_classes else None
+    return compare(labels=predicted.labels, class_names=data.class_names, new_result=result,
+                   new_scores=predicted.scores, baseline_result=baseline_result, baseline_scores=old.scores,
+                   baseline_class_names=baseline_info.class_names, baseline_model=baseline_uri, split=split,
+                   top_k=top_k, data_now=dataset_info.images_per_class(dataset_dir),
+                   data_baseline=baseline_info.images_per_class)
 
 
 def evaluation_split(data: dataset_info.DatasetInfo) -> str:
@@ -95,15 +138,18 @@ def _monitored_metric(info: model_info.ModelInfo) -> str:
     return info.hyperparameters.get("eval_metric", "accuracy") if info.binary_mode else "accuracy"
 
 
-def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, model_dir: str,
-                 top_k: int) -> tuple[EvaluationResult, list[dict]]:
+def _predict(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, model_dir: str, *,
+             keep_mistakes: bool) -> _Predictions:
+    """The model's answers on every image of ``split``, in the split's order
+    (the same for every model); with ``keep_mistakes``, the most confident
+    mistakes' images (the model must know the data's classes)."""
     model, info = load_trained_model(model_dir)
     dataset = input_pipeline.make_dataset(
         data.shard_paths(dataset_dir, split), image_size=info.image_size, interpolation=info.interpolation,
         batch_size=BATCH_SIZE, num_classes=data.num_classes, binary_mode=info.binary_mode, training=False,
         num_examples=data.splits[split].num_examples, with_source=True, short_side=data.image_short_side,
         memory_cache_bytes=0)  # one pass
-    labels, probabilities = [], []
+    labels, probabilities, scores = [], [], []
     worst: list[tuple[float, int, dict]] = []  # min-heap of the most confident mistakes
     for pixels, batch_labels, _sources in dataset:
         batch_probabilities = logits_to_probabilities(model(pixels, training=False), info.binary_mode)
@@ -111,6 +157,9 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
         batch_labels = batch_labels.numpy()
         labels.append(batch_labels)
         probabilities.append(batch_probabilities.numpy())
+        scores.append(batch_scores)
+        if not keep_mistakes:
+            continue
         predicted = batch_scores.argmax(axis=1)
         for row in np.flatnonzero(predicted != batch_labels):
             confidence = float(batch_scores[row, predicted[row]])
@@ -121,14 +170,13 @@ def _evaluate_on(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, m
                 heapq.heappush(worst, entry)
             elif confidence > worst[0][0]:
                 heapq.heapreplace(worst, entry)
-    probabilities_all = np.concatenate(probabilities)  # [n, 1] in binary mode: P(positive)
-    result = evaluate_predictions(np.concatenate(labels), probabilities_all, info.class_names,
-                                  binary_mode=info.binary_mode, top_k=top_k)
     misclassified = []
     for _, _, item in sorted(worst, key=lambda entry: -entry[0]):
         pixels = item.pop("pixels")
         misclassified.append({**item, "image": _png(pixels)})
-    return result, misclassified
+    # [n, 1] in binary mode: P(positive)
+    return _Predictions(labels=np.concatenate(labels), probabilities=np.concatenate(probabilities),
+                        scores=np.concatenate(scores), misclassified=misclassified)
 
 
 def _png(pixels: tf.Tensor) -> bytes:

@@ -24,6 +24,14 @@ LOWER_IS_BETTER = frozenset({"log_loss", "false_positives", "false_negatives"})
 # allowed margin (0.91 - 0.01 is not exactly 0.90 in binary) still passes.
 _TOLERANCE = 1e-9
 
+# The default max_regression. Zero tolerance would block a retrained model for
+# noise: two models judged on the same n test images differ by chance too. The
+# binomial standard error of an accuracy p on n images is sqrt(p(1-p)/n): 0.0095
+# at p=0.9, n=1,000 (0.013 at n=500); retraining the same data with another
+# seed or on a GPU moves test accuracy by about as much. One point of accuracy
+# (or of F1, AUC) is within that noise, and a model worse by more is not shipped.
+DEFAULT_MAX_REGRESSION = 0.01
+
 
 @dataclasses.dataclass(frozen=True)
 class Blessing:
@@ -35,15 +43,45 @@ class Blessing:
     value: float
     threshold: float
     baseline_value: float | None
+    # The new model's value on the images it was compared on with the baseline:
+    # ``value`` unless the class set changed (then, the classes both know).
+    compared_value: float | None = None
+    max_regression: float | None = None
+    baseline_model: str = ""
+    added_classes: tuple[str, ...] = ()  # in the data, unknown to the baseline
+    removed_classes: tuple[str, ...] = ()  # known to the baseline, gone from the data
+
+    @property
+    def regression(self) -> float | None:
+        """How much worse than the baseline (negative: better), in the metric's units."""
+        if self.baseline_value is None or self.compared_value is None:
+            return None
+        change = self.compared_value - self.baseline_value
+        return change if is_lower_better(self.metric) else -change
+
+    def summary(self) -> str:
+        """One line for a person: what happens to the model, and why."""
+        if self.blessed:
+            return "blessed: " + " ".join(reason.removeprefix("Passed: ") for reason in self.reasons)
+        failed = [reason.removeprefix("Failed: ") for reason in self.reasons if reason.startswith("Failed")]
+        baseline = f" (baseline: {self.baseline_model})" if self.baseline_model else ""
+        return "not exported: " + " ".join(failed) + baseline
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "blessed": self.blessed,
+            "summary": self.summary(),
             "reasons": list(self.reasons),
             "metric": self.metric,
             "value": _json_number(self.value),
             "threshold": _json_number(self.threshold),
             "baseline_value": _json_number(self.baseline_value),
+            "compared_value": _json_number(self.compared_value),
+            "regression": _json_number(self.regression),
+            "max_regression": self.max_regression,
+            "baseline_model": self.baseline_model,
+            "added_classes": list(self.added_classes),
+            "removed_classes": list(self.removed_classes),
         }
 
     def to_json(self) -> str:
@@ -59,6 +97,11 @@ class Blessing:
             value=math.nan if data["value"] is None else float(data["value"]),
             threshold=float(data["threshold"]),
             baseline_value=None if data["baseline_value"] is None else float(data["baseline_value"]),
+            compared_value=None if data.get("compared_value") is None else float(data["compared_value"]),
+            max_regression=data.get("max_regression"),
+            baseline_model=data.get("baseline_model", ""),
+            added_classes=tuple(data.get("added_classes", ())),
+            removed_classes=tuple(data.get("removed_classes", ())),
         )
 
 
@@ -96,12 +139,24 @@ def decide(
     minimum: float,
     baseline_metrics: Mapping[str, float] | None = None,
     max_regression: float = 0.0,
+    compared_metrics: Mapping[str, float] | None = None,
+    baseline_model: str = "",
+    added_classes: tuple[str, ...] = (),
+    removed_classes: tuple[str, ...] = (),
+    allow_removed_classes: bool = False,
+    compared_on: str = "",
 ) -> Blessing:
     """Bless the model when ``metric`` clears ``minimum`` and has not regressed.
 
     For a lower-is-better metric (see ``LOWER_IS_BETTER``) ``minimum`` acts as
     a ceiling and a regression is an increase. ``max_regression`` is an
     absolute margin in the metric's own units.
+
+    When the class set changed since the baseline, ``compared_metrics`` are
+    the new model's on the images ``compared_on`` describes (those of the
+    classes both models know), as ``baseline_metrics`` are the baseline's; a
+    class of the baseline's gone from the data (``removed_classes``) fails
+    the gate unless ``allow_removed_classes``.
     """
     if max_regression < 0 or not math.isfinite(max_regression):
         raise ParameterError([Problem("max_regression", max_regression, "a finite number >= 0")])
@@ -115,12 +170,34 @@ def decide(
     reasons.append(sentence)
     blessed = passed_threshold
 
-    baseline_value = None
+    baseline_value = compared_value = None
     if baseline_metrics is not None:
-        baseline_value = _look_up(baseline_metrics, metric, "the baseline model's metrics")
-        passed_baseline, sentence = _check_baseline(metric, value, baseline_value, max_regression, lower_is_better)
-        reasons.append(sentence)
-        blessed = blessed and passed_baseline
+        compared = value if compared_metrics is None else compared_metrics.get(metric)
+        if metric in baseline_metrics:
+            baseline_value = _look_up(baseline_metrics, metric, "the baseline model's metrics")
+        if compared is None or baseline_value is None:
+            # Binary-only metrics exist only on the whole, unchanged class set.
+            where = f" {compared_on}" if compared_on else ""
+            reasons.append(f"Failed: {metric} cannot be compared with the baseline{where}: one of the two "
+                           "evaluations has no such metric; gate on accuracy or macro_f1, or set "
+                           "baseline_model_uri=none.")
+            blessed = False
+            baseline_value = None
+        else:
+            compared_value, baseline_value = float(compared), float(baseline_value)
+            passed_baseline, sentence = _check_baseline(metric, compared_value, baseline_value, max_regression,
+                                                        lower_is_better, compared_on)
+            reasons.append(sentence)
+            blessed = blessed and passed_baseline
+        if removed_classes:
+            names = ", ".join(removed_classes)
+            if allow_removed_classes:
+                reasons.append(f"Passed: the baseline's classes {names} are not in the data any more, which "
+                               "allow_removed_classes allows.")
+            else:
+                reasons.append(f"Failed: the baseline's classes {names} are not in the data any more: the new "
+                               "model cannot recognise them; set allow_removed_classes=true to export it anyway.")
+                blessed = False
 
     return Blessing(
         blessed=blessed,
@@ -129,6 +206,11 @@ def decide(
         value=value,
         threshold=float(minimum),
         baseline_value=baseline_value,
+        compared_value=compared_value,
+        max_regression=float(max_regression) if baseline_metrics is not None else None,
+        baseline_model=baseline_model,
+        added_classes=tuple(added_classes),
+        removed_classes=tuple(removed_classes),
     )
 
 
@@ -158,10 +240,11 @@ def _check_threshold(metric: str, value: float, threshold: float, lower_is_bette
 
 
 def _check_baseline(
-    metric: str, value: float, baseline: float, max_regression: float, lower_is_better: bool
+    metric: str, value: float, baseline: float, max_regression: float, lower_is_better: bool, compared_on: str = ""
 ) -> tuple[bool, str]:
     if math.isnan(value):
         return False, f"Failed: {metric} is NaN, so it cannot be compared with the baseline's {baseline:.6g}."
+    where = f" {compared_on}" if compared_on else ""
     # Positive regression = worse than the baseline, whichever direction is better.
     regression = value - baseline if lower_is_better else baseline - value
     passed = regression <= max_regression + _TOLERANCE
@@ -172,7 +255,7 @@ def _check_baseline(
         change = f"is worse than the baseline's {baseline:.6g} by {regression:.6g}"
     allowance = "within" if passed else "more than"
     return passed, (
-        f"{verdict}: {metric} = {value:.6g} {change}, "
+        f"{verdict}: {metric} = {value:.6g}{where} {change}, "
         f"{allowance} the allowed regression of {max_regression:.6g}."
     )
 

@@ -407,3 +407,53 @@ def _downsample(arrays: tuple[np.ndarray, ...], max_points: int) -> tuple[list[f
         index = np.unique(np.round(np.linspace(0, length - 1, max_points)).astype(np.int64))
         arrays = tuple(array[index] for array in arrays)
     return tuple([float(value) for value in array] for array in arrays)
+
+
+def evaluate_on_classes(
+    true_classes: Sequence[str],
+    scores: np.ndarray,
+    model_class_names: Sequence[str],
+    classes: Sequence[str],
+    *,
+    top_k: int = 5,
+) -> EvaluationResult:
+    """The metrics of a model on images of ``classes`` only, where the model
+    may know other classes too: how a new model and its baseline are compared
+    when the class set changed. Each prediction is the model's own arg-max over
+    every class it knows; one outside ``classes`` is a mistake, counted in the
+    last column of the confusion matrix ("other classes"). Per-class rows and the
+    macro and weighted averages cover ``classes``; top-k and log loss use the
+    model's own scores (``scores``: [n, len(model_class_names)], each row summing
+    to 1; binary mode as [1 - p, p])."""
+    classes = tuple(str(name) for name in classes)
+    model_index = {name: index for index, name in enumerate(model_class_names)}
+    compared_index = {name: index for index, name in enumerate(classes)}
+    missing = sorted(set(classes) - set(model_index))
+    if missing:
+        raise ValueError(f"the model does not know the compared classes {missing}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape != (len(true_classes), len(model_class_names)):
+        raise ValueError(f"expected scores of shape ({len(true_classes)}, {len(model_class_names)}), got "
+                         f"{scores.shape}")
+    if len(true_classes) == 0:
+        raise ValueError("cannot evaluate zero examples: true_classes is empty")
+    y_true = np.array([compared_index[name] for name in true_classes], dtype=np.int64)
+    y_model = np.array([model_index[name] for name in true_classes], dtype=np.int64)
+    other = len(classes)
+    predicted_names = [model_class_names[index] for index in np.argmax(scores, axis=1)]
+    y_pred = np.array([compared_index.get(name, other) for name in predicted_names], dtype=np.int64)
+
+    confusion = np.zeros((other + 1, other + 1), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    per_class = _per_class_metrics(confusion, (*classes, OTHER_CLASSES))[:other]
+    scalars: dict[str, float] = {"num_examples": len(y_true), "accuracy": float(np.trace(confusion) / len(y_true))}
+    if scores.shape[1] > top_k:
+        scalars[top_k_metric(top_k)] = _top_k_accuracy(y_model, scores, top_k)
+    scalars.update(_averaged_metrics(per_class))
+    scalars["log_loss"] = _log_loss(y_model, scores)
+    return EvaluationResult(scalars=scalars, class_names=(*classes, OTHER_CLASSES),
+                            confusion_matrix=confusion.tolist(), per_class=per_class, roc_curve=None, pr_curve=None)
+
+
+# The column of evaluate_on_classes' confusion matrix for predictions outside the compared classes.
+OTHER_CLASSES = "(other classes)"

@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kic.evaluation.comparison import Comparison
 from kic.evaluation.gate import Blessing
 from kic.evaluation.metrics import EvaluationResult, most_confused_classes
 
@@ -88,6 +89,7 @@ def render_html(
     blessing: Blessing | None = None,
     history: dict[str, list[float]] | None = None,
     misclassified: list[dict] | None = None,
+    comparison: Comparison | None = None,
 ) -> str:
     """The full report as one HTML document with everything inline.
 
@@ -97,6 +99,8 @@ def render_html(
     sections = [f"<h1>{_escape(title)}</h1>"]
     if blessing is not None:
         sections.append(_verdict_html(blessing))
+    if comparison is not None:
+        sections.append(_comparison_html(comparison))
     sections.append("<h2>Headline metrics</h2>")
     sections.append(_metrics_table_html(_headline_metrics(result)))
     sections.append("<h2>Confusion matrix</h2>")
@@ -122,15 +126,21 @@ def render_html(
     )
 
 
-def render_markdown(result: EvaluationResult, *, blessing: Blessing | None = None) -> str:
-    """A short summary for the KFP UI: verdict, headline metrics, worst classes."""
+def render_markdown(result: EvaluationResult, *, blessing: Blessing | None = None,
+                    comparison: Comparison | None = None) -> str:
+    """A short summary for the KFP UI: verdict, the baseline side by side,
+    headline metrics, worst classes."""
     lines = ["# Evaluation summary", ""]
     if blessing is not None:
         verdict = "BLESSED" if blessing.blessed else "NOT BLESSED"
         lines.append(f"**Verdict: {verdict}** (gate on {markdown_escape(blessing.metric)})")
         lines.append("")
+        if not blessing.blessed:
+            lines += [f"**{markdown_escape(blessing.summary()[:1].upper() + blessing.summary()[1:])}**", ""]
         lines.extend(f"- {markdown_escape(reason)}" for reason in blessing.reasons)
         lines.append("")
+    if comparison is not None:
+        lines += _comparison_markdown(comparison)
     lines += ["## Headline metrics", "", "| Metric | Value |", "|---|---:|"]
     lines += [f"| {name} | {_format_number(value)} |" for name, value in _headline_metrics(result)]
     rows = _worst_first(result.per_class)
@@ -146,7 +156,96 @@ def render_markdown(result: EvaluationResult, *, blessing: Blessing | None = Non
     return "\n".join(lines) + "\n"
 
 
+def _comparison_markdown(comparison: Comparison) -> list[str]:
+    lines = ["## Against the baseline", "", f"Baseline: {markdown_escape(comparison.baseline_model)}, compared "
+             f"{markdown_escape(comparison.compared_on)}.", ""]
+    lines += [f"- {markdown_escape(sentence)}" for sentence in _class_change_sentences(comparison)]
+    if comparison.added_classes or comparison.removed_classes:
+        lines.append("")
+    if comparison.headline():
+        lines += ["| Metric | New | Baseline | Change |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {new:.4f} | {old:.4f} | {change:+.4f} |"
+                  for name, new, old, change in comparison.headline()]
+        lines.append("")
+    regressions = comparison.biggest_regressions()
+    if regressions:
+        lines += ["### Biggest per-class regressions (F1)", "", "| Class | New F1 | Baseline F1 | Change | Support |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {markdown_escape(row['class'])} | {row['f1']:.4f} | {row['baseline_f1']:.4f} "
+                  f"| {row['change']:+.4f} | {row['support']} |" for row in regressions]
+        lines.append("")
+    lines += ["### Data since the baseline", ""]
+    changes = comparison.data_changes
+    if not changes.known:
+        lines += ["The baseline's model info does not record its training data (a model from an earlier kic).", ""]
+        return lines
+    lines += [f"Images: {changes.total_baseline} then, {changes.total_now} now "
+              f"({changes.total_now - changes.total_baseline:+d}).", "",
+              "| Class | Baseline | Now | Change |", "|---|---:|---:|---:|"]
+    changed = [row for row in changes.rows if row["change"] != 0]
+    lines += [f"| {markdown_escape(row['class'])} | {_count(row['baseline'])} | {_count(row['now'])} "
+              f"| {_change(row['change'])} |" for row in changed[:MAX_MARKDOWN_CLASS_ROWS]]
+    if len(changed) > MAX_MARKDOWN_CLASS_ROWS:
+        lines.append(f"\n{len(changed) - MAX_MARKDOWN_CLASS_ROWS} more changed classes in the HTML report.")
+    if not changed:
+        lines.append("| (every class) | same | same | 0 |")
+    return [*lines, ""]
+
+
+def _class_change_sentences(comparison: Comparison) -> list[str]:
+    sentences = []
+    if comparison.added_classes:
+        sentences.append("Classes new since the baseline (it never saw them): " + ", ".join(comparison.added_classes))
+    if comparison.removed_classes:
+        sentences.append("Classes of the baseline gone from the data: " + ", ".join(comparison.removed_classes))
+    return sentences
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _change(value: int | None) -> str:
+    return "?" if value is None else f"{value:+d}"
+
+
 # --- HTML pieces -------------------------------------------------------------
+
+
+def _comparison_html(comparison: Comparison) -> str:
+    parts = ["<h2>Against the baseline</h2>",
+             f"<p>Baseline <code>{_escape(comparison.baseline_model)}</code>, compared "
+             f"{_escape(comparison.compared_on)}.</p>"]
+    sentences = _class_change_sentences(comparison)
+    if sentences:
+        parts.append("<ul>" + "".join(f"<li>{_escape(sentence)}</li>" for sentence in sentences) + "</ul>")
+    if comparison.headline():
+        rows = "".join(f"<tr><td class=\"name\">{_escape(name)}</td><td>{new:.4f}</td><td>{old:.4f}</td>"
+                       f"<td>{change:+.4f}</td></tr>" for name, new, old, change in comparison.headline())
+        parts.append("<table><tr><th class=\"name\">Metric</th><th>New</th><th>Baseline</th><th>Change</th></tr>"
+                     f"{rows}</table>")
+    per_class = comparison.per_class_f1()
+    if per_class:
+        parts.append("<h3>Per-class F1 against the baseline (biggest drop first)</h3>")
+        rows = "".join(f"<tr><td class=\"name\">{_escape(row['class'])}</td><td>{row['f1']:.4f}</td>"
+                       f"<td>{row['baseline_f1']:.4f}</td><td>{row['change']:+.4f}</td><td>{row['support']}</td></tr>"
+                       for row in per_class)
+        parts.append("<table><tr><th class=\"name\">Class</th><th>New F1</th><th>Baseline F1</th><th>Change</th>"
+                     f"<th>Support</th></tr>{rows}</table>")
+    parts.append("<h3>Data since the baseline</h3>")
+    changes = comparison.data_changes
+    if not changes.known:
+        parts.append("<p class=\"note\">The baseline's model info does not record its training data (a model from "
+                     "an earlier kic).</p>")
+        return "\n".join(parts)
+    parts.append(f"<p>Images (every split): {changes.total_baseline} then, {changes.total_now} now "
+                 f"({changes.total_now - changes.total_baseline:+d}). Net counts per class: an image replaced by "
+                 "another of its class is not seen here.</p>")
+    rows = "".join(f"<tr><td class=\"name\">{_escape(row['class'])}</td><td>{_count(row['baseline'])}</td>"
+                   f"<td>{_count(row['now'])}</td><td>{_change(row['change'])}</td></tr>" for row in changes.rows)
+    parts.append("<table><tr><th class=\"name\">Class</th><th>Baseline</th><th>Now</th><th>Change</th></tr>"
+                 f"{rows}</table>")
+    return "\n".join(parts)
 
 
 def _escape(text: object) -> str:

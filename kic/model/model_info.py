@@ -41,6 +41,10 @@ class ModelInfo:
     # raw images to it the way prepare did before the resize to image_size.
     # 0: not known (a model info from before it was recorded).
     image_short_side: int = 0
+    # The training data's images per class and split (class -> split -> count), so that
+    # a later model judged against this one can say what changed in the data since.
+    # {}: not known (a model info from before it was recorded).
+    images_per_class: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     kic_version: str = kic.__version__
     format_version: int = FORMAT_VERSION
 
@@ -97,6 +101,39 @@ def read(uri: str) -> ModelInfo:
     if text is None:
         raise DataError(f"{uri} is not a kic model: it has no {artifacts.MODEL_INFO}")
     return ModelInfo.from_json(text)
+
+
+def continuation_problem(uri: str) -> str | None:
+    """Why training cannot continue from the model at ``uri`` (a folder or
+    ``model.tar.gz``, local or remote), or None. It needs kic's model.keras and
+    model_info.json: a SavedModel alone (the reference algorithm's package, or
+    one exported elsewhere) serves but holds no trainable Keras model. Reads
+    names only (a tarball's member list)."""
+    wanted = (artifacts.KERAS_MODEL, artifacts.MODEL_INFO)
+    if uri.endswith(TARBALL_SUFFIXES):
+        with storage.local_copy(uri) as local:
+            try:
+                with tarfile.open(local) as archive:
+                    names = {name.removeprefix("./") for name in archive.getnames()}
+            except (tarfile.TarError, OSError, EOFError) as error:
+                return f"not a readable tar archive: {error}"
+        has = {name: name in names for name in (*wanted, artifacts.LABEL_MAP)}
+        saved_model = any(name.endswith("saved_model.pb") for name in names)
+    else:
+        has = {name: storage.exists(storage.join(uri, name)) for name in (*wanted, artifacts.LABEL_MAP)}
+        saved_model = any(storage.exists(storage.join(uri, *parts, "saved_model.pb"))
+                          for parts in ((), (artifacts.SAVED_MODEL_VERSION_DIR,)))
+    missing = [name for name in wanted if not has[name]]
+    if not missing:
+        return None
+    if saved_model:
+        return (f"a SavedModel-only package (no {' or '.join(missing)}; the reference algorithm's model.tar.gz "
+                f"holds a SavedModel and {artifacts.LABEL_MAP}): a SavedModel serves but cannot be trained further. "
+                "Start from the pretrained backbone instead: leave base_model_uri empty and set backbone to the "
+                "earlier job's model_id (its hyperparameters JSON carries over); later runs can continue from "
+                f"kic's own model.tar.gz, which holds {artifacts.KERAS_MODEL}")
+    return (f"not a kic model (no {' or '.join(missing)}): expected a train output or export folder, or the "
+            f"{artifacts.MODEL_TARBALL} kic exported")
 
 
 def save(model_dir: str, info: ModelInfo) -> None:
