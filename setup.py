@@ -47,6 +47,7 @@ setup(
         "tensorboard>=2.20",  # training curves; TensorFlow no longer pulls it in
         "tensorflow-datasets>=4.9.9",
         "google-cloud-storage>=2.18",
+        "boto3>=1.28.57",  # s3:// (AWS, MinIO); from 1.28.57 it reads AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL itself
         "pillow>=11.0",  # image validation and normalisation in prepare
         "matplotlib>=3.9",  # plots of the evaluation and tuning reports
         "optuna>=4.0",  # the tuning strategies: random, Sobol (QMC), TPE and grid samplers
@@ -61,6 +62,7 @@ setup(
             "ruff>=0.6",
             "scikit-learn>=1.5",  # independent reference for the evaluation metrics
             "gcp-storage-emulator>=2026.7.19",  # a real GCS JSON API on loopback for tests
+            "moto[server]>=5.0",  # a real S3 API on loopback for tests (ThreadedMotoServer)
             "tensorflow-serving-api>=2.20,<2.22",  # parses the exported TF Serving warm-up file in tests
         ],
     },

@@ -1,7 +1,7 @@
-"""One file API over local paths and ``gs://`` URIs.
+"""One file API over local paths, ``gs://`` and ``s3://`` URIs.
 
 Everything in kic that touches user data or artifacts goes through here, so
-GCS support, retries and commit-last writes live in one module.
+GCS and S3 support, retries and commit-last writes live in one module.
 
 Semantics worth knowing:
 
@@ -25,6 +25,18 @@ Semantics worth knowing:
 * GCS credentials come from Application Default Credentials. When
   ``STORAGE_EMULATOR_HOST`` is set, anonymous credentials and a fixed project are
   used instead (tests, local emulators).
+* ``s3://`` (Amazon S3, MinIO and other S3-compatible stores) goes through boto3
+  with its standard credential chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+  ``AWS_PROFILE``, web identity, instance roles) and endpoint settings
+  (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, which boto3 reads itself).
+  A "directory" is a key prefix, as on GCS; placeholder keys ending in ``/`` are
+  skipped. A PUT is atomic, so writes are commit-last there too; files larger
+  than ``S3_MULTIPART_BYTES`` go up in parallel parts. Throttling (503 SlowDown),
+  5xx and connection errors are retried by botocore's "standard" mode
+  (``S3_MAX_ATTEMPTS`` tries, exponential backoff with jitter). Copies between
+  GCS and S3 go through a local temporary file.
+* ``minio://`` is Kubeflow Pipelines' name for its MinIO artifact store: kic
+  does not read it as such; ``s3_uri_for`` names the same object as ``s3://``.
 """
 
 from __future__ import annotations
@@ -48,6 +60,13 @@ if TYPE_CHECKING:
     from google.cloud.storage import Blob, Client
 
 GCS_SCHEME = "gs://"
+S3_SCHEME = "s3://"
+MINIO_SCHEME = "minio://"  # Kubeflow Pipelines' URIs of its default MinIO artifact store
+REMOTE_SCHEMES = (GCS_SCHEME, S3_SCHEME)
+S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+# 8 MiB (boto3's default) would split a checkpoint into dozens of parts; above this, parts of this size.
+S3_MULTIPART_BYTES = 64 * 1024 * 1024
+S3_MAX_ATTEMPTS = 10  # tries of one request, the first included: about a minute of 503 SlowDown is ridden out
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 EMULATOR_PROJECT = "kic-emulator"
 DEFAULT_WORKERS = 16
@@ -58,14 +77,16 @@ _T = TypeVar("_T")
 class StorageError(UserError, OSError):
     """A storage operation failed for a reason worth showing to the user as is.
 
-    ``uri`` is the path or URI concerned; GCS failures keep the original client
-    exception in ``gcs_error`` (not chained, so tracebacks stay short).
+    ``uri`` is the path or URI concerned; GCS and S3 failures keep the original
+    client exception in ``gcs_error`` or ``s3_error`` (not chained, so tracebacks
+    stay short).
     """
 
     def __init__(self, message: str, uri: str | None = None) -> None:
         super().__init__(message)
         self.uri = uri
         self.gcs_error: BaseException | None = None
+        self.s3_error: BaseException | None = None
 
 
 class StorageNotFoundError(StorageError, NotFoundError):
@@ -87,8 +108,33 @@ def is_gcs(uri: str) -> bool:
     return uri.startswith(GCS_SCHEME)
 
 
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def is_remote(uri: str) -> bool:
+    """An object-store URI (gs:// or s3://), whose "directories" are name prefixes."""
+    return uri.startswith(REMOTE_SCHEMES)
+
+
+def scheme(uri: str) -> str:
+    """``gs://`` or ``s3://`` for an object-store URI; "" for a local path."""
+    return next((prefix for prefix in REMOTE_SCHEMES if uri.startswith(prefix)), "")
+
+
+def s3_uri_for(uri: str) -> str:
+    """``uri`` with Kubeflow Pipelines' ``minio://`` scheme read as ``s3://`` (the
+    same bucket and key on the S3 API); any other ``uri`` as it is."""
+    return S3_SCHEME + uri[len(MINIO_SCHEME):] if uri.startswith(MINIO_SCHEME) else uri
+
+
+def s3_endpoint() -> str:
+    """The S3 endpoint set in the environment ("" for AWS's own)."""
+    return next((os.environ[name] for name in S3_ENDPOINT_ENVS if os.environ.get(name)), "")
+
+
 def join(base: str, *parts: str) -> str:
-    if is_gcs(base):
+    if is_remote(base):
         return posixpath.join(base, *parts)
     return os.path.join(base, *parts)
 
@@ -155,9 +201,10 @@ def _new_client(emulator: str | None) -> Client:
 
 
 def reset_client() -> None:
-    """Forget cached GCS clients (tests that change the endpoint call this)."""
+    """Forget cached GCS and S3 clients (tests that change the endpoint call this)."""
     with _client_lock:
         _clients.clear()
+        _s3_clients.clear()
 
 
 def _retry():
@@ -250,11 +297,304 @@ def _local_errors(path: str) -> Iterator[None]:
         raise _error(StorageError, f"is a directory, expected a file: {exc.filename or path}", path) from None
 
 
+# --------------------------------------------------------------------------- s3
+
+_s3_clients: dict[tuple, object] = {}
+
+_S3_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
+_S3_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+              "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem"}
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: an s3:// URI needs a bucket name, as in s3://bucket/path", uri)
+    return bucket, key
+
+
+def _s3_object(uri: str) -> tuple[str, str]:
+    bucket, key = _split_s3(uri)
+    if not key or key.endswith("/"):
+        raise StorageError(f"{uri}: expected an s3:// object URI, got a bucket or directory", uri)
+    return bucket, key
+
+
+def _s3():
+    """One boto3 client per process and S3 settings in the environment, shared by
+    all threads (boto3 clients are thread-safe; sessions are not)."""
+    settings = tuple(os.environ.get(name) for name in (
+        *S3_ENDPOINT_ENVS, "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"))
+    key = (os.getpid(), settings)
+    with _client_lock:
+        client = _s3_clients.get(key)
+        if client is None:
+            client = _new_s3_client()
+            _s3_clients[key] = client
+        return client
+
+
+def _new_s3_client():
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+                    max_pool_connections=4 * DEFAULT_WORKERS)
+    if s3_endpoint():
+        # S3-compatible stores (MinIO) serve every bucket under one host name; virtual-host
+        # addressing would ask DNS for BUCKET.minio-service.kubeflow.
+        config = config.merge(Config(s3={"addressing_style": "path"}))
+    return boto3.session.Session().client("s3", config=config)
+
+
+def _s3_transfer():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=S3_MULTIPART_BYTES, multipart_chunksize=S3_MULTIPART_BYTES,
+                          max_concurrency=4)
+
+
+def _s3_code(exc: BaseException) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _s3_where() -> str:
+    endpoint = s3_endpoint()
+    return f"S3 endpoint {endpoint}" if endpoint else "S3"
+
+
+def _s3_not_found_message(uri: str, code: str) -> str:
+    bucket, _ = _split_s3(uri)
+    if code == "NoSuchBucket":
+        return f"{uri}: bucket s3://{bucket} does not exist"
+    try:
+        _s3().head_bucket(Bucket=bucket)
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return f"{uri}: not found (no such object, or bucket s3://{bucket} does not exist)"
+    return f"{uri}: no such object"
+
+
+def _translate_s3_error(uri: str, exc: BaseException) -> StorageError | None:
+    """The StorageError to raise for ``exc``, or None when it is not an S3 failure."""
+    from boto3 import exceptions as boto3_exceptions
+    from botocore import exceptions as botocore_exceptions
+
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, boto3_exceptions.S3UploadFailedError | boto3_exceptions.RetriesExceededError):
+        # boto3 raises these while handling the client's error, which says more.
+        cause = exc.__context__ or getattr(exc, "last_exception", None)
+        if isinstance(cause, botocore_exceptions.ClientError | botocore_exceptions.BotoCoreError):
+            exc = cause
+    if isinstance(exc, botocore_exceptions.NoCredentialsError | botocore_exceptions.PartialCredentialsError):
+        error: StorageError = StorageError(
+            f"{uri}: no AWS credentials found for s3:// access: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(and AWS_ENDPOINT_URL_S3 for MinIO or another S3-compatible store), or AWS_PROFILE, or run with "
+            f"an IAM role ({exc})")
+    elif isinstance(exc, botocore_exceptions.ClientError):
+        code = _s3_code(exc)
+        message = exc.response.get("Error", {}).get("Message") or code
+        if code in _S3_NOT_FOUND:
+            error = StorageNotFoundError(_s3_not_found_message(uri, code))
+        elif code in _S3_DENIED:
+            error = StoragePermissionError(
+                f"{uri}: permission denied by {_s3_where()} ({code}: {message}); check that the credentials in "
+                "use (AWS_ACCESS_KEY_ID, AWS_PROFILE, the pod's role) may access this bucket")
+        else:
+            retries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            after = f" after {retries} retries" if retries else ""
+            error = StorageError(f"{uri}: {_s3_where()} request failed{after} ({code}: {message})")
+    elif isinstance(exc, botocore_exceptions.BotoCoreError):
+        error = StorageError(f"{uri}: {_s3_where()} request failed ({type(exc).__name__}: {exc})")
+    else:
+        return None
+    error.uri = uri
+    error.s3_error = exc
+    return error
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        error = _translate_s3_error(uri, exc)
+        if error is None or error is exc:
+            raise
+        raise error from None
+
+
+def _s3_pages(bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
+    """Every object under ``prefix`` (ListObjectsV2's entries), placeholders ending in '/' skipped."""
+    arguments = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
+    for page in _s3().get_paginator("list_objects_v2").paginate(**arguments):
+        for entry in page.get("Contents", []):
+            if not entry["Key"].endswith("/"):
+                yield entry
+
+
+def _s3_version(entry: dict) -> str:
+    """What changes when an object is rewritten: its ETag (a digest of the content, or of its parts),
+    and its modification time and version id where the store gives them."""
+    parts = [str(entry.get("ETag", "")).strip('"')]
+    modified = entry.get("LastModified")
+    if modified is not None:
+        parts.append(modified.isoformat() if hasattr(modified, "isoformat") else str(modified))
+    if entry.get("VersionId") and entry["VersionId"] != "null":
+        parts.append(str(entry["VersionId"]))
+    return ":".join(parts)
+
+
+def _s3_head(uri: str) -> dict | None:
+    """HeadObject's answer for the object ``uri``, None when there is none (the bucket missing included)."""
+    bucket, key = _split_s3(uri)
+    from botocore.exceptions import ClientError
+
+    with _s3_errors(uri):
+        try:
+            return _s3().head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _s3_code(exc) in _S3_NOT_FOUND:
+                return None
+            raise
+
+
+def _s3_exists(uri: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    bucket, key = _split_s3(uri)
+    with _s3_errors(uri):
+        if not key.strip("/"):
+            try:
+                _s3().head_bucket(Bucket=bucket)
+                return True
+            except ClientError as exc:
+                if _s3_code(exc) in _S3_NOT_FOUND:
+                    return False
+                raise
+        if not key.endswith("/") and _s3_head(uri) is not None:
+            return True
+        try:
+            answer = _s3().list_objects_v2(Bucket=bucket, Prefix=_gcs_dir_prefix(key), MaxKeys=1)
+        except ClientError as exc:
+            if _s3_code(exc) in _S3_NOT_FOUND:
+                return False
+            raise
+        return bool(answer.get("KeyCount") or answer.get("Contents"))
+
+
+def _s3_read(uri: str) -> bytes:
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+
+    bucket, key = _s3_object(uri)
+    with _s3_errors(uri):
+        # One GET (read_many reads thousands of images: no HEAD and no transfer threads per file). botocore
+        # retries the request, not a body cut short mid-stream: that is retried here.
+        attempt = 1
+        while True:
+            body = _s3().get_object(Bucket=bucket, Key=key)["Body"]
+            try:
+                return body.read()
+            except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
+                if attempt >= S3_MAX_ATTEMPTS:
+                    raise
+                attempt += 1
+            finally:
+                body.close()
+
+
+def _s3_write(uri: str, data: bytes) -> None:
+    bucket, key = _s3_object(uri)
+    with _s3_errors(uri):
+        _s3().put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def _s3_list(uri: str) -> list[str]:
+    bucket, key = _split_s3(uri)
+    with _s3_errors(uri):
+        keys = [entry["Key"] for entry in _s3_pages(bucket, _gcs_dir_prefix(key))]
+    return sorted(f"{S3_SCHEME}{bucket}/{name}" for name in keys)
+
+
+def _s3_stats(uri: str, recursive: bool) -> list[FileStat]:
+    bucket, key = _split_s3(uri)
+    if key and not key.endswith("/"):
+        head = _s3_head(uri)
+        if head is not None:
+            return [FileStat("", int(head.get("ContentLength") or 0), _s3_version(head))]
+    prefix = _gcs_dir_prefix(key)
+    with _s3_errors(uri):
+        stats = [FileStat(entry["Key"][len(prefix):], int(entry.get("Size") or 0), _s3_version(entry))
+                 for entry in _s3_pages(bucket, prefix, None if recursive else "/")]
+    return sorted(stats, key=lambda stat: stat.name)
+
+
+def _s3_copy(src: str, dst: str) -> None:
+    """Copies to or from S3; S3 to S3 within the store, any other pair through a local file."""
+    if is_s3(src) and is_s3(dst):
+        source_bucket, source_key = _s3_object(src)
+        bucket, key = _s3_object(dst)
+        with _s3_errors(src):
+            _s3().copy({"Bucket": source_bucket, "Key": source_key}, bucket, key, Config=_s3_transfer())
+    elif is_s3(src):
+        if is_remote(dst):
+            with tempfile.TemporaryDirectory(prefix="kic-copy-") as folder:
+                local = os.path.join(folder, "object")
+                _s3_copy(src, local)
+                copy_file(local, dst)
+            return
+        bucket, key = _s3_object(src)
+        with _atomic_local_path(dst) as tmp, _s3_errors(src):
+            _s3().download_file(bucket, key, tmp, Config=_s3_transfer())
+    else:
+        if is_gcs(src):
+            with tempfile.TemporaryDirectory(prefix="kic-copy-") as folder:
+                local = os.path.join(folder, "object")
+                copy_file(src, local)
+                _s3_copy(local, dst)
+            return
+        if not os.path.isfile(src):
+            raise _error(StorageNotFoundError, f"no such file: {src}", src)
+        bucket, key = _s3_object(dst)
+        with _s3_errors(dst):
+            _s3().upload_file(src, bucket, key, Config=_s3_transfer())
+
+
+def _s3_remove_tree(uri: str) -> None:
+    bucket, key = _split_s3(uri)
+    key = key.rstrip("/")
+    if not key:
+        raise _error(StorageError, f"refusing to remove everything in bucket {uri}", uri)
+    from botocore.exceptions import ClientError
+
+    with _s3_errors(uri):
+        try:
+            # Placeholders ("dir/") included: they would otherwise keep the prefix alive.
+            pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+            keys = [entry["Key"] for page in pages for entry in page.get("Contents", [])]
+        except ClientError as exc:
+            if _s3_code(exc) == "NoSuchBucket":
+                return
+            raise
+        if _s3_head(uri) is not None:
+            keys.append(key)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys a request
+            answer = _s3().delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": name} for name in keys[start:start + 1000]], "Quiet": True})
+            failed = answer.get("Errors", [])
+            if failed:
+                first = failed[0]
+                raise StorageError(f"{uri}: {len(failed)} objects could not be deleted, as "
+                                   f"s3://{bucket}/{first.get('Key')} ({first.get('Code')}: {first.get('Message')})")
+
+
 # --------------------------------------------------------------------------- single files
 
 
 def exists(uri: str) -> bool:
-    """True for an existing file or directory; on GCS, an object or a non-empty prefix."""
+    """True for an existing file or directory; on GCS and S3, an object or a non-empty prefix."""
+    if is_s3(uri):
+        return _s3_exists(uri)
     if not is_gcs(uri):
         return os.path.exists(uri)
     bucket_name, name = _split_gcs(uri)
@@ -278,6 +618,8 @@ def exists(uri: str) -> bool:
 
 
 def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        return _s3_read(uri)
     if is_gcs(uri):
         with _gcs_errors(uri):
             return _blob(uri).download_as_bytes(retry=_retry())
@@ -290,6 +632,9 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    if is_s3(uri):
+        _s3_write(uri, data)
+        return
     if is_gcs(uri):
         with _gcs_errors(uri):
             _blob(uri).upload_from_string(data, retry=_retry())
@@ -369,9 +714,11 @@ def _run_parallel(items: Iterable[str], work: Callable[[str], object], workers: 
 def list_files(uri: str) -> list[str]:
     """Every file under the directory/prefix ``uri``, recursively, as sorted full URIs/paths.
 
-    A missing local directory raises StorageNotFoundError; on GCS a prefix without
-    objects is simply empty (GCS has no directories), but a missing bucket raises.
+    A missing local directory raises StorageNotFoundError; on GCS and S3 a prefix
+    without objects is simply empty (they have no directories), but a missing bucket raises.
     """
+    if is_s3(uri):
+        return _s3_list(uri)
     if is_gcs(uri):
         return _list_gcs(uri)
     return _list_local(uri)
@@ -420,7 +767,9 @@ def _list_local(path: str) -> list[str]:
 class FileStat:
     name: str  # relative to the listed directory ('/'-separated); "" for a single file
     size: int
-    version: str  # a GCS object's generation; a local file's modification time in nanoseconds
+    # A GCS object's generation; an S3 object's ETag, modification time and version id (when versioned);
+    # a local file's modification time in nanoseconds.
+    version: str
 
 
 def list_stats(uri: str, *, recursive: bool = True) -> list[FileStat]:
@@ -428,7 +777,9 @@ def list_stats(uri: str, *, recursive: bool = True) -> list[FileStat]:
     ``uri``), with its size and version, sorted by name: what is there now,
     cheaply (one listing, no reads). Not ``recursive``: only the files
     directly in the directory, none of its subdirectories' (a ``uri`` ending
-    in ``/`` is taken as a directory at once, sparing a request on GCS)."""
+    in ``/`` is taken as a directory at once, sparing a request on GCS and S3)."""
+    if is_s3(uri):
+        return _s3_stats(uri, recursive)
     if is_gcs(uri):
         bucket_name, name = _split_gcs(uri)
         with _gcs_errors(uri):
@@ -464,9 +815,9 @@ def _list_local_directory(path: str) -> list[str]:
 
 def _relative_names(uri: str, files: list[str]) -> list[str]:
     """Names of ``files`` relative to the directory ``uri``, always '/'-separated."""
-    if is_gcs(uri):
-        bucket, name = _split_gcs(uri)
-        base = f"{GCS_SCHEME}{bucket}/{_gcs_dir_prefix(name)}"
+    if is_remote(uri):
+        bucket, name = _split_gcs(uri) if is_gcs(uri) else _split_s3(uri)
+        base = f"{scheme(uri)}{bucket}/{_gcs_dir_prefix(name)}"
         return [file[len(base) :] for file in files]
     return [os.path.relpath(file, uri).replace(os.sep, "/") for file in files]
 
@@ -479,15 +830,17 @@ def _local_target(local_dir: str, relative: str, source: str) -> str:
 
 
 def _target(dst_dir: str, relative: str, source: str) -> str:
-    if is_gcs(dst_dir):
-        bucket, name = _split_gcs(dst_dir)
-        return f"{GCS_SCHEME}{bucket}/{_gcs_dir_prefix(name)}{relative}"
+    if is_remote(dst_dir):
+        bucket, name = _split_gcs(dst_dir) if is_gcs(dst_dir) else _split_s3(dst_dir)
+        return f"{scheme(dst_dir)}{bucket}/{_gcs_dir_prefix(name)}{relative}"
     return _local_target(dst_dir, relative, source)
 
 
 def copy_file(src: str, dst: str) -> None:
-    """Copy one file between any mix of local paths and gs:// URIs (commit-last)."""
-    if is_gcs(src) and is_gcs(dst):
+    """Copy one file between any mix of local paths, gs:// and s3:// URIs (commit-last)."""
+    if is_s3(src) or is_s3(dst):
+        _s3_copy(src, dst)
+    elif is_gcs(src) and is_gcs(dst):
         source_blob = _blob(src)
         target_blob = _blob(dst)
         with _gcs_errors(src):
@@ -510,7 +863,7 @@ def copy_file(src: str, dst: str) -> None:
 def copy_dir(src: str, dst: str, workers: int = DEFAULT_WORKERS) -> list[str]:
     """Copy every file under ``src`` to the same relative name under ``dst``.
 
-    Any mix of local and gs:// works; files are copied in parallel threads.
+    Any mix of local, gs:// and s3:// works; files are copied in parallel threads.
     Returns the written destination files (sorted). Existing files not in ``src``
     are left alone.
     """
@@ -520,25 +873,25 @@ def copy_dir(src: str, dst: str, workers: int = DEFAULT_WORKERS) -> list[str]:
         for relative, source in zip(_relative_names(src, sources), sources, strict=True)
     ]
     by_target = dict(zip(targets, sources, strict=True))
-    if not is_gcs(dst):
+    if not is_remote(dst):
         makedirs(dst)
     _run_parallel(targets, lambda target: copy_file(by_target[target], target), workers)
     return sorted(targets)
 
 
 def upload_dir(local_dir: str, uri: str, workers: int = DEFAULT_WORKERS) -> list[str]:
-    """Upload a local directory tree under the gs:// (or local) prefix ``uri``."""
+    """Upload a local directory tree under the gs:// or s3:// (or local) prefix ``uri``."""
     return copy_dir(local_dir, uri, workers)
 
 
 def download_dir(uri: str, local_dir: str, workers: int = DEFAULT_WORKERS) -> list[str]:
-    """Download every object under the gs:// (or local) directory ``uri`` into ``local_dir``."""
+    """Download every object under the gs:// or s3:// (or local) directory ``uri`` into ``local_dir``."""
     return copy_dir(uri, local_dir, workers)
 
 
 def makedirs(uri: str) -> None:
-    """Create a local directory (and parents); a no-op on GCS, which has no directories."""
-    if not is_gcs(uri):
+    """Create a local directory (and parents); a no-op on GCS and S3, which have no directories."""
+    if not is_remote(uri):
         with _local_errors(uri):
             os.makedirs(uri, exist_ok=True)
 
@@ -547,44 +900,85 @@ def makedirs(uri: str) -> None:
 def local_copy(uri: str) -> Iterator[str]:
     """A local path holding the file or directory ``uri``, for libraries that need one.
 
-    Local paths are yielded as they are. A gs:// object or prefix is downloaded into
-    a temporary directory (keeping its base name) that is deleted afterwards; changes
-    made to the copy are not uploaded.
+    Local paths are yielded as they are. A gs:// or s3:// object or prefix is
+    downloaded into a temporary directory (keeping its base name) that is deleted
+    afterwards; changes made to the copy are not uploaded.
     """
-    if not is_gcs(uri):
+    if not is_remote(uri):
         if not os.path.exists(uri):
             raise _error(StorageNotFoundError, f"no such file or directory: {uri}", uri)
         yield uri
         return
-    _, name = _split_gcs(uri)
+    _, name = _split_gcs(uri) if is_gcs(uri) else _split_s3(uri)
     with tempfile.TemporaryDirectory(prefix="kic-") as tmp:
         local = os.path.join(tmp, posixpath.basename(name.rstrip("/")) or "root")
         is_object = not name.endswith("/") and bool(name)
-        if is_object:
+        if is_object and is_s3(uri):
+            is_object = _s3_head(uri) is not None
+        elif is_object:
             with _gcs_errors(uri):
                 is_object = _blob(uri).exists(retry=_retry())
         if is_object:
             copy_file(uri, local)
         elif not download_dir(uri, local):
-            raise _error(StorageNotFoundError, _not_found_message(uri), uri)
+            message = _s3_not_found_message(uri, "") if is_s3(uri) else _not_found_message(uri)
+            raise _error(StorageNotFoundError, message, uri)
         yield local
 
 
-def extract_tarball(path: str, destination: str) -> str:
+# What an archive may unpack to. The largest exports (ConvNeXt XLarge, EfficientNet-B7) are under 2 GB;
+# a gzip stream of zeros expands about 1,000-fold, so a 2 MB file could otherwise write 2 GB.
+TARBALL_MAX_BYTES = 16 * 1024**3
+TARBALL_MAX_MEMBERS = 100_000
+# Model weights barely compress (about 1.1:1); above this ratio, and past the floor, it is a bomb.
+TARBALL_MAX_RATIO = 100
+TARBALL_RATIO_FLOOR = 256 * 1024**2
+
+
+def extract_tarball(path: str, destination: str, *, max_bytes: int = TARBALL_MAX_BYTES,
+                    max_members: int = TARBALL_MAX_MEMBERS) -> str:
     """Unpacks the local archive ``path`` (.tar, .tar.gz) into ``destination``
     and returns it. tarfile's "data" filter refuses absolute names, names and
-    links that lead out of ``destination``, and device files."""
+    links that lead out of ``destination``, and device files.
+
+    Each member's declared size is judged from its header before its data is
+    written (tarfile then writes exactly that many bytes): the running total
+    may not exceed ``max_bytes``, ``TARBALL_MAX_RATIO`` times the archive's
+    own size (past ``TARBALL_RATIO_FLOOR``), nor the free space of
+    ``destination``'s disk; nor may there be more than ``max_members``
+    members. A damaged or cut archive is a DataError, not an EOFError."""
+    import gzip
     import tarfile
+    import zlib
 
     from kic.errors import DataError
 
-    if not tarfile.is_tarfile(path):
-        raise DataError(f"{path} is not a tar archive")
-    with tarfile.open(path) as archive:
-        try:
-            archive.extractall(destination, filter="data")
-        except tarfile.FilterError as error:
-            raise DataError(f"{path}: refusing an unsafe archive member: {error}") from None
+    try:
+        if not tarfile.is_tarfile(path):
+            raise DataError(f"{path} is not a tar archive")
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path} cannot be read as a tar archive: {error or type(error).__name__}") from None
+    os.makedirs(destination, exist_ok=True)
+    limit = min(max_bytes, max(TARBALL_RATIO_FLOOR, TARBALL_MAX_RATIO * os.path.getsize(path)),
+                shutil.disk_usage(destination).free)
+    total = members = 0
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:  # one header at a time: a bomb is refused before its data is read
+                members += 1
+                total += max(0, member.size)
+                if members > max_members:
+                    raise DataError(f"{path}: more than {max_members:,} archive members; not a model package")
+                if total > limit:
+                    raise DataError(
+                        f"{path}: the archive unpacks to more than {limit:,} bytes (member {member.name!r} declares "
+                        f"{member.size:,}), more than the limit for a {os.path.getsize(path):,}-byte archive, "
+                        "kic's limit or the free disk space allows: refusing it")
+                archive.extract(member, destination, filter="data")
+    except tarfile.FilterError as error:
+        raise DataError(f"{path}: refusing an unsafe archive member: {error}") from None
+    except (tarfile.ReadError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise DataError(f"{path} is damaged or cut short: {error or type(error).__name__}") from None
     return destination
 
 
@@ -593,6 +987,9 @@ def remove_tree(uri: str, workers: int = DEFAULT_WORKERS) -> None:
 
     Refuses to empty a whole bucket or a filesystem root.
     """
+    if is_s3(uri):
+        _s3_remove_tree(uri)
+        return
     if not is_gcs(uri):
         if os.path.dirname(os.path.abspath(uri)) == os.path.abspath(uri):
             raise _error(StorageError, f"refusing to remove a filesystem root: {uri}", uri)

@@ -184,6 +184,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             reply_headers = {
                 key: value for key, value in response.getheaders() if key.lower() not in _HOP_BY_HOP
             }
+            if self.command == "HEAD":  # no body, but the size of the one a GET would get (S3's HeadObject)
+                reply_headers["Content-Length"] = response.getheader("Content-Length", "0")
             self._reply(response.status, reply_headers, payload)
         finally:
             upstream.close()
@@ -192,12 +194,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
+        if "Content-Length" not in headers:
+            self.send_header("Content-Length", str(len(payload)))
         self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _relay
 
     def log_message(self, format: str, *args: object) -> None:
         pass

@@ -161,3 +161,49 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_model_of_an_uninterrupted_on
     for a, b in zip(load_keras_model(str(tmp_path / "resumed")).get_weights(),
                     load_keras_model(str(tmp_path / "again")).get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # the best epoch's weights, as the first attempt saved them
+
+
+def test_checkpoints_on_s3(s3_server):
+    root = f"{s3_server.new_bucket()}/run-1/train/checkpoints"
+    store = Store(root, IDENTITY)
+    store.save(Progress(epoch=1), ARRAYS)
+    storage.write_bytes(f"{root}/ckpt-00002-000000000/variables.npz", b"partial")  # no marker
+    store.save(Progress(epoch=1, step=3), ARRAYS)
+    saved = Store(root, IDENTITY).latest()
+    assert (saved.name, saved.progress.step) == ("ckpt-00001-000000003", 3)
+    np.testing.assert_array_equal(saved.arrays["model"][0], ARRAYS["model"][0])
+    assert {name.split("/")[0] for name in _files(root)} == {"ckpt-00001-000000003"}
+
+
+def test_under_kubeflows_minio_root_checkpoints_go_to_its_s3_api_once_an_endpoint_is_set(monkeypatch):
+    model = "minio://mlpipeline/v2/artifacts/p/r/train/model"
+    for name in storage.S3_ENDPOINT_ENVS:
+        monkeypatch.delenv(name, raising=False)
+    assert checkpoints.default_location(model, "/minio/x") == ""  # nowhere kic can write
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio-service.kubeflow:9000")  # kic compile --s3-endpoint
+    assert checkpoints.default_location(model, "/minio/x") == "s3://mlpipeline/v2/artifacts/p/r/train/checkpoints"
+    assert checkpoints.default_location("s3://b/root/r/train/model", "/s3/x") == "s3://b/root/r/train/checkpoints"
+
+
+@pytest.mark.slow  # a real train; test_checkpoints_on_s3 is the fast check of the store on S3
+def test_a_run_preempted_with_its_checkpoints_on_s3_resumes_from_them(prepared, tiny_backbone, trained, s3_server,
+                                                                      tmp_path):
+    config = TrainingConfig(epochs=2, batch_size=8, learning_rate=0.01)
+    bucket = s3_server.new_bucket()
+    options = train_options(tiny_backbone, checkpoint_uri=f"{bucket}/run/checkpoints", checkpoint_every_steps=2)
+
+    def preempted_at_the_end_of_epoch_1(line: str) -> None:
+        if line.startswith("Epoch 1/2"):
+            raise Preempted
+
+    with pytest.raises(Preempted):
+        train(prepared, str(tmp_path / "first"), config, options, log=preempted_at_the_end_of_epoch_1)
+    committed = [key for key in _files(f"{bucket}/run/checkpoints") if key.endswith("/COMMITTED")]
+    assert committed == ["ckpt-00000-000000002/COMMITTED"]
+    lines: list[str] = []
+    resumed = train(prepared, str(tmp_path / "resumed"), config, options, log=lines.append)
+    assert any(line.startswith("train: resuming from checkpoint") and line.endswith("at epoch 1 (step 2)")
+               for line in lines), lines
+    whole = trained.result
+    for key, values in whole.history.items():
+        np.testing.assert_allclose(resumed.history[key], values, rtol=1e-5, atol=1e-6, err_msg=key)

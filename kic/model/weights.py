@@ -63,7 +63,7 @@ def choice(weights: str | None) -> str | None:
     if not text.endswith(FILE_SUFFIXES):
         raise BackboneWeightsError(
             f"weights must be 'imagenet', 'none' or a Keras weights file "
-            f"({', '.join(FILE_SUFFIXES)}) as a local path or gs:// URI; got {text!r}")
+            f"({', '.join(FILE_SUFFIXES)}) as a local path, gs:// or s3:// URI; got {text!r}")
     return text
 
 
@@ -95,7 +95,7 @@ def problems(weights: str, backbone: Backbone, image_size: int, *, reachability:
     return [Problem("pretrained_weights", weights,
                     f"the ImageNet weights of {backbone.name} are not in the Keras cache ({source.cache_path}) "
                     f"and cannot be downloaded from {source.origin} ({reason}); pre-fill the cache with that "
-                    "file, pass a weights file (.weights.h5) as a path or gs:// URI, or use 'none'")]
+                    "file, pass a weights file (.weights.h5) as a path, gs:// or s3:// URI, or use 'none'")]
 
 
 # --------------------------------------------------------------------------- ImageNet

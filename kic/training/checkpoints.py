@@ -10,7 +10,7 @@ seed and the epoch (``kic.data.input_pipeline.EpochOrder``), so that is all a
 resumed run needs to see the same batches as an uninterrupted one: it skips
 the batches of the interrupted epoch it had trained and goes on.
 
-Layout under the checkpoint folder (local or gs://)::
+Layout under the checkpoint folder (local, gs:// or s3://)::
 
     ckpt-EEEEE-SSSSSSSSS/variables.npz   the arrays
     ckpt-EEEEE-SSSSSSSSS/state.json      the rest, and who wrote it
@@ -82,11 +82,16 @@ def default_location(model_uri: str, model_path: str) -> str:
     run. Kubeflow Pipelines fixes a task's output URIs once, before its
     first attempt, and every retry of it gets the same; Vertex AI's include
     the task's id, the same on a retry; a new run gets new ones. Only a
-    gs:// URI survives the machine (a local path does on this machine, where
-    kfp.local runs); elsewhere (KFP's default MinIO, s3://) kic cannot write
-    and returns "" (no checkpoints)."""
-    if model_uri and storage.is_gcs(model_uri):
+    gs:// or s3:// URI survives the machine (a local path does on this
+    machine, where kfp.local runs). Kubeflow Pipelines' default MinIO root
+    (``minio://BUCKET/...``) is the same bucket on the S3 API, which kic
+    writes when an S3 endpoint is set (``AWS_ENDPOINT_URL_S3``, as ``kic
+    compile --s3-endpoint`` sets it); elsewhere kic cannot write and returns
+    "" (no checkpoints)."""
+    if model_uri and storage.is_remote(model_uri):
         return storage.join(posixpath.dirname(model_uri.rstrip("/")), artifacts.CHECKPOINTS_DIR)
+    if model_uri.startswith(storage.MINIO_SCHEME) and storage.s3_endpoint():
+        return storage.join(posixpath.dirname(storage.s3_uri_for(model_uri).rstrip("/")), artifacts.CHECKPOINTS_DIR)
     if model_uri and "://" in model_uri:
         return ""
     return os.path.join(os.path.dirname(os.path.abspath(model_path)), artifacts.CHECKPOINTS_DIR)
