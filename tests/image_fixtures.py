@@ -318,3 +318,56 @@ def write_parity_files(root: str, classes=tuple(SHAPE_HUES), per_kind: int = 1, 
                     handle.write(encoder(image))
                 written[name] = kind
     return written
+
+
+def malformed_corpus(seed: int = 20, per_seed: int = 30) -> list[tuple[str, bytes]]:
+    """(name, bytes): a small good file of each kind (animated WebP and GIF
+    included) and ``per_seed`` seeded mutations of each (cut short, bits
+    flipped, header bytes overwritten, runs replaced), then random bytes: the
+    fuzz corpus of tests/test_fuzz.py and tests/test_untrusted_files.py."""
+    rng = random.Random(seed)
+    noise, rgba = noise_image((32, 24), seed=1), noise_image((32, 24), mode="RGBA", seed=2)
+    frames = [Image.new("RGB", (24, 16), color) for color in (RED, GREEN, BLUE)]
+    seeds = {
+        "jpeg": encode(noise, "JPEG", quality=85),
+        "png": encode(rgba, "PNG"),
+        "webp": encode(noise, "WEBP", quality=80),
+        "webp_alpha": encode(rgba, "WEBP", quality=80),
+        "webp_lossless": encode(rgba, "WEBP", lossless=True),
+        "webp_animated": encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50, loop=0),
+        "webp_animated_lossless": encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=50,
+                                         lossless=True),
+        "gif": encode(noise.convert("P"), "GIF"),
+        "gif_animated": animated_gif(size=(24, 16)),
+        "bmp": encode(noise, "BMP"),
+    }
+    cases = []
+    for name, raw in seeds.items():
+        cases.append((name, raw))
+        cases.extend((f"{name}-{index}", _mutate(raw, rng)) for index in range(per_seed))
+    cases.extend((f"random-{index}", rng.randbytes(rng.randrange(64))) for index in range(10))
+    return cases
+
+
+MALFORMED_SEEDS = ("jpeg", "png", "webp", "webp_alpha", "webp_lossless", "webp_animated", "webp_animated_lossless",
+                   "gif", "gif_animated", "bmp")
+
+
+def _mutate(raw: bytes, rng: random.Random) -> bytes:
+    data = bytearray(raw)
+    kind = rng.randrange(5)
+    if kind == 0:  # cut short
+        return bytes(data[:rng.randrange(len(data))])
+    if kind == 1:  # a few bit flips anywhere
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 2:  # the header, where sizes, flags and chunk lengths live
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(min(64, len(data)))] = rng.randrange(256)
+    elif kind == 3:  # a run of bytes replaced by random ones
+        start = rng.randrange(len(data))
+        data[start:start + rng.randint(1, 32)] = rng.randbytes(rng.randint(1, 32))
+    else:  # a flip and a cut
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        data = data[:rng.randint(len(data) // 2, len(data))]
+    return bytes(data)

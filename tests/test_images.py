@@ -60,8 +60,9 @@ def test_fixture_matrix_outcome(name):
 def test_fixture_matrix_has_good_and_bad_files():
     outcomes = [expected for _, expected in fx.fixture_matrix().values()]
     assert outcomes.count(None) >= 10
+    # not_a_file is a FIFO or a device, which bytes cannot be: tests/test_untrusted_files.py makes them.
     assert {reason.value for reason in RejectReason} - set(outcomes) == {
-        "too_large", "unsupported_mode", "bad_dimensions"}
+        "too_large", "unsupported_mode", "bad_dimensions", "not_a_file"}
 
 
 # --- formats and colour modes kept -------------------------------------------------------------

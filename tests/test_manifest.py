@@ -61,3 +61,28 @@ def test_gcs_manifests_resolve_against_their_folder(gcs_emulator):
     storage.write_text(f"{bucket}/lists/m.csv", "uri,label\n../images/a.jpg,cat\ngs://other/b.jpg,dog\n")
     rows = manifest.read_manifest(f"{bucket}/lists/m.csv", labels=True)
     assert [row.location for row in rows] == [f"{bucket}/images/a.jpg", "gs://other/b.jpg"]
+
+
+def test_a_huge_csv_field_names_its_line_and_is_no_traceback(tmp_path):
+    path = _write(tmp_path / "m.csv", "uri,label\na.jpg,cat\n" + "x" * 200_000 + ",dog\n")
+    with pytest.raises(SourceError, match=r"m.csv: line 3 cannot be read as CSV .*field larger than field limit"):
+        manifest.read_manifest(path, labels=True)
+
+
+def test_an_entry_at_a_scheme_kic_cannot_read_is_refused_with_its_line(tmp_path):
+    path = _write(tmp_path / "m.jsonl", '{"uri": "a.jpg", "label": "cat"}\n'
+                                        '{"uri": "http://example.com/b.jpg", "label": "dog"}\n')
+    with pytest.raises(SourceError, match=r"1 line\(s\) name images at http:// URIs, which kic cannot read: line 2"):
+        manifest.read_manifest(path, labels=True)
+    assert manifest.read_manifest(_write(tmp_path / "g.txt", "gs://b/a.jpg\n"), labels=False)[0].location == \
+        "gs://b/a.jpg"
+
+
+def test_s3_manifests_resolve_against_their_folder(s3_server):
+    from kic import storage
+
+    bucket = s3_server.new_bucket()
+    storage.write_text(f"{bucket}/lists/m.csv", "uri,label\n../images/a.jpg,cat\ns3://other/b.jpg,dog\n"
+                                                "gs://elsewhere/c.jpg,dog\n")
+    rows = manifest.read_manifest(f"{bucket}/lists/m.csv", labels=True)
+    assert [row.location for row in rows] == [f"{bucket}/images/a.jpg", "s3://other/b.jpg", "gs://elsewhere/c.jpg"]

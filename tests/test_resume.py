@@ -35,6 +35,11 @@ def test_a_local_run_keeps_its_checkpoints_in_the_output_folder_and_only_resume_
     assert "train continues from its checkpoint" in capsys.readouterr().out
     fresh = cli._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=False)
     assert fresh == resumed and not (tmp_path / artifacts.CHECKPOINTS_DIR).exists()  # a new run starts afresh
+    old.mkdir(parents=True)
+    notes = tmp_path / artifacts.CHECKPOINTS_DIR / "notes.txt"
+    notes.write_text("mine")
+    cli._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=False)
+    assert not old.exists() and notes.read_text() == "mine"  # only kic's checkpoints are removed
     assert cli._with_checkpoints({"checkpoint_uri": "gs://b/c"}, str(tmp_path), resume=False) == {
         "checkpoint_uri": "gs://b/c"}  # a folder the user names is theirs
 

@@ -37,6 +37,8 @@ import dataclasses
 import enum
 import hashlib
 import io
+import os
+import stat
 
 from PIL import Image, ImageOps
 
@@ -132,6 +134,7 @@ class RejectReason(str, enum.Enum):
     CORRUPT = "corrupt"
     TOO_MANY_PIXELS = "too_many_pixels"
     BAD_DIMENSIONS = "bad_dimensions"  # empty, or too long a side for JPEG even after resizing
+    NOT_A_FILE = "not_a_file"  # a FIFO, device, socket or folder where a file was expected
 
 
 class ImageRejected(Exception):
@@ -158,6 +161,56 @@ class NormalizedImage:
     sha256: str  # hex digest of the original raw bytes
 
 
+# Bytes read at a time from a local file: the limit itself may be far larger than one image.
+_READ_CHUNK = 1024 * 1024
+
+
+def read_image_file(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of one local image file, or ImageRejected before they are read.
+
+    Only a regular file is read (a symlink is followed, and judged by what it
+    points to): reading a FIFO waits for a writer forever, a device such as
+    /dev/zero never ends, and neither is an image. Its size is judged from
+    stat before any byte is read, and at most ``max_bytes`` + 1 bytes are
+    read whatever stat said (a file that grows, a filesystem that reports 0),
+    so memory stays bounded by the limit. OSError (missing, no permission)
+    is left to the caller.
+    """
+    _check_regular(os.stat(path), path)
+    # O_NONBLOCK: if the path was swapped for a FIFO since stat, opening it must not wait for a writer.
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(descriptor, "rb", buffering=0) as handle:
+        status = os.fstat(descriptor)
+        _check_regular(status, path)
+        if status.st_size > max_bytes:
+            raise _too_large(status.st_size, max_bytes)
+        chunks, total = [], 0
+        while total <= max_bytes:
+            chunk = handle.read(min(_READ_CHUNK, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    if total > max_bytes:
+        raise ImageRejected(RejectReason.TOO_LARGE, f"the file holds more than the limit of {max_bytes:,} bytes "
+                            f"(it grew while read, or its size was misreported as {status.st_size:,})")
+    return b"".join(chunks)
+
+
+def _check_regular(status: os.stat_result, path: str) -> None:
+    if stat.S_ISREG(status.st_mode):
+        return
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(status.st_mode)), "not a regular file")
+    target = " (through a symbolic link)" if os.path.islink(path) else ""
+    raise ImageRejected(RejectReason.NOT_A_FILE, f"it is {kind}{target}, not a regular file: not read")
+
+
+def _too_large(size: int, max_bytes: int) -> ImageRejected:
+    return ImageRejected(RejectReason.TOO_LARGE, f"the file is {size:,} bytes, over the limit of {max_bytes:,} bytes")
+
+
 def normalize_image(raw: bytes, limits: ImageLimits = ImageLimits()) -> NormalizedImage:
     """Validates one raw file and returns it as a normalised RGB JPEG.
 
@@ -167,8 +220,7 @@ def normalize_image(raw: bytes, limits: ImageLimits = ImageLimits()) -> Normaliz
     if not raw:
         raise ImageRejected(RejectReason.EMPTY, "the file is empty (0 bytes)")
     if len(raw) > limits.max_bytes:
-        raise ImageRejected(RejectReason.TOO_LARGE,
-                            f"the file is {len(raw):,} bytes, over the limit of {limits.max_bytes:,} bytes")
+        raise _too_large(len(raw), limits.max_bytes)
     sha256 = hashlib.sha256(raw).hexdigest()
 
     image = _open(raw)

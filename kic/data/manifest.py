@@ -10,7 +10,7 @@ manifest that trains also predicts.
   string or an integer).
 * ``.txt``: one image per line, no labels.
 
-Relative entries are relative to the manifest's own folder, local or gs://.
+Relative entries are relative to the manifest's own folder, local, gs:// or s3://.
 Blank lines are skipped; a line without an image (or, where labels are needed,
 without a label) is an error, and every such line is named at once.
 """
@@ -23,6 +23,7 @@ import io
 import json
 import os
 import posixpath
+import re
 
 from kic import storage
 from kic.errors import SourceError
@@ -67,11 +68,30 @@ def read_manifest(uri: str, *, labels: bool) -> list[ManifestRow]:
                    if line.strip()]
     bad = [number for number, name, label in entries if not name or (labels and not label)]
     if bad:
-        shown = ", ".join(str(number) for number in bad[:_LINES_SHOWN]) + (" ..." if len(bad) > _LINES_SHOWN else "")
         needs = "an image and a label" if labels else "an image"
-        raise SourceError(f"manifest {uri}: {len(bad)} line(s) without {needs}: line {shown}")
+        raise SourceError(f"manifest {uri}: {len(bad)} line(s) without {needs}: line {_numbers(bad)}")
+    # Joined to the manifest's folder, http://host/a.jpg would become a local path that does not exist.
+    unreadable = [(number, name) for number, name, _ in entries if _SCHEME.match(name) and not _readable(name)]
+    if unreadable:
+        schemes = sorted({_SCHEME.match(name)[0] for _, name in unreadable})
+        raise SourceError(f"manifest {uri}: {len(unreadable)} line(s) name images at {', '.join(schemes)} URIs, "
+                          f"which kic cannot read: line {_numbers([number for number, _ in unreadable])}; use "
+                          "local paths (absolute, or relative to the manifest) or "
+                          + " or ".join(f"{scheme} URIs" for scheme in storage.REMOTE_SCHEMES))
     base = _base(uri)
     return [ManifestRow(location=_resolve(base, name), name=name, label=label) for _, name, label in entries]
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _readable(entry: str) -> bool:
+    return storage.is_remote(entry)
+
+
+def _numbers(numbers: list[int]) -> str:
+    return ", ".join(str(number) for number in numbers[:_LINES_SHOWN]) + (" ..." if len(numbers) > _LINES_SHOWN
+                                                                         else "")
 
 
 def entry_location(uri: str, entry: str) -> str:
@@ -80,11 +100,19 @@ def entry_location(uri: str, entry: str) -> str:
 
 
 def _base(uri: str) -> str:
-    return posixpath.dirname(uri) if storage.is_gcs(uri) else os.path.dirname(os.path.abspath(uri))
+    return posixpath.dirname(uri) if storage.is_remote(uri) else os.path.dirname(os.path.abspath(uri))
 
 
 def _csv_entries(uri: str, text: str, labels: bool) -> list[tuple[int, str, str | None]]:
     reader = csv.reader(io.StringIO(text))
+    try:
+        return _csv_rows(uri, reader, labels)
+    except csv.Error as error:  # a field over csv's 128 KiB limit, a NUL byte: not a list of image paths
+        raise SourceError(f"manifest {uri}: line {reader.line_num} cannot be read as CSV ({error}); is it the "
+                          "right file?") from None
+
+
+def _csv_rows(uri: str, reader, labels: bool) -> list[tuple[int, str, str | None]]:
     header = next(reader, None)
     columns = [column.strip().lower() for column in header or []]
     image_column = next((columns.index(key) for key in IMAGE_KEYS if key in columns), None)
@@ -126,8 +154,9 @@ def _jsonl_entries(text: str, labels: bool) -> list[tuple[int, str, str | None]]
 
 
 def _resolve(base: str, entry: str) -> str:
-    if storage.is_gcs(entry) or os.path.isabs(entry):
+    if storage.is_remote(entry) or os.path.isabs(entry):
         return entry
-    if storage.is_gcs(base):
-        return storage.GCS_SCHEME + posixpath.normpath(posixpath.join(base[len(storage.GCS_SCHEME):], entry))
+    if storage.is_remote(base):
+        scheme = storage.scheme(base)
+        return scheme + posixpath.normpath(posixpath.join(base[len(scheme):], entry))
     return os.path.normpath(os.path.join(base, entry))

@@ -33,7 +33,7 @@ JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 
 @_graph_code
 def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
-    """Decodes JPEG, PNG, GIF (first frame), BMP or WebP bytes to uint8 [H, W, 3],
+    """Decodes JPEG, PNG, GIF (first frame), BMP or WebP (first frame) bytes to uint8 [H, W, 3],
     upright: the EXIF orientation of a JPEG, PNG or WebP is applied, as prepare
     applies it (Pillow's ``ImageOps.exif_transpose``). prepare's own JPEGs carry
     no EXIF, so on training data this changes nothing.
@@ -56,11 +56,111 @@ def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
     magic = tf.strings.substr(encoded, 0, 4)
     may_have_alpha = tf.logical_or(tf.equal(magic, b"\x89PNG"), tf.equal(magic, b"RIFF"))
     image = tf.case([(tf.io.is_jpeg(encoded), lambda: _decode_jpeg(encoded, min_size)),
+                     (is_animated_webp(encoded), lambda: _webp_first_frame(encoded)),
                      (may_have_alpha, with_native_channels)],
                     default=without_alpha, exclusive=False)
     image = apply_orientation(image, exif_orientation(encoded))
     image.set_shape([None, None, 3])
     return image
+
+
+# --- Animated WebP -------------------------------------------------------------
+# TensorFlow's WebP decoder (2.21) corrupts the heap on an animated WebP, whatever
+# the channels or expand_animations asked ("malloc(): corrupted top size", the
+# process aborts). It takes that path when the VP8X chunk's animation flag is
+# set, so such a file never reaches it: its first frame (the first ANMF chunk's
+# ALPH/VP8/VP8L data) is rewrapped as a still VP8X WebP, whose flags are written
+# here without the animation bit, decoded, and placed on the canvas at its
+# offset over transparent pixels, which _to_rgb then composites onto the
+# background (or, when the file declares no alpha, which are dropped): what
+# Pillow (libwebp's animation decoder) gives prepare for the first frame. A
+# file with ANMF chunks but no flag is taken the same way. Anything
+# that cannot be a first frame (no ANMF chunk, a frame outside the canvas, a
+# canvas over prepare's pixel limit) fails the decode with that reason, as
+# any undecodable image does: the request fails with it, and batch predict
+# gives that file an error row.
+
+_WEBP_ANIMATION_FLAG = 0x02
+_WEBP_ALPHA_FLAG = 0x10
+_ANMF_HEADER = 16  # x/2, y/2, width-1, height-1, duration (3 bytes each), flags
+_MAX_CANVAS_PIXELS = 89_478_485  # prepare's limit (kic.data.images.DEFAULT_MAX_PIXELS)
+# One-byte strings by value, to write a header from integers in the graph.
+_BYTE_STRINGS = [bytes([value]) for value in range(256)]
+
+
+def _is_webp(data: tf.Tensor) -> tf.Tensor:
+    return tf.logical_and(tf.equal(tf.strings.substr(data, 0, 4), b"RIFF"),
+                          tf.equal(_text_at(data, tf.constant(8, tf.int64), 4), b"WEBP"))
+
+
+@_graph_code
+def is_animated_webp(encoded: tf.Tensor) -> tf.Tensor:
+    """Whether encoded bytes are a WebP that declares or holds an animation."""
+
+    def animated() -> tf.Tensor:
+        flags = _bytes_at(encoded, tf.constant(20, tf.int64), 1)[0]
+        flagged = tf.logical_and(tf.equal(_text_at(encoded, tf.constant(12, tf.int64), 4), b"VP8X"),
+                                 tf.not_equal(tf.bitwise.bitwise_and(flags, _WEBP_ANIMATION_FLAG), 0))
+        # An ANIM chunk without frames and without the flag decodes as a still image (or fails), safely.
+        frame_start, frame_end = _webp_chunk(encoded, b"ANMF")
+        return tf.logical_or(flagged, frame_start < frame_end)
+
+    return tf.cond(_is_webp(encoded), animated, lambda: tf.constant(False))
+
+
+def _little_endian_bytes(value: tf.Tensor, length: int) -> tf.Tensor:
+    """int64 -> its ``length`` low bytes, least significant first, as a string."""
+    shifts = tf.constant([8 * index for index in range(length)], tf.int64)
+    values = tf.bitwise.bitwise_and(tf.bitwise.right_shift(value, shifts), 0xFF)
+    return tf.strings.reduce_join(tf.gather(tf.constant(_BYTE_STRINGS), values))
+
+
+def _webp_first_frame(encoded: tf.Tensor) -> tf.Tensor:
+    """An animated WebP -> its first frame, uint8 RGB [canvas height, canvas width, 3] (see above)."""
+    start, end = _webp_chunk(encoded, b"ANMF")
+    header = tf.cast(_bytes_at(encoded, start, _ANMF_HEADER), tf.int64)
+
+    def little(offset: int) -> tf.Tensor:
+        return header[offset] + 256 * header[offset + 1] + 65536 * header[offset + 2]
+
+    x, y, width, height = 2 * little(0), 2 * little(3), little(6) + 1, little(9) + 1
+    canvas = tf.cast(_bytes_at(encoded, tf.constant(24, tf.int64), 6), tf.int64)
+    canvas_width = canvas[0] + 256 * canvas[1] + 65536 * canvas[2] + 1
+    canvas_height = canvas[3] + 256 * canvas[4] + 65536 * canvas[5] + 1
+    has_canvas = tf.equal(_text_at(encoded, tf.constant(12, tf.int64), 4), b"VP8X")
+    canvas_width = tf.where(has_canvas, canvas_width, x + width)
+    canvas_height = tf.where(has_canvas, canvas_height, y + height)
+    checks = [
+        tf.debugging.Assert(end - start > _ANMF_HEADER + 8,
+                            ["the animated WebP has no frame (no ANMF chunk with image data)"]),
+        tf.debugging.Assert(tf.logical_and(x + width <= canvas_width, y + height <= canvas_height),
+                            ["the first frame of the animated WebP lies outside its canvas"]),
+        tf.debugging.Assert(canvas_width * canvas_height <= _MAX_CANVAS_PIXELS,
+                            ["the animated WebP's canvas has too many pixels"]),
+    ]
+    with tf.control_dependencies(checks):
+        frame = _text_at(encoded, start + _ANMF_HEADER,
+                         tf.cast(tf.minimum(end - start - _ANMF_HEADER, _size(encoded)), tf.int32))
+    frame_size = tf.cast(tf.strings.length(frame), tf.int64)
+    flags = tf.constant(_WEBP_ALPHA_FLAG, tf.int64)
+    vp8x = tf.strings.join([b"VP8X", _little_endian_bytes(tf.constant(10, tf.int64), 4),
+                            _little_endian_bytes(flags, 4), _little_endian_bytes(width - 1, 3),
+                            _little_endian_bytes(height - 1, 3)])
+    still = tf.strings.join([b"RIFF", _little_endian_bytes(4 + 18 + frame_size, 4), b"WEBP", vp8x, frame])
+    image = tf.io.decode_image(still, channels=0, expand_animations=False)
+    opaque = tf.fill(tf.concat([tf.shape(image)[:2], [1]], 0), tf.constant(255, tf.uint8))
+    image = tf.cond(tf.equal(tf.shape(image)[-1], 4), lambda: image,
+                    lambda: tf.concat([_to_rgb(image), opaque], -1))
+    # By the size the bitstream decoded to: should it differ from the frame header's and not fit,
+    # the negative padding fails the decode.
+    decoded = tf.shape(image, out_type=tf.int64)
+    image = tf.pad(image, [[y, canvas_height - y - decoded[0]], [x, canvas_width - x - decoded[1]], [0, 0]])
+    # Pillow opens a WebP whose VP8X chunk declares no alpha as RGB, dropping the alpha of the
+    # canvas (so black where no frame covers it) and of the frame.
+    declares_alpha = tf.not_equal(tf.bitwise.bitwise_and(_bytes_at(encoded, tf.constant(20, tf.int64), 1)[0],
+                                                         _WEBP_ALPHA_FLAG), 0)
+    return tf.cond(tf.logical_and(has_canvas, tf.logical_not(declares_alpha)), lambda: image[..., :3],
+                   lambda: _to_rgb(image))
 
 
 def _decode_jpeg(encoded: tf.Tensor, min_size: int) -> tf.Tensor:
@@ -210,14 +310,21 @@ def _png_exif(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _webp_exif(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """[start, end) of the RIFF "EXIF" chunk's data, or (0, 0): walks the
-    chunks after the 12-byte RIFF header (FourCC, 4-byte little-endian size,
-    data padded to an even length)."""
+    """[start, end) of the RIFF "EXIF" chunk's data, or (0, 0)."""
+    start, end = _webp_chunk(data, b"EXIF")
+    return _skip_exif_header(data, start, end)
+
+
+def _webp_chunk(data: tf.Tensor, fourcc: bytes) -> tuple[tf.Tensor, tf.Tensor]:
+    """[start, end) of the first RIFF chunk ``fourcc``'s data, or (0, 0):
+    walks the chunks after the 12-byte RIFF header (FourCC, 4-byte
+    little-endian size, data padded to an even length). ``end`` may lie past
+    the data when the file is cut short."""
 
     def step(position, start, end, done, steps):
         header = _bytes_at(data, position, 8)
         size = _big_endian(tf.reverse(header[4:8], [0]))
-        found = tf.equal(_text_at(data, position, 4), b"EXIF")
+        found = tf.equal(_text_at(data, position, 4), fourcc)
         start = tf.where(found, position + 8, start)
         end = tf.where(found, position + 8 + size, end)
         position = position + 8 + size + size % 2
@@ -228,7 +335,7 @@ def _webp_exif(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     _, start, end, _, _ = tf.while_loop(
         lambda position, start, end, done, steps: tf.logical_and(tf.logical_not(done), steps < _MAX_RIFF_CHUNKS),
         step, (tf.constant(12, tf.int64), zero, zero, tf.constant(False), tf.constant(0)))
-    return _skip_exif_header(data, start, end)
+    return start, end
 
 
 def _skip_exif_header(data: tf.Tensor, start: tf.Tensor, end: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -10,6 +10,7 @@ run's export is never cached: each run publishes its own version).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,6 +19,7 @@ import warnings
 from collections.abc import Mapping
 
 from kic import artifacts, storage
+from kic.orchestration import output_folder
 
 CACHE_DIR = ".kfp-cache"
 EVALUATION_REPORT_HTML = "evaluation_report.html"
@@ -41,9 +43,18 @@ def run_compiled_pipeline(pipeline_yaml: str, arguments: dict, pipeline_root: st
     reuses its outputs, as on a cluster (the snapshot step is never cached,
     so changed sources rerun what depends on them)."""
     from kfp import components, local
+    from kfp.local import executor_input_utils
 
     os.makedirs(pipeline_root, exist_ok=True)
     before = set(os.listdir(pipeline_root))
+    # This run's folder is the one kfp.local names for it: not the newest one, which may be another run's.
+    named: list[str] = []
+    naming = executor_input_utils.get_local_pipeline_resource_name
+
+    def name_and_remember(pipeline_name: str) -> str:
+        named.append(naming(pipeline_name))
+        return named[-1]
+
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True,
                enable_caching=cache, cache_root=os.path.join(pipeline_root, CACHE_DIR))
     pipeline = components.load_component_from_file(pipeline_yaml)
@@ -52,11 +63,18 @@ def run_compiled_pipeline(pipeline_yaml: str, arguments: dict, pipeline_root: st
         # The subprocess runner warns that our image name lacks "python"; it
         # runs the same code in this environment, where kic is installed.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        task = pipeline(**arguments)
-    new_runs = sorted(folder for folder in set(os.listdir(pipeline_root)) - before if folder.startswith(name))
-    if not new_runs:
-        raise RuntimeError(f"the local run left no output under {pipeline_root}")
-    return LocalRun(run_dir=os.path.join(pipeline_root, new_runs[-1]),
+        executor_input_utils.get_local_pipeline_resource_name = name_and_remember
+        try:
+            task = pipeline(**arguments)
+        finally:
+            executor_input_utils.get_local_pipeline_resource_name = naming
+    # Should a kfp release name its runs elsewhere: the one folder that appeared under the root during this run
+    # (which holds the output folder's lock).
+    new_runs = named[:1] or sorted(folder for folder in set(os.listdir(pipeline_root)) - before
+                                   if folder.startswith(name))
+    if len(new_runs) != 1 or not os.path.isdir(os.path.join(pipeline_root, new_runs[0])):
+        raise RuntimeError(f"cannot tell which folder under {pipeline_root} is this run's: {new_runs}")
+    return LocalRun(run_dir=os.path.join(pipeline_root, new_runs[0]),
                     outputs={name: output.path for name, output in task.outputs.items()})
 
 
@@ -83,8 +101,13 @@ def collect_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = 
         return destination
 
     os.makedirs(output_dir, exist_ok=True)
-    # What an earlier run into the same folder left must not pass for this run's.
-    for name in (artifacts.MODEL_TARBALL, MODEL_DIR, artifacts.BLESSING_JSON, artifacts.EVALUATION_JSON,
+    # What an earlier run into the same folder left must not pass for this run's; a user's files stay (a run
+    # refuses to start over them: cleared_folders).
+    model_dir = os.path.join(output_dir, MODEL_DIR)
+    ours = _in_model_tarball(output_dir)
+    theirs = output_folder.foreign(model_dir, ours)
+    output_folder.clear(model_dir, ours)
+    for name in (artifacts.MODEL_TARBALL, artifacts.BLESSING_JSON, artifacts.EVALUATION_JSON,
                  EVALUATION_REPORT_HTML, artifacts.SERVING_PARITY_REPORT, f"predictions.{prediction_format}"):
         storage.remove_tree(os.path.join(output_dir, name))
     examples = run.outputs.get("examples")
@@ -100,7 +123,8 @@ def collect_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = 
     tarball = copy(os.path.join(run.run_dir, EXPORT_TASK, artifacts.PACKAGE_KEY, artifacts.MODEL_TARBALL),
                    artifacts.MODEL_TARBALL)
     if tarball:
-        model = storage.extract_tarball(tarball, os.path.join(output_dir, MODEL_DIR))
+        model = storage.extract_tarball(tarball, model_dir)
+        output_folder.record(model_dir, set(output_folder.files(model_dir)) - set(theirs))
     copy(os.path.join(run.run_dir, EXPORT_TASK, artifacts.PACKAGE_KEY, artifacts.SERVING_PARITY_REPORT),
          artifacts.SERVING_PARITY_REPORT)
     predictions = copy(os.path.join(run.run_dir, PREDICT_TASK, artifacts.PREDICTIONS_KEY),
@@ -117,6 +141,27 @@ def collect_tuning_outputs(run: LocalRun, output_dir: str, *, prediction_format:
         if run.outputs.get(key) and os.path.isfile(run.outputs[key]):
             shutil.copyfile(run.outputs[key], os.path.join(output_dir, name))
     return collect_outputs(run, output_dir, prediction_format=prediction_format)
+
+
+def cleared_folders(output_dir: str) -> dict:
+    """The folders under ``output_dir`` that collecting a run's outputs clears, each with what counts as kic's
+    in it when it has no list of kic's files (an older kic wrote it): for output_folder.refuse_foreign."""
+    return {os.path.join(output_dir, MODEL_DIR): _in_model_tarball(output_dir)}
+
+
+def _in_model_tarball(output_dir: str):
+    """Whether a path under model/ is one that model.tar.gz unpacks to (model/ is its unpacked copy)."""
+    import functools
+    import tarfile
+
+    @functools.cache
+    def members() -> frozenset[str]:  # only asked when model/ has no list: listing a large archive takes seconds
+        with contextlib.suppress(OSError, tarfile.TarError):
+            with tarfile.open(os.path.join(output_dir, artifacts.MODEL_TARBALL)) as tarball:
+                return frozenset(os.path.normpath(name) for name in tarball.getnames())
+        return frozenset()
+
+    return lambda path: os.path.normpath(path) in members()
 
 
 def _read_json(path: str | None) -> dict | None:

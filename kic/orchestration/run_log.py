@@ -26,10 +26,11 @@ import io
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 from typing import TextIO
+
+from kic.orchestration import output_folder
 
 RUN_LOG = "run.log"
 TAIL_LINES = 15
@@ -73,8 +74,8 @@ class Step:
 
 class RunLog(contextlib.AbstractContextManager):
     """Captures a local run started inside the ``with`` block (see the module
-    docstring); ``folder`` is emptied first, so no earlier run's logs pass for
-    this one's."""
+    docstring); the logs kic wrote in ``folder`` are removed first (a user's files
+    stay), so no earlier run's logs pass for this one's."""
 
     def __init__(self, folder: str, *, verbose: bool = False, terminal: TextIO | None = None):
         self.folder, self.verbose = folder, verbose
@@ -87,8 +88,8 @@ class RunLog(contextlib.AbstractContextManager):
 
     # ------------------------------------------------------------ context
     def __enter__(self) -> RunLog:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        os.makedirs(self.folder)
+        output_folder.clear(self.folder, written_by_kic)  # a user's files there stay
+        os.makedirs(self.folder, exist_ok=True)
         self._run_file = self._open(RUN_LOG)
         root = logging.getLogger()
         # KFP also logs outside its logging context (a cache hit, a skipped task) at
@@ -189,7 +190,13 @@ class RunLog(contextlib.AbstractContextManager):
         self.terminal.flush()
 
     def _open(self, name: str) -> TextIO:
+        output_folder.record(self.folder, [name])
         return open(os.path.join(self.folder, name), "w", encoding="utf-8", buffering=1)
+
+
+def written_by_kic(name: str) -> bool:
+    """Whether a file in a logs folder that has no list of kic's files (an older kic's) is a log kic wrote."""
+    return os.sep not in name and name.endswith(".log")
 
 
 class _Handler(logging.Handler):

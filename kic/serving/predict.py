@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import os
+import stat
 import tempfile
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from PIL import Image
 
 from kic import artifacts, storage
 from kic.data import manifest
-from kic.data.images import DEFAULT_MAX_PIXELS
+from kic.data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRejected, read_image_file
 from kic.errors import DataError, ParameterError
 from kic.model import loading
 from kic.model.model_info import POSITIVE_CLASS_INDEX
@@ -45,8 +46,9 @@ from kic.serving.contract import (
 
 CSV_COLUMNS = ("file", "status", "predicted_label", "score", "probabilities", "top_k", "error")
 SUMMARY_ERRORS_SHOWN = 20
-# The limit prepare applies to training images.
+# The limits prepare applies to training images.
 MAX_PIXELS = DEFAULT_MAX_PIXELS
+MAX_BYTES = DEFAULT_MAX_BYTES
 
 
 class PredictInputError(DataError):
@@ -157,18 +159,20 @@ def load_serving_model(model_path: str) -> Iterator[ServingModel]:
             extracted = stack.enter_context(tempfile.TemporaryDirectory(prefix="kic-model-"))
             local = storage.extract_tarball(local, extracted)
         saved_model_dir = _find_saved_model(local)
-        loaded = tf.saved_model.load(saved_model_dir)
-        if SIGNATURE_NAME not in loaded.signatures:
-            raise PredictInputError(f"{model_path} has no {SIGNATURE_NAME!r} signature")
+        # Everything that can be checked without running the model's graph is checked first.
+        columns = _check_signature(saved_model_dir, model_path)
+        class_names = _package_class_names(saved_model_dir, columns, model_path)
+        try:
+            loaded = tf.saved_model.load(saved_model_dir)
+        except (tf.errors.OpError, ValueError, OSError, IndexError) as error:  # damaged or missing variables
+            message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+            raise PredictInputError(f"{model_path}: the SavedModel cannot be loaded: "
+                                    f"{decoder_reason(message)}") from None
         signature = loaded.signatures[SIGNATURE_NAME]
         input_names = list(signature.structured_input_signature[1])
-        if len(input_names) != 1 or "probabilities" not in signature.structured_outputs:
-            raise PredictInputError(
-                f"{model_path}: the {SIGNATURE_NAME} signature must take one input (encoded images) and "
-                f"return 'probabilities'; it takes {input_names} and returns "
-                f"{list(signature.structured_outputs)}")
-        class_names = _class_names(saved_model_dir, loaded, model_path)
-        columns = signature.structured_outputs["probabilities"].shape[-1]
+        if class_names is None:
+            class_names = _class_names(saved_model_dir, loaded, model_path)
+            _check_columns(class_names, columns, model_path)
         yield ServingModel(signature, input_names[0], class_names,
                            binary_mode=columns == 1 and len(class_names) == 2)
 
@@ -185,14 +189,86 @@ def _find_saved_model(directory: str) -> str:
     return os.path.join(directory, max(versions, key=int))
 
 
-def _class_names(saved_model_dir: str, loaded, model_path: str) -> tuple[str, ...]:
-    """From the label map beside the SavedModel (package layout), else from the model itself."""
+def _check_signature(saved_model_dir: str, model_path: str) -> int:
+    """Reads saved_model.pb's signatures (no graph is run) and returns the
+    number of ``probabilities`` columns of ``serving_default``."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as handle:
+            proto.ParseFromString(handle.read())
+    except (DecodeError, RuntimeWarning, ValueError) as error:
+        raise PredictInputError(f"{model_path}: saved_model.pb is damaged, not a SavedModel ({error})") from None
+    signatures = proto.meta_graphs[0].signature_def if proto.meta_graphs else {}
+    if SIGNATURE_NAME not in signatures:
+        raise PredictInputError(f"{model_path} has no {SIGNATURE_NAME!r} signature (has: "
+                                f"{', '.join(sorted(signatures)) or 'none'}); is it a kic export?")
+    signature = signatures[SIGNATURE_NAME]
+    inputs = list(signature.inputs)
+    strings = len(inputs) == 1 and signature.inputs[inputs[0]].dtype == tf.string.as_datatype_enum
+    if not strings or "probabilities" not in signature.outputs:
+        raise PredictInputError(
+            f"{model_path}: the {SIGNATURE_NAME} signature must take one string input (encoded images) and "
+            f"return 'probabilities'; it takes {inputs} and returns {sorted(signature.outputs)}")
+    dims = [dim.size for dim in signature.outputs["probabilities"].tensor_shape.dim]
+    if len(dims) != 2 or dims[1] < 1:
+        raise PredictInputError(f"{model_path}: 'probabilities' has shape {dims}, expected [batch, classes]")
+    return dims[1]
+
+
+def _check_columns(class_names: tuple[str, ...], columns: int, model_path: str) -> None:
+    if columns != len(class_names) and not (columns == 1 and len(class_names) == 2):
+        raise PredictInputError(
+            f"{model_path}: the label map names {len(class_names)} classes but the model returns {columns} "
+            "probabilities; the label map is not this model's")
+
+
+def _package_class_names(saved_model_dir: str, columns: int, model_path: str) -> tuple[str, ...] | None:
+    """The classes of the label map beside the SavedModel (package layout),
+    checked against the model's ``columns`` of probabilities and the
+    package's model_info.json where there is one; None without a label map."""
     for directory in (saved_model_dir, os.path.dirname(saved_model_dir)):
         label_map = os.path.join(directory, artifacts.LABEL_MAP)
         if os.path.isfile(label_map):
-            with open(label_map, encoding="utf-8") as handle:
-                indices = json.load(handle)
-            return tuple(sorted(indices, key=indices.get))
+            break
+    else:
+        return None
+    try:
+        with open(label_map, encoding="utf-8") as handle:
+            indices = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PredictInputError(f"{model_path}: {artifacts.LABEL_MAP} cannot be read: {error}") from None
+    valid = (isinstance(indices, dict) and indices
+             and all(isinstance(index, int) and not isinstance(index, bool) for index in indices.values())
+             and sorted(indices.values()) == list(range(len(indices))))
+    if not valid:
+        raise PredictInputError(f"{model_path}: {artifacts.LABEL_MAP} must map each class name to its index "
+                                f"0..N-1, once each; it holds {_shorten(indices)}")
+    class_names = tuple(sorted(indices, key=indices.get))
+    _check_columns(class_names, columns, model_path)
+    info_path = os.path.join(directory, artifacts.MODEL_INFO)
+    if os.path.isfile(info_path):
+        try:
+            with open(info_path, encoding="utf-8") as handle:
+                info = json.load(handle)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise PredictInputError(f"{model_path}: {artifacts.MODEL_INFO} cannot be read: {error}") from None
+        recorded = info.get("class_names") if isinstance(info, dict) else None
+        if not isinstance(recorded, list) or tuple(recorded) != class_names:
+            raise PredictInputError(f"{model_path}: {artifacts.MODEL_INFO} names the classes {_shorten(recorded)} "
+                                    f"but {artifacts.LABEL_MAP} {list(class_names)!r}; the package is inconsistent")
+    return class_names
+
+
+def _shorten(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _class_names(saved_model_dir: str, loaded, model_path: str) -> tuple[str, ...]:
+    """From the model itself (a bare SavedModel, without a package's label map)."""
     if hasattr(loaded, "class_names"):
         return tuple(name.decode("utf-8") for name in loaded.class_names.numpy())
     raise PredictInputError(f"{model_path}: no {artifacts.LABEL_MAP} found beside the SavedModel")
@@ -203,7 +279,11 @@ def _class_names(saved_model_dir: str, loaded, model_path: str) -> tuple[str, ..
 def list_inputs(inputs: str) -> tuple[list[str], int]:
     """Returns (image files in order, number of files skipped for their extension)."""
     lower = inputs.lower()
-    if manifest.is_manifest(inputs) and _is_file(inputs):
+    if _is_special_file(inputs):
+        if not lower.endswith(IMAGE_EXTENSIONS):  # reading a FIFO as a manifest would wait forever
+            raise PredictInputError(f"inputs {inputs} is not a regular file, a folder or a gs:// or s3:// prefix")
+        files, skipped = [inputs], 0  # rejected with its reason when read
+    elif manifest.is_manifest(inputs) and _is_file(inputs):
         files = [row.location for row in manifest.read_manifest(inputs, labels=False)]
         skipped = 0
     elif lower.endswith(IMAGE_EXTENSIONS) and _is_file(inputs):
@@ -222,7 +302,32 @@ def list_inputs(inputs: str) -> tuple[list[str], int]:
 
 
 def _is_file(uri: str) -> bool:
-    return storage.exists(uri) and (storage.is_gcs(uri) or os.path.isfile(uri))
+    return storage.exists(uri) and (storage.is_remote(uri) or os.path.isfile(uri))
+
+
+def _is_special_file(uri: str) -> bool:
+    """A local FIFO, device or socket (a symlink judged by its target)."""
+    if "://" in uri:
+        return False
+    try:
+        return not stat.S_ISREG(os.stat(uri).st_mode) and not os.path.isdir(uri)
+    except OSError:
+        return False
+
+
+def _read_inputs(files: list[str]) -> Iterator[tuple[str, bytes | Exception]]:
+    """Each file's bytes, or why not: a local file is read only if it is a
+    regular one of at most MAX_BYTES (kic.data.images.read_image_file)."""
+    remote = [file for file in files if "://" in file]
+    contents = dict(storage.read_many(remote)) if remote else {}
+    for file in files:
+        if file in contents:
+            yield file, contents[file]
+            continue
+        try:
+            yield file, read_image_file(file, MAX_BYTES)
+        except (ImageRejected, OSError) as error:
+            yield file, error
 
 
 # --- Predicting ------------------------------------------------------------------
@@ -230,9 +335,13 @@ def _is_file(uri: str) -> bool:
 def _predict_batch(model: ServingModel, files: list[str], top_k: int) -> list[dict]:
     rows: dict[str, dict] = {}
     readable: dict[str, bytes] = {}
-    for file, content in storage.read_many(files):
-        if isinstance(content, Exception):
+    for file, content in _read_inputs(files):
+        if isinstance(content, ImageRejected):
+            rows[file] = _error_row(file, str(content))
+        elif isinstance(content, Exception):
             rows[file] = _error_row(file, f"unreadable: {content}")
+        elif len(content) > MAX_BYTES:
+            rows[file] = _error_row(file, f"too large: {len(content):,} bytes (at most {MAX_BYTES:,})")
         elif not content:
             rows[file] = _error_row(file, "empty file")
         elif problem := _pixel_count_problem(content):
