@@ -176,7 +176,7 @@ def main() -> None:
             print(report.summary_lines()[0])
             for kind, summary in report.by_kind().items():
                 print(f"  {kind:<22} {summary['files']:>4} files  agreement {summary['top1_agreement']:7.1%}  "
-                      f"max |diff| {summary['max_abs_diff']:.4f}  mean |diff| {summary['mean_abs_diff']:.4f}  "
+                      f"max |diff| {summary['max_abs_diff']:.4f}  gate's input diff {summary['pixel_mean_diff']:.2f}  "
                       f"mean |input diff| {pixels[kind]:.2f}")
             sys.stdout.flush()
 

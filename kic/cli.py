@@ -9,6 +9,7 @@ neither TensorFlow nor KFP, so they answer in a second or two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -39,16 +40,49 @@ DEMO_PARAMETERS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kic import redact
+
     parser = _parser()
     args = parser.parse_args(argv)
+    credentialed = args.handler in (_submit, _schedule)
+    if not credentialed:
+        return _handle(args)
+    redact.remember(args.token, args.cookies, _read_quietly(args.token_file),
+                    urls=(args.host, os.environ.get("KF_PIPELINES_ENDPOINT", "")))
+    # Whatever a library prints, and a bug's traceback, pass through redaction too.
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = redact.RedactingStream(sys.stdout), redact.RedactingStream(sys.stderr)
+    try:
+        return _handle(args)
+    except Exception:  # a bug: its traceback, redacted
+        import traceback
+
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+        redact.forget()
+
+
+def _handle(args: argparse.Namespace) -> int:
+    from kic.redact import redact
+
     try:
         return args.handler(args)
     except ParameterError as error:
-        print(f"kic: {error}", file=sys.stderr)
+        print(redact(f"kic: {error}"), file=sys.stderr)
         return 2
     except UserError as error:  # anything else keeps its traceback: it is a bug
-        print(f"kic: error: {error}", file=sys.stderr)
+        print(redact(f"kic: error: {error}"), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a local run (kic.orchestration.shutdown)
+        from kic.orchestration import shutdown
+
+        print(f"\nkic: stopped by {shutdown.signal_name()}"
+              + ("; so were the steps it had started" if shutdown.received else ""), file=sys.stderr)
+        return shutdown.exit_code()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the whole pipeline on this machine (KFP local runner)")
-    _add_parameter_options(run, data_help="training images: folder, gs:// prefix, manifest or tfds:NAME; "
+    _add_parameter_options(run, data_help="training images: folder, gs:// or s3:// prefix, manifest or tfds:NAME; "
                                           "default: the built-in demo dataset")
     run.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default: {DEFAULT_OUTPUT})")
     run.add_argument("--cache", action="store_true",
@@ -77,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="search hyperparameters on this machine: trials in parallel on data "
                                             "prepared once, then evaluate and export the best (KFP local runner)")
-    _add_parameter_options(tune, data_help="training images: folder, gs:// prefix, manifest or tfds:NAME; "
+    _add_parameter_options(tune, data_help="training images: folder, gs:// or s3:// prefix, manifest or tfds:NAME; "
                                            "default: the built-in demo dataset")
     tune.add_argument("--search-space", required=True, metavar="FILE.json",
                       help="the hyperparameter ranges: kic's JSON, or the reference's tuning job (its ParameterRanges, "
@@ -99,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                                                            "search into the same --output (as kic run --cache)")
     tune.set_defaults(handler=_tune)
 
-    cluster_data_help = ("training images: gs:// prefix, manifest or tfds:NAME (a path is read inside the "
+    cluster_data_help = ("training images: gs:// or s3:// prefix, manifest or tfds:NAME (a path is read inside the "
                          "pipeline's containers)")
     submit = commands.add_parser("submit", help="run the pipeline once on Kubeflow Pipelines or Vertex AI")
     _add_parameter_options(submit, data_help=cluster_data_help)
@@ -149,6 +183,19 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--gcs-credentials-secret", default="", metavar="NAME",
                           help="kfp: a Kubernetes secret holding a service-account key.json, mounted into every "
                                "step for gs:// access from a cluster outside Google Cloud")
+    compile_.add_argument("--s3-credentials-secret", default="", metavar="NAME",
+                          help="kfp: a Kubernetes secret holding an S3 access key pair, set as every step's "
+                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3:// access; Kubeflow Pipelines' "
+                               "own MinIO: mlpipeline-minio-artifact (with --s3-endpoint "
+                               "http://minio-service.kubeflow:9000), which also gives train checkpoints under the "
+                               "default MinIO pipeline root")
+    compile_.add_argument("--s3-secret-keys", default="accesskey,secretkey", metavar="ACCESS_KEY,SECRET_KEY",
+                          help="kfp: the names of the access key id's and the secret key's entries in "
+                               "--s3-credentials-secret (default: accesskey,secretkey, as in Kubeflow Pipelines' "
+                               "MinIO secret)")
+    compile_.add_argument("--s3-endpoint", default="", metavar="URL",
+                          help="kfp: every step's AWS_ENDPOINT_URL_S3, the S3 API of MinIO or another S3-compatible "
+                               "store (default: AWS's own)")
     machines = compile_.add_argument_group(
         "train's machines, compiled into the pipeline (what each platform honours; kic submit compiles what "
         "--param sets)")
@@ -169,8 +216,8 @@ def _parser() -> argparse.ArgumentParser:
     compile_.set_defaults(handler=_compile)
 
     prepare_ = commands.add_parser("prepare", help="only the prepare step: images -> validated TFRecord splits")
-    prepare_.add_argument("source", help="folder, gs:// prefix, manifest (.csv/.jsonl) or tfds:NAME[:CONFIG]")
-    prepare_.add_argument("output", help="output folder or gs:// prefix")
+    prepare_.add_argument("source", help="folder, gs:// or s3:// prefix, manifest (.csv/.jsonl) or tfds:NAME[:CONFIG]")
+    prepare_.add_argument("output", help="output folder, gs:// or s3:// prefix")
     prepare_.add_argument("--validation-source", default="")
     prepare_.add_argument("--test-source", default="")
     prepare_.add_argument("--validation-fraction", type=float, default=splits.DEFAULT_VALIDATION_FRACTION)
@@ -184,10 +231,11 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="only the train step: a prepared dataset (kic prepare's output) -> a "
                                               "model; what each worker of a multi-machine job runs")
-    train.add_argument("prepared", metavar="PREPARED_DIR", help="a folder (or gs:// prefix) kic prepare wrote")
+    train.add_argument("prepared", metavar="PREPARED_DIR", help="a folder (or gs:// or s3:// prefix) kic prepare wrote")
     train.add_argument("output", metavar="OUTPUT_DIR",
-                       help=f"folder or gs:// prefix for the model ({TRAIN_OUTPUTS['model']}/, as the train step's "
-                            f"Model artifact), its best epoch's metrics ({TRAIN_OUTPUTS['metrics']}) and checkpoints")
+                       help=f"folder, gs:// or s3:// prefix for the model ({TRAIN_OUTPUTS['model']}/, as the train "
+                            f"step's Model artifact), its best epoch's metrics ({TRAIN_OUTPUTS['metrics']}) and "
+                            "checkpoints")
     _add_param_options(train, "set any parameter of train, hyperparameters included (repeatable): "
                               + ", ".join(TRAIN_PARAMETERS) + " and the 25 hyperparameters")
     train.set_defaults(handler=_train, data="")  # no --data: the prepared folder is the data
@@ -204,8 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     predict = commands.add_parser("predict", help="batch prediction with an exported model")
-    predict.add_argument("model", help="package folder, SavedModel folder or model.tar.gz (local or gs://)")
-    predict.add_argument("inputs", help="image folder, manifest or gs:// prefix")
+    predict.add_argument("model", help="package folder, SavedModel folder or model.tar.gz (local, gs:// or s3://)")
+    predict.add_argument("inputs", help="image folder, manifest, gs:// or s3:// prefix")
     predict.add_argument("--output", default="predictions." + contract.PREDICTION_FORMATS[0],
                          help="output file; its extension (" + ", ".join(contract.PREDICTION_FORMATS)
                               + ") picks the format")
@@ -274,12 +322,21 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{parameter.name:30} {parameter.type.__name__:6} {default:26} {only}{parameter.help}")
         return 0
 
-    started = time.perf_counter()
+    from kic.orchestration import output_folder, shutdown
+
     output = os.path.abspath(args.output)
+    with output_folder.locked(output, "kic run"), shutdown.stoppable_run():
+        return _run_locked(args, output)
+
+
+def _run_locked(args: argparse.Namespace, output: str) -> int:
+    from kic import parameters
+
+    started = time.perf_counter()
     layers, malformed = _parameter_layers(args)
     layers = _with_demo_data(layers, output)
     from kic.orchestration import compile as kic_compile
-    from kic.orchestration import local_run, run_log
+    from kic.orchestration import local_run, output_folder, run_log
 
     try:  # every problem, in seconds, before any step starts
         values = parameters.resolve(*layers, target=kic_compile.LOCAL, note=_note)
@@ -287,8 +344,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ParameterError(malformed + error.problems) from None
     if malformed:
         raise ParameterError(malformed)
+    output_folder.refuse_foreign({**local_run.cleared_folders(output),
+                                  os.path.join(output, LOGS_DIR): run_log.written_by_kic})
 
-    os.makedirs(output, exist_ok=True)
     values = _with_checkpoints(values, output, resume=args.resume)
     pipeline_yaml = kic_compile.compile_pipeline(os.path.join(output, kic_compile.PIPELINE_YAML), kic_compile.LOCAL)
     logs = os.path.join(output, LOGS_DIR)
@@ -322,11 +380,18 @@ def _with_checkpoints(values: dict, output: str, *, resume: bool) -> dict:
         found = os.path.isdir(checkpoints) and os.listdir(checkpoints)
         print(f"kic: resuming: train continues from its checkpoint in {checkpoints}" if found else
               f"kic: resuming: no checkpoint in {checkpoints}; train starts from the beginning", flush=True)
-    else:
+    elif os.path.isdir(checkpoints):
         from kic import storage
 
-        storage.remove_tree(checkpoints)
+        for name in os.listdir(checkpoints):  # kic's checkpoints only; a user's files there stay
+            if name.startswith(CHECKPOINT_PREFIX):
+                storage.remove_tree(os.path.join(checkpoints, name))
+        with contextlib.suppress(OSError):  # not empty: a user's files are in it
+            os.rmdir(checkpoints)
     return {**values, "checkpoint_uri": checkpoints}
+
+
+CHECKPOINT_PREFIX = "ckpt-"  # kic.training.checkpoints.PREFIX, which imports Keras
 
 
 def _with_demo_data(layers: list[dict], output: str) -> list[dict]:
@@ -401,7 +466,10 @@ def _print_summary(outputs, output: str, seconds: float, command: str = "run", e
     if outputs.model:
         print(f"model:        {os.path.join(output, 'model.tar.gz')} (unpacked in {outputs.model})")
     else:
-        print("model:        not exported: the quality gate did not bless it")
+        # The run succeeded: a blocked model is a verdict, not a failure; LATEST stays where it was.
+        print("model:        " + (outputs.blessing or {}).get("summary", "not exported: the quality gate did not "
+                                                                          "bless it"))
+        print(f"              (why, in full: {os.path.join(output, local_run.EVALUATION_REPORT_HTML)})")
     for reason in (outputs.blessing or {}).get("reasons", []):
         print(f"gate:         {reason}")
     print(f"metrics:      {os.path.join(output, local_run.METRICS_JSON)}")
@@ -420,13 +488,20 @@ def _print_summary(outputs, output: str, seconds: float, command: str = "run", e
 
 # ------------------------------------------------------------------ tune
 def _tune(args: argparse.Namespace) -> int:
+    from kic.orchestration import output_folder, shutdown
+
+    output = os.path.abspath(args.output)
+    with output_folder.locked(output, "kic tune"), shutdown.stoppable_run():
+        return _tune_locked(args, output)
+
+
+def _tune_locked(args: argparse.Namespace, output: str) -> int:
     from kic import parameters
     from kic.orchestration.placement import LOCAL
     from kic.tuning import settings as tuning_settings
     from kic.tuning import space as spaces
 
     started = time.perf_counter()
-    output = os.path.abspath(args.output)
     found, document, payload = [], None, None
     try:
         payload = spaces.load_json(args.search_space)
@@ -463,9 +538,9 @@ def _tune(args: argparse.Namespace) -> int:
           f"{settings.objective.direction[:3]}imum of {settings.objective.metric}")
 
     from kic.orchestration import compile as kic_compile
-    from kic.orchestration import local_run
+    from kic.orchestration import local_run, output_folder
 
-    os.makedirs(output, exist_ok=True)
+    output_folder.refuse_foreign(local_run.cleared_folders(output))
     pipeline_yaml = kic_compile.compile_tuning_pipeline(
         os.path.join(output, kic_compile.TUNING_PIPELINE_YAML), kic_compile.LOCAL, parallelism=parallelism)
     arguments = {**values, "search_space": json.dumps(payload), "strategy": args.strategy, "trials": args.trials,
@@ -583,19 +658,38 @@ def _target(args: argparse.Namespace):
 
 
 def _warn(message: str) -> None:
-    print(f"kic: warning: {message}", file=sys.stderr, flush=True)
+    from kic.redact import redact
+
+    print(redact(f"kic: warning: {message}"), file=sys.stderr, flush=True)
+
+
+def _read_quietly(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, ValueError):  # no file given, or none there: kic submit says so in its checks
+        return ""
 
 
 # --------------------------------------------------------------- prepare
 def _prepare(args: argparse.Namespace) -> int:
-    from kic import parameters
-    from kic.data.prepare import DataQualityError, PrepareOptions, prepare_dataset
+    from kic import parameters, storage
+    from kic.orchestration import output_folder
 
     parameters.validate({
         "data_source": args.source, "validation_source": args.validation_source, "test_source": args.test_source,
         "validation_fraction": args.validation_fraction, "test_fraction": args.test_fraction,
         "split_seed": args.seed, "image_short_side": args.image_short_side,
         "max_rejected_fraction": args.max_rejected_fraction, "tfds_data_dir": args.tfds_data_dir})
+    if storage.is_remote(args.output):
+        return _prepare_unlocked(args)
+    with output_folder.locked(args.output, "kic prepare"):  # two prepares into one folder mix their shards
+        return _prepare_unlocked(args)
+
+
+def _prepare_unlocked(args: argparse.Namespace) -> int:
+    from kic.data.prepare import DataQualityError, PrepareOptions, prepare_dataset
+
     options = PrepareOptions(
         source=args.source, output_dir=args.output, validation_source=args.validation_source,
         test_source=args.test_source, validation_fraction=args.validation_fraction,
@@ -668,24 +762,43 @@ def _train(args: argparse.Namespace) -> int:
         found.append(Problem("PREPARED_DIR", args.prepared, f"cannot be read: {error}"))
     else:
         if not prepared:
-            found.append(Problem("PREPARED_DIR", args.prepared, f"a folder (or gs:// prefix) kic prepare wrote, "
-                                                                f"with {artifacts.DATASET_INFO}"))
+            found.append(Problem("PREPARED_DIR", args.prepared, "a folder (or gs:// or s3:// prefix) kic prepare "
+                                                                f"wrote, with {artifacts.DATASET_INFO}"))
     if found:
         raise ParameterError(found)
     values = {**{name: parameters.PARAMETERS_BY_NAME[name].default for name in takes}, **values}
+    from kic.orchestration import output_folder
+
+    # The workers of a multi-machine job (kic.training.distribution: TF_CONFIG, CLUSTER_SPEC; not imported, as
+    # it imports TensorFlow noisily) share OUTPUT_DIR on purpose, only the chief writing; else one train at a
+    # time, as two would take turns resuming from each other's checkpoints.
+    shared = storage.is_remote(args.output) or any(os.environ.get(variable) for variable in
+                                                ("TF_CONFIG", "CLUSTER_SPEC"))
+    if not storage.is_remote(args.output):
+        output_folder.check_not_a_file(args.output, "OUTPUT_DIR")
+    with contextlib.nullcontext() if shared else output_folder.locked(args.output, "kic train"):
+        return _train_unlocked(args, values)
+
+
+def _train_unlocked(args: argparse.Namespace, values: dict) -> int:
+    from kic import storage
     from kic.orchestration import steps
 
-    # A gs:// OUTPUT_DIR (several machines' shared output) is written here first and uploaded by the
+    # A gs:// or s3:// OUTPUT_DIR (several machines' shared output) is written here first and uploaded by the
     # chief at the end; checkpoints go straight to it, where every worker and a restarted pod find them.
-    remote = storage.is_gcs(args.output)
+    remote = storage.is_remote(args.output)
     local = tempfile.mkdtemp(prefix="kic-train-") if remote else args.output
     model = _LocalArtifact(os.path.join(local, TRAIN_OUTPUTS["model"]),
                            uri=storage.join(args.output, TRAIN_OUTPUTS["model"]))
     metrics = _LocalArtifact(os.path.join(local, TRAIN_OUTPUTS["metrics"]))
     os.makedirs(local, exist_ok=True)
+    # TensorFlow reads TFRecords from gs:// itself, not from s3:// (TF 2.20 dropped its S3 file system).
+    prepared = storage.local_copy(args.prepared) if storage.is_s3(args.prepared) else contextlib.nullcontext(
+        args.prepared)
     try:
-        steps.train_step(examples=_LocalArtifact(args.prepared), model=model, training_metrics=metrics,
-                         required_gpus=values.pop("accelerator_count"), base_model_fingerprint="", **values)
+        with prepared as examples:
+            steps.train_step(examples=_LocalArtifact(examples), model=model, training_metrics=metrics,
+                             required_gpus=values.pop("accelerator_count"), base_model_fingerprint="", **values)
         if not os.path.exists(metrics.path):  # one of several workers: only the chief writes
             return 0
         if remote:
@@ -738,11 +851,19 @@ def _compile(args: argparse.Namespace) -> int:
             tolerations.append(Toleration.parse(text))
         except ValueError as error:
             problems.append(Problem("--gpu-toleration", text, str(error)))
+    s3_secret_keys = tuple(key.strip() for key in args.s3_secret_keys.split(","))
+    if len(s3_secret_keys) != 2 or not all(s3_secret_keys):
+        problems.append(Problem("--s3-secret-keys", args.s3_secret_keys, "ACCESS_KEY,SECRET_KEY: two entry names"))
+    if args.s3_endpoint and not args.s3_endpoint.startswith(("http://", "https://")):
+        problems.append(Problem("--s3-endpoint", args.s3_endpoint, "a URL, as in http://minio-service.kubeflow:9000"))
     kubernetes_options = dict(gpu_node_selector=selector, gpu_tolerations=tuple(tolerations),
                               gcs_credentials_secret=args.gcs_credentials_secret,
+                              s3_credentials_secret=args.s3_credentials_secret, s3_endpoint=args.s3_endpoint,
+                              **({"s3_secret_keys": s3_secret_keys} if len(s3_secret_keys) == 2 else {}),
                               step_timeouts=not args.no_step_timeouts)
     targets = [args.target] if args.target else list(TARGETS)
-    if (selector or tolerations or args.gcs_credentials_secret or args.no_step_timeouts) and targets != ["kfp"]:
+    if (selector or tolerations or args.gcs_credentials_secret or args.s3_credentials_secret or args.s3_endpoint
+            or args.no_step_timeouts) and targets != ["kfp"]:
         problems.append(Problem("--target", args.target or "(both)", "node selectors, tolerations, credential "
                                                                      "secrets and step timeouts are Kubernetes "
                                                                      "settings: --target kfp"))
@@ -821,18 +942,37 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from kic import parameters
+    from kic.errors import Problem
     from kic.serving import contract
 
     extension = os.path.splitext(args.output)[1].lstrip(".").lower()
     output_format = extension if extension in contract.PREDICTION_FORMATS else contract.PREDICTION_FORMATS[0]
-    parameters.validate({"batch_predict_source": args.inputs, "batch_predict_format": output_format,
-                         "top_k": args.top_k})
+    found = []
+    if extension not in contract.PREDICTION_FORMATS:  # as JSONL under any name, it would be read as something else
+        found.append(Problem("--output", args.output, "a file whose extension picks the format: "
+                                                      + ", ".join(f".{name}" for name in contract.PREDICTION_FORMATS)))
+    elif _same_file(args.output, args.inputs):
+        found.append(Problem("--output", args.output, "is the inputs' manifest: predictions never overwrite an input"))
+    try:
+        parameters.validate({"batch_predict_source": args.inputs, "batch_predict_format": output_format,
+                             "top_k": args.top_k})
+    except ParameterError as error:
+        found += error.problems
+    if found:
+        raise ParameterError(found)
     from kic.serving import predict
 
     summary = predict.predict(args.model, args.inputs, args.output, batch_size=args.batch_size, top_k=args.top_k,
                               output_format=output_format)
     print(predict.format_summary(summary))
     return 0
+
+
+def _same_file(first: str, second: str) -> bool:
+    try:
+        return "://" not in first + second and os.path.samefile(first, second)
+    except OSError:  # one does not exist (yet)
+        return False
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ class TrainingConfig:
         0.1, "Largest random zoom, as a fraction of the image size: f > 0 zooms out or in by up to f, f < 0 only "
         "in by up to -f; 0 disables it.",
         low=-1.0, high=1.0)
-    batch_size: int = _param(32, "Global batch size, split across all replicas.", low=1)
+    # Above 32,768 no accelerator holds one batch's activations, even of the smallest backbone at 224 px.
+    batch_size: int = _param(32, "Global batch size, split across all replicas.", low=1, high=32768)
     beta_1: float = _param(0.9, "Adam: decay rate of the first-moment estimates.", low=0.0, high=1.0)
     beta_2: float = _param(0.999, "Adam: decay rate of the second-moment estimates.", low=0.0, high=1.0)
     binary_mode: bool = _param(
@@ -189,7 +190,7 @@ class TrainingConfig:
                 problems.append(Problem(raw_name, raw_value, f"given twice (also as {name!r})"))
                 continue
             try:
-                typed[name] = coerce(raw_value, fields[name].type)
+                typed[name] = coerce(raw_value, fields[name].type, choices=fields[name].metadata["choices"])
             except ValueError as error:
                 problems.append(Problem(name, raw_value, str(error)))
         if problems:
@@ -250,11 +251,18 @@ def read_json_object(source: str | os.PathLike) -> dict[str, Any]:
     if not text.lstrip().startswith("{"):
         from kic import storage
 
-        text = storage.read_text(text)
+        try:
+            text = storage.read_text(text)
+        except UnicodeDecodeError as error:
+            raise ParameterError([Problem("hyperparameters", text[:80], f"not UTF-8 text (byte {error.start}): "
+                                          "save the file as UTF-8 JSON")]) from None
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as error:
         raise ParameterError([Problem("hyperparameters", str(source)[:80], f"not valid JSON ({error})")]) from None
+    except RecursionError:  # json's parser recurses once per level of nesting
+        raise ParameterError([Problem("hyperparameters", str(source)[:80], "nested too deeply: expected a flat "
+                                      "JSON object of name -> value")]) from None
     if not isinstance(payload, dict):
         raise ParameterError([Problem("hyperparameters", type(payload).__name__,
                                       "expected a JSON object of name -> value")])
@@ -262,9 +270,18 @@ def read_json_object(source: str | os.PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------- internals
-def coerce(value: Any, type_name: Any) -> Any:
-    """Converts a typed value or its string form to the field's type."""
+def coerce(value: Any, type_name: Any, choices: tuple[str, ...] | None = None) -> Any:
+    """Converts a typed value or its string form to the field's type. A string
+    may be JSON-quoted (``"\"adam\""``), as SageMaker's framework estimators
+    record every hyperparameter JSON-encoded, and booleans lower-case (JSON's
+    ``true``); a string of ``choices`` is matched regardless of case, so that
+    ``reinitialize_top_layer`` recorded as ``true`` or ``"false"`` reads as the
+    reference's "True" / "False"."""
     type_name = getattr(type_name, "__name__", type_name)
+    if isinstance(value, str):
+        value = _json_unquoted(value)
+        if choices and value not in choices:
+            value = next((choice for choice in choices if choice.lower() == value.strip().lower()), value)
     if type_name == "bool":
         if isinstance(value, bool):
             return value
@@ -279,6 +296,10 @@ def coerce(value: Any, type_name: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
+            try:  # exactly: through float a 20-digit seed would silently round
+                return int(value.strip())
+            except ValueError:
+                pass
             try:
                 number = float(value.strip())
             except ValueError:
@@ -304,6 +325,25 @@ def coerce(value: Any, type_name: Any) -> Any:
             return value
         raise ValueError("expected a string")
     raise TypeError(f"unsupported field type {type_name!r}")
+
+
+def _json_unquoted(text: str) -> str:
+    """The string a JSON string literal holds; any other text as it is."""
+    stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
+        try:
+            decoded = json.loads(stripped)
+        except ValueError:
+            return text
+        if isinstance(decoded, str):
+            return decoded
+    return text
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The valid values of hyperparameter ``name`` when they are a fixed set (None otherwise, or not one of them)."""
+    field = {field.name: field for field in dataclasses.fields(TrainingConfig)}.get(name)
+    return field.metadata["choices"] if field else None
 
 
 def _field_problems(config: TrainingConfig) -> list[Problem]:

@@ -24,9 +24,9 @@ from typing import Any
 
 from kic import artifacts, config, storage
 from kic.data import manifest, prepare, splits
-from kic.data.sources import TFDS_PREFIX
+from kic.data.sources import TFDS_PREFIX, tfds_problem
 from kic.errors import ParameterError, Problem
-from kic.evaluation import gate
+from kic.evaluation import baseline, gate
 from kic.model import backbones, model_info, weights
 from kic.orchestration import custom_job
 from kic.serving import contract, registry
@@ -144,14 +144,27 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
                                       "eval_metric in binary mode)."),
     Parameter("gate_minimum", float, 0.0, "Smallest acceptable gate_metric (the largest, for log_loss and "
                                           "false positive/negative counts)."),
-    Parameter("baseline_model_uri", str, "", "Optional model to compare with (for example the one deployed "
-                                             "now); evaluated on the same test images."),
-    Parameter("max_regression", float, 0.0, "Largest allowed shortfall of gate_metric against the baseline's."),
+    Parameter("baseline_model_uri", str, "",
+              "The model the new one must not be worse than, evaluated on this run's test images: empty, the one "
+              "export_uri/LATEST names (the model served now; none on the first run); a model (folder or "
+              f"model.tar.gz); or {baseline.NONE} (no comparison). A blocked model is not exported and LATEST "
+              "stays; the run succeeds."),
+    Parameter("max_regression", float, gate.DEFAULT_MAX_REGRESSION,
+              "Largest allowed shortfall of gate_metric against the baseline's, in the metric's units (a count for "
+              "false_positives/false_negatives). The default 0.01 is about one standard error of accuracy on a "
+              "1,000-image test split, the run-to-run noise of retraining, rather than a real regression."),
+    Parameter("allow_removed_classes", bool, False,
+              "Bless a model although classes of its baseline are missing from the data (they are compared on "
+              "the classes both know); false: a vanished class blocks the export."),
     # --- export and batch prediction
     Parameter("export_uri", str, "", "Optional local path or gs:// URI that also receives the exported package "
                                      "(a _SUCCESS marker is written last)."),
     Parameter("tflite", str, "", "Also export TFLite: " + ", ".join(contract.TFLITE_QUANTIZATIONS)
               + "; empty: none."),
+    Parameter("serving_skew_action", str, contract.SKEW_ACTIONS[0],
+              "What export does when the pixels the served model computes from the test split's original files "
+              "differ systematically from those evaluation computed from the prepared records (a decoder that "
+              "differs from training's): block (fail the export) or warn (log it and export)."),
     Parameter("top_k", int, contract.DEFAULT_TOP_K, "k of the top-k metrics and of the labels the serving "
                                                     "signature and batch prediction return."),
     Parameter("batch_predict_source", str, "", "Optional images (folder, manifest or gs:// prefix) to predict "
@@ -309,10 +322,27 @@ def _hyperparameter_rules(values: Values, _reachability: Reachability) -> list[P
     return []
 
 
+# NumPy's, Python's and TensorFlow's seeding all take an unsigned 32-bit integer: a larger or negative seed
+# passes the type check and then fails train after prepare has run.
+SEED_MAX = 2**32 - 1
+# No backbone is trained above 600 px (EfficientNet-B7); a batch of 32 at 2048 px already needs more than any
+# one accelerator's memory, so a larger image_size is a typo, found here rather than as an out-of-memory in train.
+MAX_IMAGE_SIZE = 2048
+
+
+@_rule("seed", "split_seed")
+def _seed_rules(values: Values, _reachability: Reachability) -> list[Problem]:
+    return [Problem(name, values[name], f"an integer from 0 to {SEED_MAX} (2**32 - 1: what the random number "
+                                        "generators take)")
+            for name in ("seed", "split_seed") if not 0 <= values[name] <= SEED_MAX]
+
+
 @_rule("backbone", "image_size", "pretrained_weights")
 def _model_rules(values: Values, reachability: Reachability) -> list[Problem]:
-    if values["image_size"] < 0:
-        return [Problem("image_size", values["image_size"], "0 (the backbone's native size) or a positive int")]
+    if not 0 <= values["image_size"] <= MAX_IMAGE_SIZE:
+        return [Problem("image_size", values["image_size"],
+                        f"0 (the backbone's native size) or a positive int up to {MAX_IMAGE_SIZE} (backbones are "
+                        "trained at up to 600 px; larger inputs do not fit a batch in accelerator memory)")]
     try:
         backbone = backbones.resolve(values["backbone"])
     except ParameterError as error:
@@ -338,7 +368,7 @@ def _source_rules(values: Values, reachability: Reachability) -> list[Problem]:
     if not values["data_source"]:
         found.append(Problem("data_source", values["data_source"], "required: the training images"))
     for name in ("data_source", "validation_source", "test_source"):
-        found += _source_problems(name, values[name], reachability)
+        found += _source_problems(name, values[name], reachability, values["tfds_data_dir"])
     tfds_data_dir = values["tfds_data_dir"]
     if tfds_data_dir and _looks_up(reachability, tfds_data_dir) and not _exists(tfds_data_dir):
         found.append(Problem("tfds_data_dir", tfds_data_dir, "no such folder"))
@@ -354,21 +384,38 @@ def _split_rules(values: Values, _reachability: Reachability) -> list[Problem]:
             + prepare.rejected_fraction_problems(values["max_rejected_fraction"]))
 
 
-@_rule("base_model_uri", "baseline_model_uri")
+@_rule("base_model_uri")
 def _model_uri_rules(values: Values, reachability: Reachability) -> list[Problem]:
-    found = []
-    for name in ("base_model_uri", "baseline_model_uri"):
-        uri = values[name]
-        if not uri or not _looks_up(reachability, uri):
-            continue
-        marker = uri if uri.endswith(model_info.TARBALL_SUFFIXES) else storage.join(uri, artifacts.MODEL_INFO)
-        try:
-            if not storage.exists(marker):
-                found.append(Problem(name, uri, "not a kic model: expected a train output or export folder "
-                                                f"(with {artifacts.MODEL_INFO}) or a {artifacts.MODEL_TARBALL}"))
-        except storage.StorageError as error:
-            found.append(Problem(name, uri, f"cannot be read: {error}"))
-    return found
+    uri = values["base_model_uri"]
+    if not uri or not _looks_up(reachability, uri):
+        return []
+    marker = uri if uri.endswith(model_info.TARBALL_SUFFIXES) else storage.join(uri, artifacts.MODEL_INFO)
+    try:
+        if not storage.exists(marker):
+            return [Problem("base_model_uri", uri, "not a kic model: expected a train output or export folder "
+                                                   f"(with {artifacts.MODEL_INFO}) or a {artifacts.MODEL_TARBALL}")]
+        # There, but perhaps not something train can continue from (the reference's SavedModel-only package).
+        reason = model_info.continuation_problem(uri)
+    except storage.StorageError as error:
+        return [Problem("base_model_uri", uri, f"cannot be read: {error}")]
+    return [Problem("base_model_uri", uri, reason)] if reason else []
+
+
+@_rule("baseline_model_uri", "export_uri")
+def _baseline_rules(values: Values, reachability: Reachability) -> list[Problem]:
+    uri = values["baseline_model_uri"] or values["export_uri"]
+    return baseline.problems(values["baseline_model_uri"], values["export_uri"],
+                             look_up=bool(uri) and _looks_up(reachability, uri))
+
+
+@_rule("reinitialize_top_layer", "base_model_uri")
+def _top_layer_rule(values: Values, _reachability: Reachability) -> list[Problem]:
+    if values["reinitialize_top_layer"] == "False" and not values["base_model_uri"]:
+        # train's own check (kic.model.classifier.plan_head) would only say so after prepare.
+        return [Problem("reinitialize_top_layer", "False",
+                        "False keeps the earlier model's top layer, so it needs base_model_uri (a pretrained "
+                        "backbone has no top layer to keep); use Auto or True, or set base_model_uri")]
+    return []
 
 
 @_rule("tf_data_service")
@@ -395,10 +442,10 @@ def _checkpoint_rules(values: Values, _reachability: Reachability) -> list[Probl
     if values["checkpoint_every_steps"] < 0:
         found.append(Problem("checkpoint_every_steps", values["checkpoint_every_steps"],
                              "0 (at epoch ends only) or a positive number of steps"))
-    if storage.is_gcs(uri) and not uri[len(storage.GCS_SCHEME):].strip("/"):
-        found.append(Problem("checkpoint_uri", uri, "a gs://BUCKET/PATH URI"))
-    elif "://" in uri and not storage.is_gcs(uri):
-        found.append(Problem("checkpoint_uri", uri, "a local folder or a gs:// URI"))
+    if storage.is_remote(uri) and not uri[len(storage.scheme(uri)):].strip("/"):
+        found.append(Problem("checkpoint_uri", uri, f"a {storage.scheme(uri)}BUCKET/PATH URI"))
+    elif "://" in uri and not storage.is_remote(uri):
+        found.append(Problem("checkpoint_uri", uri, "a local folder, a gs:// or an s3:// URI"))
     return found
 
 
@@ -435,14 +482,16 @@ def _gate_rules(values: Values, _reachability: Reachability) -> list[Problem]:
                                 top_k=values["top_k"])
 
 
-@_rule("tflite", "top_k", "export_uri", "batch_predict_source", "batch_predict_format")
+@_rule("tflite", "top_k", "export_uri", "batch_predict_source", "batch_predict_format", "serving_skew_action")
 def _serving_rules(values: Values, reachability: Reachability) -> list[Problem]:
-    found = contract.export_problems(tflite=values["tflite"], top_k=values["top_k"])
+    found = contract.export_problems(tflite=values["tflite"], top_k=values["top_k"],
+                                     serving_skew_action=values["serving_skew_action"])
     found += [problem for problem in contract.prediction_problems(
         output_format=values["batch_predict_format"], batch_size=contract.DEFAULT_PREDICTION_BATCH_SIZE,
         top_k=values["top_k"]) if problem.name != "top_k"]
-    if storage.is_gcs(values["export_uri"]) and not values["export_uri"][len(storage.GCS_SCHEME):].strip("/"):
-        found.append(Problem("export_uri", values["export_uri"], "a gs://BUCKET/PATH URI"))
+    export_scheme = storage.scheme(values["export_uri"])
+    if export_scheme and not values["export_uri"][len(export_scheme):].strip("/"):
+        found.append(Problem("export_uri", values["export_uri"], f"a {export_scheme}BUCKET/PATH URI"))
     found += _source_problems("batch_predict_source", values["batch_predict_source"], reachability)
     return found
 
@@ -455,13 +504,18 @@ def _looks_up(reachability: Reachability, uri: str) -> bool:
     return reachability(uri) if callable(reachability) else bool(reachability)
 
 
-def _source_problems(name: str, source: str, reachability: Reachability) -> list[Problem]:
+def _source_problems(name: str, source: str, reachability: Reachability, tfds_data_dir: str = "") -> list[Problem]:
     if not source:
         return []
     if source.startswith(TFDS_PREFIX):
         if not source[len(TFDS_PREFIX):].partition(":")[0]:
             return [Problem(name, source, "tfds:NAME or tfds:NAME:CONFIG")]
-        return []
+        # Where TFDS keeps it decides whether it can be looked up from here (kic submit: a remote data dir it
+        # can read, never the cluster's default folder).
+        if not _looks_up(reachability, tfds_data_dir or source):
+            return []
+        reason = tfds_problem(source, tfds_data_dir)
+        return [Problem(name, source, reason)] if reason else []
     if not _looks_up(reachability, source):
         return []
     try:
@@ -469,7 +523,7 @@ def _source_problems(name: str, source: str, reachability: Reachability) -> list
     except storage.StorageError as error:
         return [Problem(name, source, f"cannot be read: {error}")]
     if not found:
-        kind = "manifest" if manifest.is_manifest(source) else "folder or gs:// prefix"
+        kind = "manifest" if manifest.is_manifest(source) else "folder, gs:// or s3:// prefix"
         return [Problem(name, source, f"no such {kind}")]
     return []
 
@@ -489,7 +543,7 @@ def _typed(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
             found.append(Problem(name, value, _unknown_hint(name)))
             continue
         try:
-            typed[name] = config.coerce(value, parameter.type)
+            typed[name] = config.coerce(value, parameter.type, choices=config.choices_of(name))
         except ValueError as error:
             found.append(Problem(name, value, str(error)))
     return typed, found

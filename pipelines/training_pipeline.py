@@ -108,7 +108,8 @@ def validate_and_prepare(p: dict, cluster: ClusterOptions):
     sources = place(snapshot(
         data_source=p["data_source"], validation_source=p["validation_source"], test_source=p["test_source"],
         tfds_data_dir=p["tfds_data_dir"], base_model_uri=p["base_model_uri"],
-        baseline_model_uri=p["baseline_model_uri"], pretrained_weights=p["pretrained_weights"],
+        baseline_model_uri=p["baseline_model_uri"], export_uri=p["export_uri"],
+        pretrained_weights=p["pretrained_weights"],
         search_space=p.get("search_space", ""),  # the tuning pipeline's
     ), "snapshot", cluster).set_display_name(SNAPSHOT_TASK).set_caching_options(False).after(validated)
 
@@ -128,8 +129,10 @@ def evaluate_and_export(p: dict, cluster: ClusterOptions, *, examples, model, so
     evaluated = place(evaluate(
         examples=examples, model=model,
         gate_metric=p["gate_metric"], gate_minimum=p["gate_minimum"],
-        baseline_model_uri=p["baseline_model_uri"], baseline_fingerprint=sources.outputs["baseline_model"],
-        max_regression=p["max_regression"], top_k=p["top_k"],
+        # Resolved by snapshot when the run started (by default what export_uri/LATEST names then).
+        baseline_model_uri=sources.outputs["baseline_model_uri"],
+        baseline_fingerprint=sources.outputs["baseline_model"],
+        max_regression=p["max_regression"], allow_removed_classes=p["allow_removed_classes"], top_k=p["top_k"],
     ), "evaluate", cluster).set_display_name(EVALUATE_TASK)
 
     # The single output (not a named one): kfp.local resolves conditions only on
@@ -138,7 +141,7 @@ def evaluate_and_export(p: dict, cluster: ClusterOptions, *, examples, model, so
         exported = place(export(
             model=model, evaluation=evaluated.outputs[artifacts.METRICS_KEY], examples=examples,
             destination_uri=p["export_uri"], run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tflite=p["tflite"],
-            top_k=p["top_k"],
+            top_k=p["top_k"], serving_skew_action=p["serving_skew_action"],
         ), "export", cluster).set_display_name(EXPORT_TASK).set_caching_options(False)  # a version per run
         with dsl.If(p["batch_predict_source"] != "", name="batch-prediction-requested"):
             place(batch_predict(

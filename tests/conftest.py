@@ -12,7 +12,7 @@ import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["gcs_emulator", "api_standins"]
+pytest_plugins = ["gcs_emulator", "s3_server", "api_standins"]
 
 @dataclasses.dataclass(frozen=True)
 class Trained:

@@ -106,6 +106,20 @@ def test_train_command_trains_on_a_prepared_folder_as_the_step_does(prepared, ti
     assert metrics["best_epoch"] == 1 and metrics["val_accuracy"] == info["metrics"]["val_accuracy"]
 
 
+@pytest.mark.slow  # a real train (about 20 s); the storage and checkpoint parts have fast tests of their own
+def test_train_command_reads_prepared_data_from_s3_and_writes_there(prepared, tiny_backbone, s3_server, capsys):
+    """TensorFlow cannot read s3:// TFRecords itself: kic train copies them first."""
+    bucket = s3_server.new_bucket()
+    storage.upload_dir(prepared, f"{bucket}/prepared")
+    code = cli.main(["train", f"{bucket}/prepared/", f"{bucket}/run", "--param", "epochs=1", "--param", "batch_size=8",
+                     "--param", f"backbone={tiny_backbone}", "--param", "pretrained_weights=none",
+                     "--param", "image_size=32", "--param", "precision=float32"])
+    assert code == 0
+    assert f"train: checkpoints in {bucket}/run/checkpoints" in capsys.readouterr().out
+    assert storage.exists(f"{bucket}/run/model/{artifacts.KERAS_MODEL}")
+    assert any(name.endswith("COMMITTED") for name in storage.list_files(f"{bucket}/run/checkpoints"))
+
+
 def test_progress_bar_redraws_one_line(capsys):
     bar = cli.ProgressBar()
     bar("prepare: listing /data")

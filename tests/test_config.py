@@ -159,6 +159,26 @@ SAGEMAKER_JOB = {"epochs": "4", "learning_rate": "0.01", "sagemaker_program": "t
                  "sagemaker_container_log_level": "20", "_tuning_objective_metric": "validation:accuracy"}
 
 
+def test_a_framework_estimators_json_encoded_values_are_read(tmp_path):
+    """SageMaker's framework estimators record every hyperparameter JSON-encoded: strings quoted, booleans
+    lower-case; a hyperparameters.json copied from such a job looks like this."""
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps({"optimizer": json.dumps("sgd"), "epochs": json.dumps(4), "batch_size": '"16"',
+                                "train_only_top_layer": json.dumps(True), "augmentation": "False",
+                                "binary_mode": "false", "reinitialize_top_layer": json.dumps("True"),
+                                "augmentation_random_flip": json.dumps("horizontal"), "eps": json.dumps(1e-6),
+                                "sagemaker_region": json.dumps("us-west-2")}))
+    config = from_reference_json(str(path), note=lambda _: None)
+    assert config == TrainingConfig(optimizer="sgd", epochs=4, batch_size=16, train_only_on_top_layer=True,
+                                    augmentation=False, binary_mode=False, reinitialize_top_layer="True",
+                                    augmentation_random_flip="horizontal", epsilon=1e-6)
+    # Booleans for the reference's "True"/"False"/"Auto" strings, in any case, as JSON writes them.
+    for given, read in (("true", "True"), ('"false"', "False"), ("AUTO", "Auto"), ('"Auto"', "Auto")):
+        assert from_reference_json({"reinitialize_top_layer": given}).reinitialize_top_layer == read
+    with pytest.raises(HyperparameterError, match="optimizer"):  # quoted or not, a wrong value stays wrong
+        from_reference_json({"optimizer": '"adamw"'})
+
+
 def test_the_keys_sagemaker_adds_are_ignored_with_a_note(recwarn):
     notes = []
     assert from_reference_json(SAGEMAKER_JOB, note=notes.append) == TrainingConfig(epochs=4, learning_rate=0.01)

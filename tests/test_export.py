@@ -141,6 +141,8 @@ def test_signature_takes_every_format_and_matches_keras(multiclass):
     assert outputs["top_k_labels"].shape == (5, 3)
     np.testing.assert_allclose(outputs["top_k_scores"].numpy(), -np.sort(-probabilities, axis=1), atol=1e-7)
     assert outputs["top_k_labels"].numpy()[0, 0].decode() == CLASSES[predicted[0]]
+    # The reference's verbose response: every label in index order, beside each image's probabilities.
+    assert [[label.decode() for label in row] for row in outputs["labels"].numpy()] == [list(CLASSES)] * 5
 
 
 def test_pixels_signature_matches_keras(multiclass):
@@ -168,6 +170,7 @@ def test_binary_mode_returns_the_positive_class_probability(binary):
         "dog" if p > 0.5 else "cat" for p in positive]
     np.testing.assert_array_equal(outputs["predicted_index"].numpy(), (positive > 0.5).astype(int))
     assert outputs["top_k_labels"].shape == (6, 2)
+    assert [[label.decode() for label in row] for row in outputs["labels"].numpy()] == [["cat", "dog"]] * 6
     np.testing.assert_allclose(outputs["top_k_scores"].numpy(),
                                np.stack([np.maximum(positive, 1 - positive), np.minimum(positive, 1 - positive)],
                                         axis=1), atol=1e-6)
@@ -271,8 +274,10 @@ def test_saved_model_runs_as_tf_serving_loads_it(multiclass):
             session, ["serve"], os.path.join(result.package_dir, artifacts.SAVED_MODEL_VERSION_DIR))
         signature = meta_graph.signature_def["serving_default"]
         assert set(signature.outputs) == set(contract.OUTPUT_NAMES)
-        probabilities = session.run(signature.outputs["probabilities"].name,
-                                    {signature.inputs["image_bytes"].name: images})
+        probabilities, labels = session.run([signature.outputs["probabilities"].name,
+                                             signature.outputs["labels"].name],
+                                            {signature.inputs["image_bytes"].name: images})
+    assert labels.shape == (len(images), len(CLASSES)) and [label.decode() for label in labels[-1]] == list(CLASSES)
     np.testing.assert_allclose(probabilities, keras_probabilities(model_dir, images), atol=1e-5)
 
 
@@ -419,5 +424,20 @@ def test_export_to_and_from_gcs(multiclass, gcs_emulator, tmp_path):
     for root in (f"{bucket}/package", f"{bucket}/serving/v1"):
         assert storage.exists(f"{root}/{artifacts.SUCCESS_MARKER}")
         assert storage.exists(f"{root}/1/saved_model.pb")
+    with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(result.tarball))) as archive:
+        assert "1/saved_model.pb" in archive.getnames()
+
+
+def test_export_to_s3_with_a_latest_pointer(multiclass, s3_server, tmp_path):
+    model_dir, _ = multiclass
+    bucket = s3_server.new_bucket()
+    storage.upload_dir(model_dir, f"{bucket}/model")
+    result = export.export_model(f"{bucket}/model", f"{bucket}/package",
+                                 export.ExportOptions(destination_uri=f"{bucket}/serving", version="run-7"))
+    assert result.tarball == f"{bucket}/package/{artifacts.MODEL_TARBALL}"
+    for root in (f"{bucket}/package", f"{bucket}/serving/run-7"):
+        assert storage.exists(f"{root}/{artifacts.SUCCESS_MARKER}")
+        assert storage.exists(f"{root}/1/saved_model.pb")
+    assert storage.read_text(f"{bucket}/serving/{artifacts.LATEST_POINTER}") == f"{bucket}/serving/run-7\n"
     with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(result.tarball))) as archive:
         assert "1/saved_model.pb" in archive.getnames()

@@ -80,6 +80,16 @@ def test_what_each_pipeline_needs_of_the_backend(tmp_path):
     secret = load_pipeline_yaml(kic_compile.compile_pipeline(
         str(tmp_path / "secret.yaml"), "kfp", ClusterOptions(target="kfp", gcs_credentials_secret="gcs-key")))
     assert kfp_backend.minimum_version(secret) == (2, 4, 1)
+    s3_secret = load_pipeline_yaml(kic_compile.compile_pipeline(
+        str(tmp_path / "s3.yaml"), "kfp", ClusterOptions(target="kfp", step_timeouts=False,
+                                                         s3_credentials_secret="mlpipeline-minio-artifact")))
+    assert set(kfp_backend.needs(s3_secret)) == {kfp_backend.JOB_ID, kfp_backend.RETRY, kfp_backend.SECRET_VOLUME}
+    assert kfp_backend.minimum_version(s3_secret) == (2, 4, 1)
+    # The endpoint alone is a plain environment variable, which every 2.x backend sets.
+    endpoint = load_pipeline_yaml(kic_compile.compile_pipeline(
+        str(tmp_path / "endpoint.yaml"), "kfp", ClusterOptions(target="kfp", step_timeouts=False,
+                                                               s3_endpoint="http://minio-service.kubeflow:9000")))
+    assert kfp_backend.minimum_version(endpoint) == (2, 0, 0)
 
 
 @pytest.mark.parametrize(("answer", "version"), [

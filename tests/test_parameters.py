@@ -69,15 +69,57 @@ def test_sources_must_exist_locally_and_on_gcs(tmp_path, gcs_emulator):
     storage.write_bytes(f"{bucket}/images/cat/1.jpg", b"x")
     storage.write_text(f"{bucket}/list.csv", "uri,label\nimages/cat/1.jpg,cat\n")
     parameters.validate({"data_source": f"{bucket}/images", "validation_source": f"{bucket}/list.csv",
-                         "test_source": "tfds:beans", "batch_predict_source": f"{bucket}/images/cat/1.jpg"})
+                         "batch_predict_source": f"{bucket}/images/cat/1.jpg"})
     with pytest.raises(ParameterError) as error:
         parameters.validate({"data_source": f"{bucket}/imagez", "validation_source": str(tmp_path / "v.csv"),
                              "test_source": "tfds:", "batch_predict_source": str(tmp_path / "new"),
                              "tfds_data_dir": str(tmp_path / "tfds")})
     problems = {problem.name: problem.expected for problem in error.value.problems}
-    assert problems == {"data_source": "no such folder or gs:// prefix", "validation_source": "no such manifest",
+    assert problems == {"data_source": "no such folder, gs:// or s3:// prefix", "validation_source": "no such manifest",
                         "test_source": "tfds:NAME or tfds:NAME:CONFIG",
-                        "batch_predict_source": "no such folder or gs:// prefix", "tfds_data_dir": "no such folder"}
+                        "batch_predict_source": "no such folder, gs:// or s3:// prefix",
+                        "tfds_data_dir": "no such folder"}
+
+
+def test_reinitialize_top_layer_false_needs_a_model_to_keep_the_top_layer_of(tmp_path):
+    for given in ("False", '"False"', "false", False):
+        with pytest.raises(ParameterError, match="needs base_model_uri") as error:
+            parameters.resolve({"data_source": str(tmp_path), "pretrained_weights": "none",
+                                "reinitialize_top_layer": given})
+        assert names(error.value) == {"reinitialize_top_layer"}
+    values = parameters.validate({"reinitialize_top_layer": "false", "base_model_uri": "gs://b/model.tar.gz"},
+                                 reachability=False)
+    assert values["reinitialize_top_layer"] == "False"
+
+
+def _tarball(path, members: dict[str, bytes]) -> str:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            entry = tarfile.TarInfo(name)
+            entry.size = len(data)
+            archive.addfile(entry, io.BytesIO(data))
+    return str(path)
+
+
+def test_a_savedmodel_only_package_cannot_be_continued_from(tmp_path):
+    """The reference algorithm's model.tar.gz: a SavedModel and the label map, no model.keras."""
+    reference = _tarball(tmp_path / "model.tar.gz", {"1/saved_model.pb": b"pb", "1/variables/variables.index": b"i",
+                                                     artifacts.LABEL_MAP: b'{"daisy": 0}'})
+    with pytest.raises(ParameterError, match="SavedModel-only package.*leave base_model_uri empty") as error:
+        parameters.validate({"base_model_uri": reference})
+    assert names(error.value) == {"base_model_uri"}
+    folder = tmp_path / "unpacked"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "saved_model.pb").write_bytes(b"pb")
+    (folder / artifacts.MODEL_INFO).write_text("{}")  # an info file is not enough: model.keras is what continues
+    with pytest.raises(ParameterError, match="SavedModel-only package"):
+        parameters.validate({"base_model_uri": str(folder)})
+    kic_package = _tarball(tmp_path / "kic.tar.gz", {"1/saved_model.pb": b"pb", artifacts.MODEL_INFO: b"{}",
+                                                     artifacts.KERAS_MODEL: b"k"})
+    assert parameters.validate({"base_model_uri": kic_package})["base_model_uri"] == kic_package
 
 
 def test_without_reachability_only_the_form_is_checked(tmp_path):
@@ -93,11 +135,33 @@ def test_model_uris_must_be_kic_models(tmp_path):
     model_dir.mkdir()
     (model_dir / artifacts.MODEL_INFO).write_text("{}")
     (tmp_path / "model.tar.gz").write_bytes(b"archive")
+    with pytest.raises(ParameterError, match="no model.keras"):  # what train continues from
+        parameters.validate({"base_model_uri": str(model_dir)})
+    (model_dir / artifacts.KERAS_MODEL).write_bytes(b"keras")
     parameters.validate({"base_model_uri": str(model_dir), "baseline_model_uri": str(tmp_path / "model.tar.gz")})
     with pytest.raises(ParameterError) as error:
         parameters.validate({"base_model_uri": str(tmp_path), "baseline_model_uri": str(tmp_path / "old.tar.gz")})
     assert names(error.value) == {"base_model_uri", "baseline_model_uri"}
     assert "not a kic model" in str(error.value)
+
+
+def test_the_default_baseline_is_what_latest_names_and_none_turns_it_off(tmp_path):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    parameters.validate({"export_uri": str(exports)})  # the first run: no LATEST yet
+    (exports / artifacts.LATEST_POINTER).write_text(str(exports / "run-1") + "\n")
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"export_uri": str(exports)})
+    assert names(error.value) == {"export_uri"}
+    assert "compares with its LATEST" in str(error.value) and "which is not a kic model" in str(error.value)
+    for off in ("none", "None"):
+        parameters.validate({"export_uri": str(exports), "baseline_model_uri": off})
+    (exports / "run-1").mkdir()
+    (exports / "run-1" / artifacts.MODEL_INFO).write_text("{}")
+    parameters.validate({"export_uri": str(exports)})
+    parameters.validate({"allow_removed_classes": "true"})
+    with pytest.raises(ParameterError, match="allow_removed_classes"):
+        parameters.validate({"allow_removed_classes": "sometimes"})
 
 
 # --------------------------------------------------------------------------- model and weights
@@ -206,14 +270,17 @@ def test_precision_and_xla_settings():
     assert "mixed_float16" in str(caught.value) and "auto, true, false" in str(caught.value)
 
 
-def test_checkpoints_go_to_a_local_folder_or_gcs_every_zero_or_more_steps():
+def test_checkpoints_go_to_a_local_folder_gcs_or_s3_every_zero_or_more_steps():
     parameters.validate({"checkpoint_uri": "gs://b/runs/checkpoints", "checkpoint_every_steps": 0})
+    parameters.validate({"checkpoint_uri": "s3://b/runs/checkpoints", "checkpoint_every_steps": 0})
     parameters.validate({"checkpoint_uri": "/mnt/checkpoints", "checkpoint_every_steps": 500})
     with pytest.raises(ParameterError) as error:
-        parameters.validate({"checkpoint_uri": "s3://b/c", "checkpoint_every_steps": -1})
+        parameters.validate({"checkpoint_uri": "minio://b/c", "checkpoint_every_steps": -1})
     assert names(error.value) == {"checkpoint_uri", "checkpoint_every_steps"}
     with pytest.raises(ParameterError, match="gs://BUCKET/PATH"):
         parameters.validate({"checkpoint_uri": "gs://"})
+    with pytest.raises(ParameterError, match="s3://BUCKET/PATH"):
+        parameters.validate({"checkpoint_uri": "s3:///"})
 
 
 # --------------------------------------------------------------------------- Vertex AI Model Registry
@@ -260,3 +327,29 @@ def test_a_parameter_of_one_pipeline_only(tmp_path):
         assert names(error.value) == {"vertex_model_display_name", "vertex_parent_model"}  # and the form as well
         assert "only the Vertex AI pipeline has this parameter" in str(error.value)
     assert set(parameters.resolve(source)) == set(parameters.PARAMETERS_BY_NAME)  # no target: every one
+
+
+def test_seeds_image_size_and_batch_size_have_ranges_with_their_reasons(tmp_path):
+    source = {"data_source": str(tmp_path), "pretrained_weights": "none"}
+    with pytest.raises(ParameterError) as error:
+        parameters.resolve({**source, "seed": "-1", "split_seed": str(2**32), "image_size": "100000",
+                            "batch_size": "1000000"})
+    assert names(error.value) == {"seed", "split_seed", "image_size", "batch_size"}
+    assert "2**32 - 1: what the random number generators take" in str(error.value)
+    assert "larger inputs do not fit a batch in accelerator memory" in str(error.value)
+    # A 20-digit seed is refused, not rounded into range; the largest is kept to the digit.
+    with pytest.raises(ParameterError, match="seed=12345678901234567890: an integer from 0"):
+        parameters.resolve({**source, "seed": "12345678901234567890"})
+    assert parameters.resolve({**source, "seed": str(2**32 - 1)})["seed"] == 2**32 - 1
+
+
+@pytest.mark.parametrize("content", [b'{"epochs": "3", "note": "caf\xe9"}', b'{"epochs": ' + b"[" * 100_000])
+def test_a_hyperparameter_file_that_is_not_utf8_or_nested_too_deeply_is_a_user_error(tmp_path, capsys, content):
+    from kic import cli
+
+    path = tmp_path / "hyperparameters.json"
+    path.write_bytes(content)
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err or "nested too deeply" in err
+    assert "Traceback" not in err

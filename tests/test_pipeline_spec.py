@@ -132,7 +132,7 @@ def test_the_other_components_defaults_are_the_front_doors(fresh):
     # prepare on its own has no model to size images from: it keeps the standalone default.
     assert _inputs(components["prepare"])["image_short_side"]["defaultValue"] == images.DEFAULT_SHORT_SIDE
     _assert_matches_front_door(_inputs(components["evaluate"]), [
-        "gate_metric", "gate_minimum", "baseline_model_uri", "max_regression", "top_k"])
+        "gate_metric", "gate_minimum", "baseline_model_uri", "max_regression", "allow_removed_classes", "top_k"])
     _assert_matches_front_door(_inputs(components["export"]), ["destination_uri", "tflite", "top_k"],
                                renamed={"destination_uri": "export_uri"})
     predict = _inputs(components["batch_predict"])

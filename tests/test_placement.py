@@ -297,9 +297,11 @@ def test_kubernetes_settings_are_refused_for_vertex_and_tolerations_are_checked(
 def test_fresh_data_reaches_the_cache_keys_and_each_run_publishes(compiled):
     tasks = _tasks(compiled["kfp"])
     assert tasks["snapshot"]["cachingOptions"] == {} and tasks["snapshot"]["dependentTasks"] == ["validate"]
-    fed = {"prepare": ("source_fingerprint", "data"), "train": ("base_model_fingerprint", "base_model"),
-           "evaluate": ("baseline_fingerprint", "baseline_model")}
-    for task, (input_name, output) in fed.items():
+    fed = [("prepare", "source_fingerprint", "data"), ("train", "base_model_fingerprint", "base_model"),
+           ("evaluate", "baseline_fingerprint", "baseline_model"),
+           # The baseline as snapshot resolved it when the run started (by default what export_uri/LATEST named).
+           ("evaluate", "baseline_model_uri", "baseline_model_uri")]
+    for task, input_name, output in fed:
         assert tasks[task]["inputs"]["parameters"][input_name]["taskOutputParameter"] == {
             "producerTask": "snapshot", "outputParameterKey": output}, task
         assert tasks[task]["cachingOptions"] == {"enableCache": True}
@@ -377,3 +379,29 @@ def test_kic_compile_takes_trains_machines_and_refuses_what_does_not_fit(tmp_pat
     for options, says in refused:
         assert cli.main(["compile", "--output", output, "--no-components", *options]) == 2, options
         assert says in capsys.readouterr().err, options
+
+
+def test_s3_credentials_from_a_secret_and_the_endpoint_reach_every_kubeflow_step(tmp_path):
+    cluster = ClusterOptions(target="kfp", s3_credentials_secret="mlpipeline-minio-artifact",
+                             s3_endpoint="http://minio-service.kubeflow:9000")
+    spec = _compile(tmp_path, "kfp", cluster)
+    executors = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    containers = spec["deploymentSpec"]["executors"]
+    for step in STEPS.values():
+        name = f"exec-{step.replace('_', '-')}"
+        secrets = executors[name]["secretAsEnv"]
+        assert [(secret["secretName"], secret.get("optional")) for secret in secrets] == \
+            [("mlpipeline-minio-artifact", True)], step
+        assert {pair["secretKey"]: pair["envVar"] for pair in secrets[0]["keyToEnv"]} == \
+            {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}, step
+        environment = {variable["name"]: variable["value"] for variable in containers[name]["container"]["env"]}
+        assert environment["AWS_ENDPOINT_URL_S3"] == "http://minio-service.kubeflow:9000", step
+
+
+def test_s3_settings_are_checked_and_kubeflow_only():
+    with pytest.raises(ValueError, match="target kfp only"):
+        ClusterOptions(target="vertex", s3_credentials_secret="keys")
+    with pytest.raises(ValueError, match="a URL"):
+        ClusterOptions(target="kfp", s3_endpoint="minio-service.kubeflow:9000")
+    with pytest.raises(ValueError, match="S3 secret keys"):
+        ClusterOptions(target="kfp", s3_credentials_secret="keys", s3_secret_keys=("id", ""))

@@ -9,7 +9,7 @@ import pytest
 from image_fixtures import fixture_matrix, noise_jpeg
 from PIL import Image
 
-from kic import artifacts, storage
+from kic import artifacts, parameters, storage
 from kic.data import dataset_info, schema
 from kic.data.prepare import DataQualityError, PrepareOptions, SourceError, prepare_dataset
 from kic.errors import ParameterError
@@ -80,6 +80,31 @@ def _shard_bytes(output) -> dict[str, bytes]:
 
 
 # --------------------------------------------------------------------------- folder source, bad files
+
+
+def test_non_image_files_beside_the_images_are_ignored_not_rejected(tmp_path):
+    """Issue 21: a Thumbs.db and a notes.txt in every class folder failed the dataset on max_rejected_fraction."""
+    root = _folder(tmp_path / "src", {"cats": 10, "dogs": 10})
+    extras = []
+    for name in ("cats", "dogs"):
+        for extra in ("Thumbs.db", "notes.txt", "desktop.ini", "._img000.jpg"):
+            _write(os.path.join(root, name, extra), b"\0\1 not an image")
+            extras.append(f"{name}/{extra}")
+    _write(os.path.join(root, "__MACOSX", "cats", "._img001.jpg"), b"\0\5\x16\7")
+    extras.append("__MACOSX/cats/._img001.jpg")
+    _write(os.path.join(root, "dogs", "fake.jpg"), b"a text file that claims to be a JPEG")
+
+    result = _run(root, tmp_path / "out")  # the default max_rejected_fraction (0.05): 1 of 21 rejected
+
+    report = result.report
+    assert sorted(report["ignored"]) == sorted(extras)
+    assert [(entry["file"][len(root) + 1:], entry["reason"]) for entry in report["rejected"]["files"]] == [
+        ("dogs/fake.jpg", "not_an_image")]
+    assert report["metrics"]["rejected_fraction"] == pytest.approx(1 / 21, abs=1e-6)
+    assert result.info.class_names == ("cats", "dogs")
+    for name in (artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
+        text = (tmp_path / "out" / name).read_text()
+        assert "Ignored files" in text and "cats/Thumbs.db" in text and "__MACOSX/cats/._img001.jpg" in text
 
 
 def test_folder_with_bad_files_reports_every_reason(tmp_path):
@@ -521,6 +546,18 @@ def test_tfds_source_by_name_from_a_prepared_data_dir(tmp_path):
     with pytest.raises(SourceError, match="no dataset named"):
         _run("tfds:kic_no_such_dataset_xyz", tmp_path / "out3")
 
+    # The front door (validate, kic validate --check-uris) says the same before any step runs.
+    assert parameters.validate({"data_source": "tfds:kic_tiny_shapes", "tfds_data_dir": data_dir})
+    (tmp_path / "empty").mkdir()
+    for values, expected in (({"data_source": "tfds:kic_tiny_shapes", "tfds_data_dir": str(tmp_path / "empty")},
+                              "not prepared in .*empty.*never downloads"),
+                             ({"test_source": "tfds:kic_no_such_dataset_xyz"}, "no dataset named")):
+        with pytest.raises(ParameterError, match=expected):
+            parameters.validate(values)
+    assert not os.listdir(tmp_path / "empty")  # nothing downloaded, nothing created
+    # Where it cannot be looked up from here (kic submit: the cluster's TFDS folder), only the form is checked.
+    parameters.validate({"data_source": "tfds:kic_no_such_dataset_xyz"}, reachability=lambda uri: False)
+
 
 def test_tfds_mock_data_offline(tmp_path):
     import tensorflow_datasets as tfds
@@ -529,3 +566,33 @@ def test_tfds_mock_data_offline(tmp_path):
         result = _run("tfds:beans", tmp_path / "out", validation_fraction=0.25, test_fraction=0.0)
     assert result.info.class_names == ("angular_leaf_spot", "bean_rust", "healthy")
     assert result.report["metrics"]["num_train"] + result.report["metrics"]["num_validation"] == 24
+
+
+def test_one_class_is_refused_before_any_image_is_read(tmp_path):
+    root = _folder(tmp_path / "src", {"only": 5})
+    with pytest.raises(SourceError, match=r"has only class 'only': a classifier needs at least 2 classes"):
+        _run(root, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def test_s3_folder_and_manifest_give_the_same_dataset_as_local(tmp_path, s3_server):
+    root = _folder(tmp_path / "src", {"cls[1]": 6, "café": 6})
+    bucket = s3_server.new_bucket()
+    _upload(root, f"{bucket}/images")
+    local = _run(root, tmp_path / "local")
+    remote = _run(f"{bucket}/images/", f"{bucket}/prepared")
+    assert _gcs_shard_bytes(f"{bucket}/prepared") == _shard_bytes(tmp_path / "local")
+    assert local.info.fingerprint == remote.info.fingerprint
+    assert storage.exists(f"{bucket}/prepared/{artifacts.DATA_REPORT_HTML}")
+    # A manifest on S3, its entries relative to it, names the same files: the same images and labels.
+    lines = [f"images/{name}/img{index:03d}.jpg,{name}" for name in ("cls[1]", "café") for index in range(6)]
+    storage.write_text(f"{bucket}/list.csv", "uri,label\n" + "\n".join(lines) + "\n")
+    _run(f"{bucket}/list.csv", tmp_path / "from-manifest")
+
+    def images(output) -> list[tuple[int, str]]:
+        return sorted((row["label"], row["sha256"]) for split in ("train", "validation", "test")
+                      for row in _parsed(output, split))
+
+    assert images(tmp_path / "from-manifest") == images(tmp_path / "local") and len(images(tmp_path / "local")) == 12

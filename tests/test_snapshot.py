@@ -28,7 +28,8 @@ def _snapshot(data_source, **sources) -> dict[str, str]:
     """The snapshot step's outputs, by name, as train, evaluate and plan_trials get them."""
     arguments = {"validation_source": "", "test_source": "", "tfds_data_dir": "", "base_model_uri": "",
                  "baseline_model_uri": "", **sources}
-    return dict(zip(("data", "base_model", "baseline_model", "pretrained_weights", "search_space"),
+    return dict(zip(("data", "base_model", "baseline_model", "pretrained_weights", "search_space",
+                     "baseline_model_uri"),
                     steps.snapshot_step(data_source=str(data_source), **arguments), strict=True))
 
 
@@ -168,3 +169,20 @@ def test_a_weights_file_on_gcs_rewritten_in_place_changes_its_fingerprint(gcs_em
     assert first == _snapshot(tmp_path / "images", pretrained_weights=weights)["pretrained_weights"]
     storage.write_bytes(weights, b"weights")
     assert _snapshot(tmp_path / "images", pretrained_weights=weights)["pretrained_weights"] != first
+
+
+def test_s3_objects_and_a_manifests_files_are_fingerprinted_by_etag_size_and_time(s3_server):
+    bucket = s3_server.new_bucket()
+    storage.write_bytes(f"{bucket}/images/cat/1.jpg", b"one")
+    first = fingerprint(f"{bucket}/images")
+    assert fingerprint(f"{bucket}/images") == first
+    storage.write_bytes(f"{bucket}/images/cat/1.jpg", b"two")  # same name and size, new content
+    second = fingerprint(f"{bucket}/images")
+    assert second != first
+    storage.write_bytes(f"{bucket}/images/dog/2.jpg", b"new")  # an image arrives
+    assert fingerprint(f"{bucket}/images") != second
+    storage.write_text(f"{bucket}/list.csv", "uri,label\nimages/cat/1.jpg,cat\n")
+    named = fingerprint(f"{bucket}/list.csv")
+    assert fingerprint(f"{bucket}/list.csv") == named
+    storage.write_bytes(f"{bucket}/images/cat/1.jpg", b"333")  # the named file replaced in place
+    assert fingerprint(f"{bucket}/list.csv") != named

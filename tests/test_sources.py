@@ -34,6 +34,27 @@ def test_folder_listing_classes_nested_files_and_ignored(tmp_path):
     assert all(location_of(str(root), item.name) == item.location for item in listing.parts["train"])
 
 
+def test_what_the_reference_does_not_read_is_ignored_not_rejected(tmp_path):
+    """OS metadata, notes beside the images, AppleDouble files and a zip's __MACOSX folder are not images,
+    not classes; a file that claims to be an image (or could be one) is still listed, for its content to judge."""
+    root = tmp_path / "data"
+    _write(root / "cats" / "a.jpg")
+    ignored = ["cats/Thumbs.db", "cats/desktop.ini", "cats/notes.txt", "cats/labels.JSON", "cats/boxes.csv",
+               "cats/README.md", "cats/meta.yaml", "cats/._a.jpg", "dogs/sub/.hidden/b.jpg", "__MACOSX/cats/._a.jpg",
+               "dogs/__MACOSX/x.jpg"]
+    for name in ignored:
+        _write(root / name)
+    _write(root / "dogs" / "b.jpg")
+    _write(root / "dogs" / "text_posing.jpg", b"hello")  # claims to be an image: prepare rejects it
+    _write(root / "dogs" / "scan.tif")
+    _write(root / "dogs" / "no_extension")
+    listing = list_source(str(root))
+    assert listing.class_names == ("cats", "dogs")
+    assert sorted(listing.ignored) == sorted(ignored)
+    assert [item.name for item in listing.parts["train"]] == [
+        "cats/a.jpg", "dogs/b.jpg", "dogs/no_extension", "dogs/scan.tif", "dogs/text_posing.jpg"]
+
+
 def test_class_order_is_python_sorted_on_str(tmp_path):
     for name in ("b", "B", "a", "café", "日本", "cls[1]", "Z"):
         _write(tmp_path / name / "f.jpg")
@@ -152,9 +173,9 @@ def test_gcs_folder_and_manifest_listing(gcs_emulator):
     storage.write_text(f"{root}/lists/m.csv", "uri,label\n../cls[1]/a b.jpg,k\n")
 
     listing = list_source(root + "/")
-    assert listing.class_names == ("café", "cls[1]", "lists")
-    assert [item.name for item in listing.parts["train"]] == ["café/x/y.jpg", "cls[1]/a b.jpg", "lists/m.csv"]
-    assert listing.ignored == ["stray.txt"]
+    assert listing.class_names == ("café", "cls[1]")  # a manifest beside the images is no image, nor a class
+    assert [item.name for item in listing.parts["train"]] == ["café/x/y.jpg", "cls[1]/a b.jpg"]
+    assert listing.ignored == ["lists/m.csv", "stray.txt"]
     payloads = {item.name: payload for item, payload in read_payloads(listing, listing.parts["train"])}
     assert payloads["cls[1]/a b.jpg"] == b"one"
 

@@ -194,7 +194,7 @@ def test_gs_uris_are_looked_up_when_this_machine_can_read_them(kfp_api, gcs_emul
                      "--param", f"base_model_uri={bucket}/models/v1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert f"data_source='{bucket}/imagez/': no such folder or gs:// prefix" in err
+    assert f"data_source='{bucket}/imagez/': no such folder, gs:// or s3:// prefix" in err
     assert f"base_model_uri='{bucket}/models/v1': not a kic model" in err
     assert kfp_api.requests == []
 

@@ -18,6 +18,7 @@ def export(
     run_id: str = "",
     tflite: str = "",
     top_k: int = 5,
+    serving_skew_action: str = "block",
 ) -> NamedTuple("Exported", [("saved_model_uri", str), ("model_labels", dict), ("model_description", str)]):
     arguments = dict(locals())
     from kic.orchestration import steps
@@ -32,14 +33,15 @@ export.__doc__ = docs.docstring(
         "model": "The trained model from train.",
         "evaluation": "Evaluation metrics, recorded in the package's model info.",
         "examples": "Optional: the prepared dataset from prepare. The served answers on the original files of "
-                    "its evaluation split are compared with the evaluate path on the prepared records "
-                    "(serving_parity.json in the package); a clearly systematic skew fails the export.",
+                    "its evaluation split are compared with the evaluate path on the prepared records: the model's "
+                    "input pixels and its answers (serving_parity.json in the package).",
         "destination_uri": "Optional local path or gs:// URI that also receives the package: under "
                            "<destination_uri>/<run_id>/ (a _SUCCESS marker written last), then "
                            "<destination_uri>/LATEST names that folder; without run_id, in destination_uri itself.",
         "run_id": "The pipeline run's id (the pipeline passes its job id): each run publishes its own version.",
         **docs.parameter_args("tflite"),
         "top_k": "Number of top labels the serving signature returns.",
+        **docs.parameter_args("serving_skew_action"),
     },
     {
         "package": "The serving package: 1/ (SavedModel), label map, model info, and model.tar.gz.",

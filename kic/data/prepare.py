@@ -53,7 +53,7 @@ from kic import artifacts, storage
 from kic.data import gallery, images, schema, splits
 from kic.data import report as report_rendering
 from kic.data.dataset_info import DatasetInfo, SplitInfo, save
-from kic.data.images import ImageLimits, ImageRejected, NormalizedImage, normalize_image
+from kic.data.images import ImageLimits, ImageRejected, NormalizedImage, normalize_image, read_image_file
 from kic.data.sources import Listing, LocalFile, SourceError, SourceItem, list_source, read_payloads
 from kic.errors import DataError, ParameterError, Problem
 from kic.machine import available_cores
@@ -127,9 +127,9 @@ class PrepareOptions:
 def _inside(path: str, folder: str) -> bool:
     if folder.startswith("tfds:") or folder.lower().endswith((".csv", ".jsonl")):
         return False
-    if storage.is_gcs(path) != storage.is_gcs(folder):
+    if storage.scheme(path) != storage.scheme(folder):
         return False
-    if storage.is_gcs(path):
+    if storage.is_remote(path):
         return (path.rstrip("/") + "/").startswith(folder.rstrip("/") + "/")
     path, folder = os.path.abspath(path), os.path.abspath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
@@ -179,7 +179,7 @@ def _normalize_payload(payload: object, limits: ImageLimits) -> NormalizedImage 
     try:
         if isinstance(payload, LocalFile):
             try:
-                payload = storage.read_bytes(payload.path)
+                payload = read_image_file(payload.path, limits.max_bytes)
             except (OSError, storage.StorageError) as error:
                 return UNREADABLE, str(error)
         elif not isinstance(payload, bytes):
@@ -327,6 +327,10 @@ def _list_channels(options: PrepareOptions, progress: _Progress) -> _Channels:
             listings[channel] = main
             items[channel] = main.parts[channel]
     class_names = main.class_names
+    if len(class_names) < 2:  # else only train finds out, after every image has been prepared
+        found = f"only class {class_names[0]!r}" if class_names else "no class"
+        raise SourceError(f"{options.source} has {found}: a classifier needs at least 2 classes (a folder of "
+                          "images per class, or a label column in a manifest)")
     for channel in ("validation", "test"):
         if channel in items:
             unknown = sorted({item.label for item in items[channel]} - set(class_names))
@@ -386,7 +390,7 @@ def _write_shard(path: str, records: Iterable[bytes]) -> None:
     """Writes a TFRecord file under a temporary name and renames it (commit-last)."""
     import tensorflow as tf
 
-    if storage.is_gcs(path):
+    if storage.is_remote(path):
         with tempfile.TemporaryDirectory(prefix="kic-shard-") as folder:
             local = os.path.join(folder, os.path.basename(path))
             _write_shard(local, records)

@@ -73,7 +73,8 @@ def sections(report: dict, gallery: Gallery | None = None) -> list[Section]:
                               notes=[summary]))
     result.append(_image_stats(report.get("image_stats", {})))
     if report.get("ignored"):
-        result.append(_listed("Ignored files (not inside a class folder, or hidden)", ("file",),
+        result.append(_listed("Ignored files (not inside a class folder, hidden, OS metadata, or notes beside the "
+                              "images; not counted as rejected)", ("file",),
                               [(name,) for name in report["ignored"]]))
     if report.get("warnings"):
         result.append(Section("Warnings", notes=report["warnings"]))

@@ -9,8 +9,9 @@ these fingerprints and passes them to prepare, train, evaluate and (in the
 tuning pipeline) plan_trials and the trials: unchanged data keeps the cache,
 changed data re-prepares and retrains.
 
-* a folder or gs:// prefix: every file's name, size and version (its GCS
-  generation, or its local modification time), from one listing; nothing read;
+* a folder, gs:// or s3:// prefix: every file's name, size and version (its GCS
+  generation; its S3 ETag, modification time and version id; or its local
+  modification time), from one listing; nothing read;
 * a manifest: its content, and the size and version of every file it names
   (an image replaced under the same name is a change too), from one listing
   of each folder that holds named files, not a request per file;
@@ -85,13 +86,13 @@ def _describe_manifest(uri: str) -> str:
 
 def _folder(location: str) -> str:
     """The folder holding ``location``, ending in a separator (which spares list_stats a request on GCS)."""
-    if storage.is_gcs(location):
+    if storage.is_remote(location):
         return posixpath.dirname(location) + "/"
     return os.path.join(os.path.dirname(location), "")
 
 
 def _base_name(location: str) -> str:
-    return posixpath.basename(location) if storage.is_gcs(location) else os.path.basename(location)
+    return posixpath.basename(location) if storage.is_remote(location) else os.path.basename(location)
 
 
 def _files_in(folder: str) -> dict[str, storage.FileStat]:

@@ -2,10 +2,12 @@
 
 A source is one of:
 
-* a folder per class, ``root/<class>/<file>`` (local or ``gs://``): files in
+* a folder per class, ``root/<class>/<file>`` (local, ``gs://`` or ``s3://``): files in
   nested subfolders belong to the class folder they are in; files directly in
-  ``root`` and hidden entries (``.DS_Store``, ``.ipynb_checkpoints/``) are
-  listed as ignored;
+  ``root``, hidden entries (``.DS_Store``, ``._*``, ``.ipynb_checkpoints/``),
+  ``__MACOSX/``, OS metadata (``Thumbs.db``, ``desktop.ini``) and notes beside
+  the images (text, JSON, CSV, YAML, markdown) are listed as ignored, as the
+  reference reads only the images (``is_ignored``);
 * a manifest with labels, ``*.csv`` (header ``uri,label``) or ``*.jsonl``
   (``{"uri": ..., "label": ...}`` per line), read by :mod:`kic.data.manifest`;
 * ``tfds:NAME[:CONFIG]``, a TensorFlow Datasets dataset that is already
@@ -33,6 +35,12 @@ __all__ = ["LocalFile", "Listing", "SourceError", "SourceItem", "list_source", "
            "validate_class_names"]
 
 TFDS_PREFIX = "tfds:"
+# Files a folder of images carries that are known not to be images: counting them as rejected images would
+# fail a good dataset on max_rejected_fraction. Anything else (a .jpg that is not one, an unknown extension)
+# is read and judged by its content.
+OS_METADATA_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
+NOTE_EXTENSIONS = (".txt", ".json", ".jsonl", ".csv", ".tsv", ".yaml", ".yml", ".md", ".markdown")
+IGNORED_FOLDERS = frozenset({"__macosx"})  # zip archives made on macOS
 TFDS_SPLITS = ("train", "validation", "test")
 
 
@@ -93,7 +101,7 @@ def location_of(source: str, name: str) -> str | None:
         return None
     if manifest.is_manifest(source):
         return manifest.entry_location(source, name)
-    if storage.is_gcs(source):
+    if storage.is_remote(source):
         return source.rstrip("/") + "/" + name
     return os.path.join(os.path.abspath(source), *name.split("/"))
 
@@ -140,7 +148,7 @@ def _name_problem(name: str) -> str | None:
 
 
 def _root_prefix(root: str) -> str:
-    if storage.is_gcs(root):
+    if storage.is_remote(root):
         return root.rstrip("/") + "/"
     return os.path.abspath(root).rstrip(os.sep) + os.sep
 
@@ -154,28 +162,42 @@ def _list_folder(source: str) -> Listing:
     items, ignored = [], []
     classes: set[str] = set()
     for path in files:
-        if storage.is_gcs(path):
+        if storage.is_remote(path):
             relative = path[len(prefix):]
         else:
             relative = os.path.relpath(path, prefix).replace(os.sep, "/")
         parts = relative.split("/")
-        if len(parts) < 2 or any(part.startswith(".") for part in parts):
+        if len(parts) < 2 or is_ignored(relative):
             ignored.append(relative)
             continue
         classes.add(parts[0])
         items.append(SourceItem(location=path, name=relative, label=parts[0]))
-    if not storage.is_gcs(source):
+    if not storage.is_remote(source):
         # An empty class folder is a class with no images: keep it, so that
         # the size checks name it instead of it silently vanishing.
         with os.scandir(source) as entries:
             classes.update(entry.name for entry in entries
-                           if entry.is_dir() and not entry.name.startswith("."))
+                           if entry.is_dir() and not _ignored_folder(entry.name))
     if not classes:
         raise SourceError(
             f"{source}: no class folders found; expected {source.rstrip('/')}/<class name>/<image file>")
     items.sort(key=lambda item: item.name)
     return Listing(source=source, kind="folder", parts={"train": items},
                    class_names=tuple(sorted(classes)), ignored=sorted(ignored))
+
+
+def is_ignored(relative: str) -> bool:
+    """Whether a file of a folder source (its path below the root, ``/``-separated)
+    is known not to be an image: hidden, in a hidden or ``__MACOSX`` folder, OS
+    metadata, or a note (text, JSON, CSV, YAML, markdown)."""
+    *folders, name = relative.split("/")
+    lowered = name.lower()
+    return (any(_ignored_folder(folder) for folder in folders) or name.startswith(".")
+            or lowered in OS_METADATA_FILES or lowered.endswith(NOTE_EXTENSIONS))
+
+
+def _ignored_folder(name: str) -> bool:
+    return name.startswith(".") or name.lower() in IGNORED_FOLDERS
 
 
 # --------------------------------------------------------------------------- manifests
@@ -215,6 +237,22 @@ def _tfds_builder(spec: _TfdsSpec):
         raise SourceError(f"TFDS has no dataset named {spec.name!r}") from None
     except (ValueError, AssertionError) as error:
         raise SourceError(f"cannot open TFDS dataset {spec.name!r}: {str(error).splitlines()[0]}") from None
+
+
+def tfds_problem(source: str, data_dir: str = "") -> str | None:
+    """Why prepare could not read the TFDS source ``source`` (an unknown
+    dataset or config, or one not prepared in ``data_dir``), or None; asks
+    TFDS's registry and the data folder only, never downloads."""
+    try:
+        spec = _parse_tfds(source, data_dir)
+        builder = _tfds_builder(spec)
+    except SourceError as error:
+        return str(error)
+    if not builder.is_prepared():
+        where = spec.data_dir or "TFDS's default data folder"
+        return (f"TFDS dataset {spec.name!r} is not prepared in {where}; prepare never downloads, so build it "
+                f"first (e.g. `tfds build {spec.name}`) and pass its folder as tfds_data_dir")
+    return None
 
 
 def _tfds_keys(builder) -> tuple[str, str]:
@@ -289,7 +327,7 @@ def read_payloads(listing: Listing, items: list[SourceItem], *, tfds_data_dir: s
     if listing.kind == "tfds":
         yield from _read_tfds(listing, items, tfds_data_dir)
         return
-    if not any(storage.is_gcs(item.location) for item in items):
+    if not any(storage.is_remote(item.location) for item in items):
         for item in items:
             yield item, LocalFile(item.location)
         return

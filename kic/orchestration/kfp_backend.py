@@ -47,7 +47,8 @@ TIMEOUT = Feature("step timeouts (prepare 6 h, train 72 h)", (2, 1, 0),
                   "--no-step-timeouts leaves them out)", True)
 TOLERATION = Feature("GPU node tolerations (--gpu-toleration)", (2, 1, 0),
                      "the driver does not know the field and fails the step", True)
-SECRET_VOLUME = Feature("a secret mounted into the steps (--gcs-credentials-secret)", (2, 4, 1),
+SECRET_VOLUME = Feature("a secret mounted into the steps (--gcs-credentials-secret, --s3-credentials-secret)",
+                        (2, 4, 1),
                         "the driver does not know fields kfp-kubernetes writes for it and fails the step", True)
 RESOURCE_PLACEHOLDER = Feature("GPUs named by run parameters", (2, 4, 0),
                                "the placeholder is dropped: the pod gets no GPU", True)

@@ -21,6 +21,7 @@ from kic.errors import Problem, UnreachableError, UserError
 from kic.orchestration import cron, kfp_backend
 from kic.orchestration.preflight import FAILED, OK, UNCHECKED, WARNING, Check
 from kic.orchestration.remote import RejectedError, Submitted
+from kic.redact import redact
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"  # kfp.Client reads these two itself
 UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
@@ -53,7 +54,7 @@ class KubeflowTarget:
             found.append(Problem("--host", "", f"required: the Kubeflow Pipelines API's URL (or set {ENDPOINT_ENV}); "
                                                "--vertex sends to Vertex AI"))
         elif not self.endpoint.startswith(("http://", "https://")):
-            found.append(Problem("--host", self.endpoint, "a URL: http(s)://HOST[:PORT][/PATH]"))
+            found.append(Problem("--host", redact(self.endpoint), "a URL: http(s)://HOST[:PORT][/PATH]"))
         if self.token and self.token_file:
             found.append(Problem("--token-file", self.token_file, "either --token or --token-file, not both"))
         elif self.token_file and not os.path.isfile(self.token_file):
@@ -86,7 +87,7 @@ class KubeflowTarget:
     def checks(self, spec: Mapping[str, Any]) -> list[Check]:
         """Whether the API answers these credentials, and whether the backend's release has what ``spec``
         (the compiled pipeline) needs."""
-        where = f"{self.platform} at {self.endpoint}"
+        where = f"{self.platform} at {redact(self.endpoint)}"
         try:
             client = self._client()
             with self._answers("connection"):
@@ -97,7 +98,7 @@ class KubeflowTarget:
         except UserError as error:
             return [Check(where, FAILED, str(error))]
         except ValueError as error:
-            return [Check(where, FAILED, f"its health check answered no JSON ({error})")]
+            return [Check(where, FAILED, redact(f"its health check answered no JSON ({error})"))]
         return [Check(where, OK, "answers, and takes the credentials"), backend_check(spec, health)]
 
     def _client(self):
@@ -127,13 +128,15 @@ class KubeflowTarget:
             with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
                 yield
         except ApiException as error:
-            reason = f"{error.status} {error.reason}: {_message(error.body)}"
+            # The endpoint may carry a password, and an API's answer may echo the request's headers.
+            reason = redact(f"{error.status} {error.reason}: {_message(error.body)}")
+            where = f"{self.platform} at {redact(self.endpoint)}"
             if error.status in (401, 403):
-                raise UnreachableError(f"{self.platform} at {self.endpoint} refused the credentials ({reason}); pass "
-                                       "--token, --token-file or --cookies as the deployment expects") from None
-            raise RejectedError(f"{self.platform} at {self.endpoint} refused the {what} ({reason})") from None
+                raise UnreachableError(f"{where} refused the credentials ({reason}); pass --token, --token-file or "
+                                       "--cookies as the deployment expects") from None
+            raise RejectedError(f"{where} refused the {what} ({reason})") from None
         except (urllib3.exceptions.HTTPError, TimeoutError) as error:
-            raise UnreachableError(f"cannot reach {self.platform} at {self.endpoint}: {error}") from None
+            raise UnreachableError(redact(f"cannot reach {self.platform} at {self.endpoint}: {error}")) from None
 
 
 def _message(body: Any) -> str:

@@ -73,6 +73,13 @@ RETRY = {"num_retries": 2, "backoff_duration": "60s", "backoff_factor": 2.0, "ba
 TIMEOUT_S = {"prepare": 6 * 3600, "train": 72 * 3600}
 
 GCS_CREDENTIALS_DIR = "/var/secrets/google"
+# Kubeflow Pipelines' own MinIO: the secret its default install keeps the keys in (in the kubeflow namespace,
+# and copied into each profile's namespace on multi-user installs), their names in it, and the service.
+KFP_MINIO_SECRET = "mlpipeline-minio-artifact"
+KFP_MINIO_SECRET_KEYS = ("accesskey", "secretkey")
+KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
+S3_KEY_ENVS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +107,12 @@ class ClusterOptions:
     gpu_node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)  # train only
     gpu_tolerations: tuple[Toleration, ...] = ()  # train only
     gcs_credentials_secret: str = ""  # a Kubernetes secret holding key.json, mounted into every step (kfp)
+    # A Kubernetes secret holding an S3 access key pair under s3_secret_keys, set as every step's
+    # AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (kfp); and the S3 endpoint of MinIO or another
+    # S3-compatible store, as every step's AWS_ENDPOINT_URL_S3 (kfp; empty: AWS's own).
+    s3_credentials_secret: str = ""
+    s3_secret_keys: tuple[str, str] = KFP_MINIO_SECRET_KEYS
+    s3_endpoint: str = ""
     # kfp: prepare's and train's pod deadlines (TIMEOUT_S); Kubeflow Pipelines 2.0.x fails a step that has one.
     step_timeouts: bool = True
     # Train's machines, compiled into the pipeline; None: the target's default (kic.parameters).
@@ -116,7 +129,7 @@ class ClusterOptions:
         if self.target not in (*TARGETS, LOCAL):
             raise ValueError(f"target {self.target!r}: one of {', '.join(TARGETS)}")
         kubernetes_only = (self.gpu_node_selector or self.gpu_tolerations or self.gcs_credentials_secret
-                           or not self.step_timeouts)
+                           or self.s3_credentials_secret or self.s3_endpoint or not self.step_timeouts)
         if kubernetes_only and self.target != "kfp":
             raise ValueError("node selectors, tolerations, credential secrets and step timeouts are Kubernetes "
                              "settings: target kfp only (Vertex AI places steps itself and uses the job's service "
@@ -126,6 +139,11 @@ class ClusterOptions:
         if self.target != "vertex" and any(value is not None for value in vertex_only.values()):
             given = ", ".join(name for name, value in vertex_only.items() if value is not None)
             raise ValueError(f"{given}: Vertex AI settings (train's CustomJob), target vertex only")
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"S3 endpoint {self.s3_endpoint!r}: a URL, as in {KFP_MINIO_ENDPOINT}")
+        if len(self.s3_secret_keys) != 2 or not all(self.s3_secret_keys):
+            raise ValueError(f"S3 secret keys {self.s3_secret_keys!r}: the names of the access key id's and the "
+                             "secret key's entries in the secret, as in " + ",".join(KFP_MINIO_SECRET_KEYS))
         if self.train_machines_at_run_time and self._given_machines():
             raise ValueError("train's machines are either compiled in or run parameters, not both")
         machines = self.train_machines()
@@ -212,3 +230,10 @@ def _kubernetes(task, step: str, options: ClusterOptions, *, gpu: bool) -> None:
         kubernetes.use_secret_as_volume(task, secret_name=options.gcs_credentials_secret,
                                         mount_path=GCS_CREDENTIALS_DIR)
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_CREDENTIALS_DIR}/key.json")
+    if options.s3_credentials_secret:
+        # Optional: without the secret the pod still starts, and kic says which credentials it lacks,
+        # where a required one would leave the pod waiting in CreateContainerConfigError.
+        kubernetes.use_secret_as_env(task, secret_name=options.s3_credentials_secret, optional=True,
+                                     secret_key_to_env=dict(zip(options.s3_secret_keys, S3_KEY_ENVS, strict=True)))
+    if options.s3_endpoint:
+        task.set_env_variable(S3_ENDPOINT_ENV, options.s3_endpoint)

@@ -154,37 +154,41 @@ def check_parameters(layers: Iterable[Mapping[str, Any]], target: str, warn: War
     values = parameters.resolve(*layers, reachability=GcsLookups(warn), target=target)
     for name in parameters.LOCATIONS:
         value = values[name]
-        if value and not storage.is_gcs(value) and os.path.exists(value):
+        if value and not storage.is_remote(value) and os.path.exists(value):
             warn(f"{name}={value!r} is a path on this machine; the pipeline reads it inside its containers, "
-                 "where it must exist too (nothing is uploaded): use a gs:// URI or a mounted volume")
+                 "where it must exist too (nothing is uploaded): use a gs:// or s3:// URI or a mounted volume")
     return values
 
 
 class GcsLookups:
-    """Which URIs the front door looks up for a cluster: gs:// URIs that this
-    machine can read. Each one it cannot read is a warning, not a problem."""
+    """Which URIs the front door looks up for a cluster: gs:// and s3:// URIs
+    that this machine can read. Each one it cannot read is a warning, not a
+    problem (a cluster's MinIO, say, is often reachable from its pods only)."""
 
     def __init__(self, warn: Warn) -> None:
         self._warn = warn
         self._unreadable_buckets: set[str] = set()
-        self._no_access = False  # no credentials or no connection: nothing on GCS can be looked up here
+        # Schemes with no credentials or no connection here: nothing on that store can be looked up.
+        self._no_access: set[str] = set()
 
     def __call__(self, uri: str) -> bool:
-        if not storage.is_gcs(uri) or self._no_access:
+        scheme = storage.scheme(uri)
+        if not scheme or scheme in self._no_access:
             return False
-        bucket = uri[len(storage.GCS_SCHEME):].partition("/")[0]
+        bucket = scheme + uri[len(scheme):].partition("/")[0]
         if bucket in self._unreadable_buckets:
             return False
         try:
             storage.exists(uri)
         except storage.StoragePermissionError as error:
             self._unreadable_buckets.add(bucket)
-            self._warn(f"gs://{bucket} cannot be read from this machine, so its URIs are checked on the cluster, by "
+            self._warn(f"{bucket} cannot be read from this machine, so its URIs are checked on the cluster, by "
                        f"the pipeline's validate step ({error})")
             return False
         except storage.StorageError as error:
-            self._no_access = True
-            self._warn(f"gs:// URIs are checked on the cluster, by the pipeline's validate step: GCS cannot be "
+            self._no_access.add(scheme)
+            store = "GCS" if scheme == storage.GCS_SCHEME else "S3"
+            self._warn(f"{scheme} URIs are checked on the cluster, by the pipeline's validate step: {store} cannot be "
                        f"reached from here ({error})")
             return False
         return True

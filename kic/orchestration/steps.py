@@ -116,25 +116,33 @@ def validate_step(**values) -> int:
 # ----------------------------------------------------------------- snapshot
 @fails_cleanly(tensorflow=False)
 def snapshot_step(*, data_source, validation_source, test_source, tfds_data_dir, base_model_uri,
-                  baseline_model_uri, pretrained_weights="", search_space="") -> tuple[str, str, str, str, str]:
+                  baseline_model_uri, pretrained_weights="", search_space="",
+                  export_uri="") -> tuple[str, str, str, str, str, str]:
     """Fingerprints (see kic.data.snapshot): of the data, the earlier model, the
     baseline model, the pretrained weights file and the search space file; ""
     for what is not a file (none given, ImageNet weights, a search space given
-    as JSON text: the parameter itself is in the cache keys)."""
+    as JSON text: the parameter itself is in the cache keys). And the baseline
+    itself, resolved now (kic.evaluation.baseline: by default what
+    export_uri/LATEST names), so evaluate judges against the model served when
+    the run started, and its cache key changes when LATEST moves."""
     from kic.data.snapshot import content_fingerprint, fingerprint
+    from kic.evaluation import baseline
     from kic.model import weights
     from kic.tuning import space
 
     data = fingerprint(data_source, validation_source, test_source, tfds_data_dir=tfds_data_dir)
     base_model = fingerprint(base_model_uri) if base_model_uri else ""
-    baseline_model = fingerprint(baseline_model_uri) if baseline_model_uri else ""
+    resolved = baseline.resolve(baseline_model_uri, export_uri)
+    baseline_model = fingerprint(resolved.uri) if resolved.uri else ""
     weights_file = weights.choice(pretrained_weights)
     pretrained = fingerprint(weights_file) if weights_file not in (None, weights.IMAGENET) else ""
     searched = content_fingerprint(search_space.strip()) if space.names_a_file(search_space) else ""
     found = {"data": data, "base model": base_model, "baseline model": baseline_model,
              "pretrained weights": pretrained, "search space": searched}
     log("snapshot: " + ", ".join(f"{what} {value}" for what, value in found.items() if value))
-    return data, base_model, baseline_model, pretrained, searched
+    if resolved.uri:
+        log(f"snapshot: the new model will be compared with {resolved.describe()}")
+    return data, base_model, baseline_model, pretrained, searched, resolved.uri
 
 
 # ------------------------------------------------------------------ prepare
@@ -231,7 +239,9 @@ def _checkpointing(model, checkpoint_uri: str, every_steps: int) -> dict:
     uri = checkpoint_uri or checkpoints.default_location(model.uri, model.path)
     if not uri:
         log(f"train: warning: no checkpoints: the pipeline root of {model.uri} is not one kic writes to; set "
-            "checkpoint_uri to a gs:// folder to resume after a preemption")
+            "checkpoint_uri to a gs:// or s3:// folder to resume after a preemption (Kubeflow Pipelines' MinIO "
+            "root: compile with kic compile --target kfp --s3-credentials-secret mlpipeline-minio-artifact "
+            "--s3-endpoint http://minio-service.kubeflow:9000, see docs/migration.md)")
     return {"checkpoint_uri": uri, "checkpoint_every_steps": every_steps}
 
 
@@ -239,16 +249,20 @@ def _checkpointing(model, checkpoint_uri: str, every_steps: int) -> dict:
 @fails_cleanly
 def evaluate_step(*, examples, model, metrics, classification_metrics, evaluation, report, report_markdown, blessing,
                   gate_metric, gate_minimum, baseline_model_uri, max_regression, top_k,
-                  baseline_fingerprint="") -> bool:
+                  baseline_fingerprint="", allow_removed_classes=False, comparison=None) -> bool:
     from kic.evaluation.evaluate import GateOptions, evaluate_model
 
     outcome = evaluate_model(
         examples.path, model.path, top_k=top_k, log=log,
         gate_options=GateOptions(metric=gate_metric, minimum=gate_minimum,
-                                 baseline_model_uri=baseline_model_uri, max_regression=max_regression))
+                                 baseline_model_uri=baseline_model_uri, max_regression=max_regression,
+                                 allow_removed_classes=allow_removed_classes))
     result = outcome.result
     _log_metrics(metrics, result.scalars)
-    storage.write_text(evaluation.path, result.to_json())
+    whole = result.to_dict()
+    if outcome.comparison:
+        whole["comparison"] = outcome.comparison.to_dict()
+    storage.write_text(evaluation.path, json.dumps(whole, separators=(",", ":"), allow_nan=False))
     evaluation.metadata.update({"split": outcome.split, "num_classes": len(result.class_names),
                                 "baseline_fingerprint": baseline_fingerprint})
     _log_confusion_matrix(classification_metrics, result)
@@ -259,7 +273,12 @@ def evaluate_step(*, examples, model, metrics, classification_metrics, evaluatio
     storage.write_text(report.path, outcome.html)
     storage.write_text(report_markdown.path, outcome.markdown)
     storage.write_text(blessing.path, outcome.blessing.to_json())
-    blessing.metadata.update({"blessed": outcome.blessing.blessed, "reasons": list(outcome.blessing.reasons)})
+    # What the run page shows of a blocked model: the run itself succeeds.
+    blessing.metadata.update({**outcome.blessing.to_dict(), "report": report.uri})
+    if comparison is not None:
+        _log_metrics(comparison, outcome.comparison.ui_metrics() if outcome.comparison else {})
+    if not outcome.blessing.blessed:
+        log(f"evaluate: {outcome.blessing.summary()} The report: {report.uri}")
     return outcome.blessing.blessed
 
 
@@ -283,7 +302,7 @@ def _log_confusion_matrix(target, result) -> None:
 # ------------------------------------------------------------------- export
 @fails_cleanly
 def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, run_id="",
-                examples=None) -> tuple[str, dict, str]:
+                examples=None, serving_skew_action="block") -> tuple[str, dict, str]:
     """Returns what a model registry is told: the SavedModel folder's URI, labels and a description."""
     from kic.model import model_info
     from kic.serving import registry
@@ -297,13 +316,17 @@ def export_step(*, model, evaluation, package, destination_uri, tflite, top_k, r
         log(f"export: the platform did not fill in the run's id (Kubeflow Pipelines before 2.5); version {run_id}")
     result = export_model(model.path, package.path, ExportOptions(
         destination_uri=destination_uri, version=run_id, tflite=tflite, top_k=top_k,
-        evaluation_metrics=evaluation_metrics, examples=examples.path if examples is not None else ""))
+        evaluation_metrics=evaluation_metrics, examples=examples.path if examples is not None else "",
+        serving_skew_action=serving_skew_action))
     log(f"export: SavedModel verified (max abs diff {result.max_abs_diff:.2e}); package {result.tarball}")
     package.metadata.update({"framework": "tensorflow", "format": "saved_model", "tarball": result.tarball})
     if result.parity is not None:
         for line in result.parity.summary_lines():
             log(f"export: {line}")
+        if result.parity.clearly_exceeded:  # only reached with serving_skew_action=warn
+            log(f"export: warning: {result.parity.skew_message()}; exported anyway (serving_skew_action=warn)")
         package.metadata.update({"serving_parity_files": len(result.parity.files),
+                                 "serving_parity_pixel_mean_diff": result.parity.pixel_mean_diff,
                                  "serving_parity_top1_agreement": result.parity.agreement,
                                  "serving_parity_max_abs_diff": result.parity.max_abs_diff})
     if result.published:

@@ -15,7 +15,7 @@ from kic.model.model_info import POSITIVE_CLASS_INDEX
 
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image_bytes"  # string [batch]: raw encoded images
-OUTPUT_NAMES = ("probabilities", "predicted_label", "predicted_index", "top_k_labels", "top_k_scores")
+OUTPUT_NAMES = ("probabilities", "predicted_label", "predicted_index", "top_k_labels", "top_k_scores", "labels")
 # In binary mode ``probabilities`` is one column: the probability of
 # class_names[POSITIVE_CLASS_INDEX], as the reference algorithm returns it.
 # A second signature on decoded pixels, for clients that decode themselves and
@@ -23,6 +23,9 @@ OUTPUT_NAMES = ("probabilities", "predicted_label", "predicted_index", "top_k_la
 PIXELS_SIGNATURE_NAME = "pixels"
 PIXELS_INPUT_NAME = "pixels"
 
+# What export does when the served model's inputs differ systematically from evaluation's
+# (kic.serving.parity): fail (the default), or warn and export.
+SKEW_ACTIONS = ("block", "warn")
 TFLITE_QUANTIZATIONS = ("float32", "float16", "int8")  # "" exports no TFLite model
 PREDICTION_FORMATS = ("jsonl", "csv")  # the first is the default
 DEFAULT_TOP_K = 5
@@ -53,13 +56,19 @@ def describe_outputs(class_names: tuple[str, ...] | list[str], binary_mode: bool
         "predicted_index": "int64 [batch]: its index in the label map",
         "top_k_labels": f"string [batch, {top_k}]: the {top_k} most probable classes, most probable first",
         "top_k_scores": f"float32 [batch, {top_k}]: their probabilities",
+        "labels": f"string [batch, {num_classes}]: every class label in label-map order (the same for every "
+                  "image), as in the reference algorithm's verbose response",
     }
 
 
-def export_problems(*, tflite: Any, top_k: Any) -> list[Problem]:
+def export_problems(*, tflite: Any, top_k: Any, serving_skew_action: Any = SKEW_ACTIONS[0]) -> list[Problem]:
     problems = []
     if tflite not in ("", *TFLITE_QUANTIZATIONS):
         problems.append(Problem("tflite", tflite, "one of: (empty: no TFLite), " + ", ".join(TFLITE_QUANTIZATIONS)))
+    if serving_skew_action not in SKEW_ACTIONS:
+        problems.append(Problem("serving_skew_action", serving_skew_action,
+                                "one of " + ", ".join(SKEW_ACTIONS) + " (what export does when the served model's "
+                                "inputs differ systematically from evaluation's)"))
     problems.extend(top_k_problems(top_k))
     return problems
 

@@ -16,9 +16,10 @@ The package (``output_dir``) holds:
   the evaluate path on the prepared records (``kic.serving.parity``).
 
 Every export is verified (``kic.serving.verify``) before the package is
-written, and ``_SUCCESS`` is written last. A clearly systematic skew between
-served and evaluated answers fails the export after the parity report is
-written (``parity.ServingSkewError``).
+written, and ``_SUCCESS`` is written last. A systematic skew between the
+pixels the served model is given and those evaluation gave it fails the
+export after the parity report is written (``parity.ServingSkewError``),
+unless ``serving_skew_action`` is warn.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ class ExportOptions:
     evaluation_metrics: dict | None = None
     examples: str = ""  # a prepared dataset: measure serving parity on its originals ("" = not measured)
     parity_max_files: int = parity.DEFAULT_MAX_FILES
+    serving_skew_action: str = contract.SKEW_ACTIONS[0]  # a systematic skew fails the export, or only warns
 
     def __post_init__(self) -> None:
-        problems = contract.export_problems(tflite=self.tflite, top_k=self.top_k)
+        problems = contract.export_problems(tflite=self.tflite, top_k=self.top_k,
+                                            serving_skew_action=self.serving_skew_action)
         if not isinstance(self.parity_max_files, int) or isinstance(self.parity_max_files, bool) \
                 or self.parity_max_files < 1:
             problems.append(Problem("parity_max_files", self.parity_max_files, "a positive int"))
@@ -92,7 +95,7 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
         pixels = verify.decoded_pixels(samples, info)
         reference = verify.keras_probabilities(model, info, pixels)
 
-        package = output_dir if not storage.is_gcs(output_dir) else os.path.join(scratch, "package")
+        package = output_dir if not storage.is_remote(output_dir) else os.path.join(scratch, "package")
         _clear_previous_export(package)
         version_dir = os.path.join(package, artifacts.SAVED_MODEL_VERSION_DIR)
         module = ServingModule(model, info, options.top_k)
@@ -109,7 +112,7 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
             parity_report = parity.measure(version_dir, model, info, options.examples,
                                            max_files=options.parity_max_files)
             parity.write_report(package, parity_report)
-            parity_report.check()
+            parity_report.check(options.serving_skew_action)
 
         storage.write_text(os.path.join(package, artifacts.MODEL_INFO),
                            _package_info_json(info, options, tflite_details, parity_report))
@@ -119,7 +122,7 @@ def export_model(model_dir: str, output_dir: str, options: ExportOptions = Expor
         shutil.copyfile(os.path.join(local_model, artifacts.KERAS_MODEL), os.path.join(package, artifacts.KERAS_MODEL))
         _write_tarball(package, os.path.join(package, artifacts.MODEL_TARBALL))
 
-        if storage.is_gcs(output_dir):
+        if storage.is_remote(output_dir):
             publish(package, output_dir)
         published = ""
         if options.destination_uri:
@@ -141,9 +144,9 @@ def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "evaluation_metrics": options.evaluation_metrics or {},
         "preprocessing": {
-            "decode": "JPEG, PNG, GIF (first frame), BMP, WebP to RGB; EXIF orientation (JPEG APP1, PNG eXIf, "
-                      "WebP EXIF) applied as prepare applies it; transparent pixels composited on white as in "
-                      "prepare",
+            "decode": "JPEG, PNG, GIF (first frame), BMP, WebP (first frame) to RGB; EXIF orientation (JPEG APP1, "
+                      "PNG eXIf, WebP EXIF) applied as prepare applies it; transparent pixels composited on white as "
+                      "in prepare",
             "resize": (f"first, as prepare did: decoded at no less than {2 * info.image_short_side} px a short "
                        f"side, downscaled (Lanczos, aspect ratio kept) to a short side of {info.image_short_side}; "
                        "then " if info.image_short_side else "")
@@ -165,7 +168,8 @@ def _package_info_json(info: ModelInfo, options: ExportOptions, tflite: dict[str
         "tflite": tflite,
         "serving_parity": None if parity_report is None else {
             key: parity_report.to_dict()[key]
-            for key in ("split", "num_files", "top1_agreement", "max_abs_diff", "within_bounds")},
+            for key in ("split", "num_files", "pixel_mean_diff", "pixel_max_diff", "top1_agreement", "max_abs_diff",
+                        "served_accuracy", "evaluated_accuracy", "within_bounds", "clearly_exceeded")},
     })
     return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False, default=_plain)
 
@@ -217,7 +221,7 @@ def publish_version(local_dir: str, destination_uri: str, version: str) -> str:
 
 
 def publish(local_dir: str, destination_uri: str) -> None:
-    """Copies a finished package to ``destination_uri`` (local or gs://), the
+    """Copies a finished package to ``destination_uri`` (local, gs:// or s3://), the
     success marker last, so a reader that sees it sees a complete package."""
     marker = storage.join(destination_uri, artifacts.SUCCESS_MARKER)
     # A stale marker would vouch for a half-overwritten package.

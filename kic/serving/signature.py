@@ -9,7 +9,13 @@ already at the model's input size; TFLite is converted from it.
 
 ``probabilities`` is [batch, num_classes], or in binary mode [batch, 1]: the
 probability of the positive class (``kic.serving.contract``); the label and
-top-k outputs rank both classes in either mode.
+top-k outputs rank both classes in either mode; ``labels`` repeats every class
+label, in index order, for each image, as the reference's verbose response
+carries them.
+
+``preprocess`` (a saved function, not a signature) is the decode and resize
+``serving_default`` runs, exposed so that export can measure what a served
+model is given against what evaluation gave it (``kic.serving.parity``).
 """
 
 from __future__ import annotations
@@ -54,12 +60,18 @@ class ServingModule(tf.Module):
     def _pixels_outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"probabilities": self.probabilities_from_pixels(pixels)}
 
+    def decode_one(self, encoded: tf.Tensor) -> tf.Tensor:
+        return preprocessing.decode_and_resize(encoded, self.image_size, self.interpolation, self.short_side)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
+    def preprocess(self, image_bytes: tf.Tensor) -> tf.Tensor:
+        size = self.image_size
+        return tf.map_fn(self.decode_one, image_bytes,
+                         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        size = self.image_size
-        pixels = tf.map_fn(
-            lambda encoded: preprocessing.decode_and_resize(encoded, size, self.interpolation, self.short_side),
-            image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        pixels = self.preprocess(image_bytes)
         probabilities = self.probabilities_from_pixels(pixels)
         per_class = loading.class_scores(probabilities, self.binary_mode)
         scores, indices = tf.math.top_k(per_class, k=self.top_k)
@@ -70,4 +82,6 @@ class ServingModule(tf.Module):
             "predicted_label": tf.gather(self.class_names, predicted_index),
             "top_k_scores": scores,
             "top_k_labels": tf.gather(self.class_names, indices),
+            # Per image, not once: TF Serving and Vertex AI split every output along the batch.
+            "labels": tf.tile(self.class_names[tf.newaxis], [tf.shape(probabilities)[0], 1]),
         }
