@@ -47,6 +47,7 @@ import dataclasses
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 import threading
 import uuid
@@ -623,8 +624,13 @@ def read_bytes(uri: str) -> bytes:
     if is_gcs(uri):
         with _gcs_errors(uri):
             return _blob(uri).download_as_bytes(retry=_retry())
-    with _local_errors(uri), open(uri, "rb") as handle:
-        return handle.read()
+    with _local_errors(uri):
+        # A FIFO would wait for a writer forever and a device such as /dev/zero never ends: neither is a file
+        # anyone means to hand kic (a manifest, a search space, a weights file).
+        if not stat.S_ISREG(os.stat(uri).st_mode):
+            raise _error(StorageError, "not a regular file (a FIFO, device, socket or folder): not read", uri)
+        with open(uri, "rb") as handle:
+            return handle.read()
 
 
 def read_text(uri: str) -> str:

@@ -351,3 +351,16 @@ def test_missing_credentials_give_a_clear_error(monkeypatch, tmp_path):
             storage.read_bytes("gs://any-bucket/any-object")
     finally:
         storage.reset_client()
+
+
+def test_a_fifo_or_a_device_is_refused_before_it_is_read(tmp_path):
+    """A manifest, search space or weights file that is a FIFO would hang every reader; /dev/zero never ends."""
+    import time
+
+    fifo = tmp_path / "manifest.csv"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    for path in (str(fifo), "/dev/zero"):
+        with pytest.raises(storage.StorageError, match="not a regular file"):
+            storage.read_bytes(path)
+    assert time.monotonic() - started < 5
