@@ -274,14 +274,19 @@ def _translate_gcs_error(uri: str, exc: BaseException) -> StorageError | None:
 
 
 @contextlib.contextmanager
-def _gcs_errors(uri: str) -> Iterator[None]:
+def _translated_errors(uri: str, translate: Callable[[str, BaseException], StorageError | None]) -> Iterator[None]:
+    """A store client's exceptions raised as the StorageError ``translate`` makes of them (others as they are)."""
     try:
         yield
     except Exception as exc:
-        error = _translate_gcs_error(uri, exc)
+        error = translate(uri, exc)
         if error is None or error is exc:
             raise
         raise error from None
+
+
+def _gcs_errors(uri: str) -> contextlib.AbstractContextManager[None]:
+    return _translated_errors(uri, _translate_gcs_error)
 
 
 @contextlib.contextmanager
@@ -414,15 +419,8 @@ def _translate_s3_error(uri: str, exc: BaseException) -> StorageError | None:
     return error
 
 
-@contextlib.contextmanager
-def _s3_errors(uri: str) -> Iterator[None]:
-    try:
-        yield
-    except Exception as exc:
-        error = _translate_s3_error(uri, exc)
-        if error is None or error is exc:
-            raise
-        raise error from None
+def _s3_errors(uri: str) -> contextlib.AbstractContextManager[None]:
+    return _translated_errors(uri, _translate_s3_error)
 
 
 def _s3_pages(bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict]:

@@ -43,6 +43,7 @@ Both servers are stopped at teardown, also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -119,7 +120,7 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
             yield GcsEmulator(endpoint)
     finally:
         server.stop()
-        _reset_kic_client()
+        reset_kic_client()
 
 
 class FlakyProxy(ThreadingHTTPServer):
@@ -207,22 +208,29 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def flaky_gcs(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyProxy]:
-    proxy = FlakyProxy(gcs_emulator.endpoint)
-    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, name="flaky-gcs-proxy",
-                              daemon=True)
+@contextlib.contextmanager
+def proxying(proxy: FlakyProxy, endpoint_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyProxy]:
+    """Serves ``proxy`` in a thread, with kic's storage client sent through it (``endpoint_env``), until the
+    block ends."""
+    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"flaky-proxy-{endpoint_env}", daemon=True)
     thread.start()
     try:
-        monkeypatch.setenv(EMULATOR_ENV, proxy.endpoint)
-        _reset_kic_client()
-        _retry_at_once(monkeypatch)
+        monkeypatch.setenv(endpoint_env, proxy.endpoint)
+        reset_kic_client()
         yield proxy
     finally:
         proxy.shutdown()
         proxy.server_close()
         thread.join(timeout=10)
-        _reset_kic_client()
+        reset_kic_client()
+
+
+@pytest.fixture
+def flaky_gcs(gcs_emulator: GcsEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyProxy]:
+    with proxying(FlakyProxy(gcs_emulator.endpoint), EMULATOR_ENV, monkeypatch) as proxy:
+        _retry_at_once(monkeypatch)
+        yield proxy
 
 
 def _retry_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,7 +244,7 @@ def _retry_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storage, "_retry", lambda: policy.with_delay(initial=0.0, maximum=0.0, multiplier=1.0))
 
 
-def _reset_kic_client() -> None:
+def reset_kic_client() -> None:
     try:
         from kic import storage
     except ImportError:  # fixtures stay usable where kic is not importable
@@ -244,4 +252,4 @@ def _reset_kic_client() -> None:
     storage.reset_client()
 
 
-__all__ = ["FlakyProxy", "GcsEmulator", "flaky_gcs", "gcs_emulator"]
+__all__ = ["FlakyProxy", "GcsEmulator", "flaky_gcs", "gcs_emulator", "proxying", "reset_kic_client"]

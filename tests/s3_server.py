@@ -28,12 +28,11 @@ Both servers are stopped at teardown, also when a test fails.
 from __future__ import annotations
 
 import itertools
-import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from gcs_emulator import LOOPBACK, FlakyProxy
+from gcs_emulator import LOOPBACK, FlakyProxy, proxying, reset_kic_client
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
 
@@ -70,7 +69,7 @@ def _s3_backend() -> Iterator[S3Server]:
         yield backend
     finally:
         server.stop()
-        _reset_kic_client()
+        reset_kic_client()
 
 
 @pytest.fixture
@@ -85,34 +84,15 @@ def s3_server(_s3_backend: S3Server, tmp_path_factory, monkeypatch: pytest.Monke
     monkeypatch.setenv("AWS_CONFIG_FILE", nowhere)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", nowhere)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    _reset_kic_client()
+    reset_kic_client()
     yield _s3_backend
-    _reset_kic_client()
+    reset_kic_client()
 
 
 @pytest.fixture
 def flaky_s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyProxy]:
-    proxy = FlakyProxy(s3_server.endpoint, fail_every=0)
-    thread = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, name="flaky-s3-proxy",
-                              daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv(ENDPOINT_ENV, proxy.endpoint)
-        _reset_kic_client()
+    with proxying(FlakyProxy(s3_server.endpoint, fail_every=0), ENDPOINT_ENV, monkeypatch) as proxy:
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(timeout=10)
-        _reset_kic_client()
-
-
-def _reset_kic_client() -> None:
-    try:
-        from kic import storage
-    except ImportError:  # fixtures stay usable where kic is not importable
-        return
-    storage.reset_client()
 
 
 __all__ = ["S3Server", "flaky_s3", "s3_server"]

@@ -31,6 +31,7 @@ from kic.orchestration.image_check import (
     images_in_pipeline,
     parse_reference,
 )
+from kic.orchestration.preflight import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = "kic/test"
@@ -416,7 +417,7 @@ def _images_named_in(path: Path) -> set[str]:
 
 
 def test_images_in_the_kubeflow_pipeline():
-    images = images_in_pipeline(str(ROOT / "pipeline.yaml"))
+    images = images_in_pipeline(load_spec(str(ROOT / "pipeline.yaml")))
     assert set(images) == _images_named_in(ROOT / "pipeline.yaml")
     assert len(images) == len(set(images))
     assert any(image.startswith("ghcr.io/kic-project/kic-cpu:") for image in images)
@@ -424,7 +425,7 @@ def test_images_in_the_kubeflow_pipeline():
 
 
 def test_images_in_the_vertex_pipeline_include_the_custom_jobs_train_image():
-    images = images_in_pipeline(str(ROOT / "pipeline-vertex.yaml"))
+    images = images_in_pipeline(load_spec(str(ROOT / "pipeline-vertex.yaml")))
     assert set(images) == _images_named_in(ROOT / "pipeline-vertex.yaml")
     train_images = [image for image in images if image.startswith("ghcr.io/kic-project/kic-gpu:")]
     assert train_images, images  # named only inside the CustomJob's worker pool spec
@@ -445,4 +446,4 @@ def test_images_in_json_payloads_and_defaults_but_not_placeholders(tmp_path):
     }
     path = tmp_path / "pipeline.yaml"
     path.write_text(json.dumps(spec) + "\n---\n" + json.dumps({"platforms": {"kubernetes": {}}}))
-    assert images_in_pipeline(str(path)) == ["example.com/a:1", "example.com/pool:1", "example.com/arg:1"]
+    assert images_in_pipeline(load_spec(str(path))) == ["example.com/a:1", "example.com/pool:1", "example.com/arg:1"]

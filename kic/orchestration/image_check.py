@@ -9,7 +9,7 @@ config.json, its ``credHelpers`` and its ``credsStore``. The cluster pulls with 
 a node's service account), so a private image that this machine can read may still fail there; an image
 that is missing fails everywhere.
 
-Nothing here knows KFP beyond :func:`images_in_pipeline`, which reads a compiled pipeline's YAML.
+Nothing here knows KFP beyond :func:`images_in_pipeline`, which reads a compiled pipeline's IR.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import requests
-import yaml
 
 from kic.errors import UnreachableError, UserError
 
@@ -484,22 +483,19 @@ def _why(error: requests.RequestException, timeout: float) -> str:
 _IMAGE_KEYS = ("image_uri", "imageUri")
 
 
-def images_in_pipeline(path: str) -> list[str]:
-    """Every image a compiled KFP pipeline (its IR YAML) runs, each once, executors' images first.
+def images_in_pipeline(spec: Mapping[str, Any]) -> list[str]:
+    """Every image a compiled KFP pipeline (its IR, as loaded from YAML) runs, each once, executors' images first.
 
     Besides each executor's ``container.image``, a Vertex launcher (GCPC's CustomJob) runs images named
     only in its payload: a worker pool spec's ``container_spec.image_uri``, given as a parameter's default,
     a task's constant input, or JSON in the executor's arguments. Images given by a placeholder are
     only known when the run starts, and are left out.
     """
-    with open(path, encoding="utf-8") as file:
-        documents = [document for document in yaml.safe_load_all(file) if isinstance(document, dict)]
-    images = [image for document in documents for image in _executor_images(document)]
-    images += [image for document in documents for image in _nested_images(document)]
+    images = [*_executor_images(spec), *_nested_images(spec)]
     return list(dict.fromkeys(image for image in images if _is_literal(image)))
 
 
-def _executor_images(document: dict[str, Any]) -> Iterator[str]:
+def _executor_images(document: Mapping[str, Any]) -> Iterator[str]:
     executors = (document.get("deploymentSpec") or {}).get("executors") or {}
     for executor in executors.values():
         image = ((executor or {}).get("container") or {}).get("image")
@@ -508,7 +504,7 @@ def _executor_images(document: dict[str, Any]) -> Iterator[str]:
 
 
 def _nested_images(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         for key, item in value.items():
             if key in _IMAGE_KEYS and isinstance(item, str):
                 yield item

@@ -29,13 +29,13 @@ class Check:
         return f"[{self.status}] {self.item}: {self.detail}"
 
 
-def image_checks(pipeline_path: str, *, docker_config: str | None = None, timeout: float = 10.0) -> list[Check]:
+def image_checks(spec: Mapping[str, Any], *, docker_config: str | None = None, timeout: float = 10.0) -> list[Check]:
     """Whether each image the compiled pipeline runs can be pulled, asked of its registry with the
     user's Docker credentials. An image that cannot be asked about fails too: a pod that cannot pull
     it waits in ImagePullBackOff without a word."""
     from kic.orchestration import image_check
 
-    statuses = image_check.check_images(image_check.images_in_pipeline(pipeline_path), docker_config=docker_config,
+    statuses = image_check.check_images(image_check.images_in_pipeline(spec), docker_config=docker_config,
                                         timeout=timeout)
     return [Check(f"image {status.reference}", OK if status.found else FAILED,
                   status.detail if status.found is not None else f"could not be checked: {status.detail}")

@@ -106,9 +106,10 @@ def dry_run(target: Target, layers: Iterable[Mapping[str, Any]], *, problems: It
 
 def preflight_checks(target: Target, pipeline_path: str, *, check_images: bool = True) -> list[Check]:
     """What the platform says (credentials, backend, bucket) and whether every image can be pulled."""
-    checks = target.checks(preflight.load_spec(pipeline_path))
+    spec = preflight.load_spec(pipeline_path)
+    checks = target.checks(spec)
     if check_images:
-        return checks + preflight.image_checks(pipeline_path)
+        return checks + preflight.image_checks(spec)
     return checks + [Check("images", preflight.UNCHECKED, "left out (--no-image-check)")]
 
 
@@ -199,11 +200,10 @@ def pipeline_inputs(path: str) -> tuple[dict[str, Any], list[Problem]]:
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            spec = next(yaml.safe_load_all(handle), None) or {}
+        spec = preflight.load_spec(path)
     except (OSError, yaml.YAMLError) as error:
         return {}, [Problem("--pipeline", path, f"a compiled pipeline (YAML): {error}")]
-    inputs = (spec.get("root") or {}).get("inputDefinitions", {}).get("parameters") if isinstance(spec, dict) else None
+    inputs = (spec.get("root") or {}).get("inputDefinitions", {}).get("parameters")
     if not isinstance(inputs, dict):
         return {}, [Problem("--pipeline", path, "a compiled pipeline (YAML): it has no root.inputDefinitions")]
     return inputs, []
