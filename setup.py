@@ -42,8 +42,9 @@ setup(
     install_requires=[
         "kfp>=2.17.3,<2.18",  # the committed YAML is compiled by this minor version
         "kfp-kubernetes>=2.17.3,<2.18",  # node selectors, tolerations, timeouts and secrets on Kubeflow Pipelines
-        "tensorflow>=2.20,<2.22",
-        "keras>=3.13.2",  # fixes unsafe-loading bugs of earlier Keras 3 releases
+        # Keras and TensorFlow: the releases kic.compat's private-API workarounds were checked on (it refuses others).
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15.1,<3.16",
         "tensorboard>=2.20",  # training curves; TensorFlow no longer pulls it in
         "tensorflow-datasets>=4.9.9",
         "google-cloud-storage>=2.18",
@@ -59,8 +60,11 @@ setup(
         "test": [
             *VERTEX,  # the freshness test compiles pipeline-vertex.yaml; submit's tests talk to loopback stand-ins
             "pytest>=8",
+            "pytest-xdist>=3.6",  # the fast suite on every core (pyproject.toml's addopts)
             "ruff>=0.6",
+            "import-linter>=2.15,<3",  # the import floors (pyproject.toml [tool.importlinter]), .ci/lint-imports
             "scikit-learn>=1.5",  # independent reference for the evaluation metrics
+            "markdown-it-py>=3",  # tests read the Markdown reports as a CommonMark viewer does (tests/report_views.py)
             "gcp-storage-emulator>=2026.7.19",  # a real GCS JSON API on loopback for tests
             "moto[server]>=5.0",  # a real S3 API on loopback for tests (ThreadedMotoServer)
             "tensorflow-serving-api>=2.20,<2.22",  # parses the exported TF Serving warm-up file in tests

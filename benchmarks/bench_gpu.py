@@ -107,11 +107,13 @@ def synthetic(batch: int, size: int, augment: str) -> tf.data.Dataset:
 
 def real(prepared: str, batch: int, size: int, augment: str) -> tf.data.Dataset:
     info = dataset_info.load(prepared)
-    dataset = input_pipeline.make_dataset(
-        info.shard_paths(prepared, "train"), image_size=size, interpolation="bilinear", batch_size=batch,
-        num_classes=info.num_classes, binary_mode=False, training=True, num_examples=info.splits["train"].num_examples,
-        memory_cache_bytes=0, deterministic=False, short_side=info.image_short_side,
-        augmentation=None if augment == OFF else AUGMENTATION, augment_in_step=augment == IN_STEP)
+    dataset = input_pipeline.make_dataset(info.shard_paths(prepared, "train"), input_pipeline.InputOptions(
+        input_pipeline.Images(image_size=size, interpolation="bilinear", num_classes=info.num_classes,
+                              binary_mode=False, num_examples=info.splits["train"].num_examples,
+                              short_side=info.image_short_side),
+        input_pipeline.Reading(batch_size=batch, memory_cache_bytes=0, deterministic=False),
+        input_pipeline.Training(augmentation=None if augment == OFF else AUGMENTATION,
+                                augment_in_step=augment == IN_STEP)))
     # Full batches only, of the synthetic input's static shape: the step compiled for it serves this input too
     # (the last, smaller batch of each pass would be a new shape for XLA to compile).
     full = dataset.repeat().filter(lambda inputs, _target: tf.shape(tf.nest.flatten(inputs)[0])[0] == batch)

@@ -138,6 +138,12 @@ def passes(dataset: tf.data.Dataset, epochs: int,
     return count, seconds, cpu_seconds
 
 
+def kic_images(count: int, short_side: int) -> input_pipeline.Images:
+    """What kic's input reads here: ``count`` prepared images, decoded to SIZE."""
+    return input_pipeline.Images(image_size=SIZE, interpolation="bilinear", num_classes=CLASSES, binary_mode=False,
+                                 num_examples=count, short_side=short_side)
+
+
 def peer(folder: str, augmentation: bool) -> tf.data.Dataset:
     dataset = keras.utils.image_dataset_from_directory(folder, image_size=(SIZE, SIZE), batch_size=BATCH,
                                                        label_mode="categorical", shuffle=True, seed=0, verbose=False)
@@ -257,12 +263,13 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
         print(f" {'with augmentation (flip, rotation, zoom)' if augment else 'no augmentation'}:")
         augmentation = AUGMENTATION if augment else None
 
-        def kic(augmentation=augmentation, **options) -> tuple[tf.data.Dataset, input_pipeline.EpochOrder]:
+        def kic(augmentation=augmentation, augment_in_step=False,
+                **reading) -> tuple[tf.data.Dataset, input_pipeline.EpochOrder]:
             order = input_pipeline.EpochOrder()  # as training reads its input
-            return input_pipeline.make_dataset(
-                shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
-                binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side,
-                augmentation=augmentation, order=order, **options), order
+            return input_pipeline.make_dataset(shards, input_pipeline.InputOptions(
+                kic_images(count, short_side), input_pipeline.Reading(batch_size=BATCH, deterministic=False, **reading),
+                input_pipeline.Training(augmentation=augmentation, order=order,
+                                        augment_in_step=augment_in_step))), order
 
         def on_disk(cache: str) -> tuple[tf.data.Dataset, input_pipeline.EpochOrder]:
             return kic(memory_cache_bytes=0, disk_cache_dir=cache)
@@ -323,9 +330,9 @@ def bench_size(scratch: str, size: tuple[int, int], images: int, epochs: int, ro
             shutil.rmtree(cache)
         else:
             print("  lever: augmentation as Keras's three layers (before), on kic's in-memory input:")
-            dataset = input_pipeline.make_dataset(
-                shards, image_size=SIZE, interpolation="bilinear", batch_size=BATCH, num_classes=CLASSES,
-                binary_mode=False, training=True, num_examples=count, deterministic=False, short_side=short_side)
+            dataset = input_pipeline.make_dataset(shards, input_pipeline.InputOptions(
+                kic_images(count, short_side), input_pipeline.Reading(batch_size=BATCH, deterministic=False),
+                input_pipeline.Training()))
             once("kic in memory + Keras RandomFlip/Rotation/Zoom", keras_augmented(dataset))
             plain = disk[False, "kic, decoded images on local disk (large datasets)"].later_cpu_ms
             augmented = {"on the host": "kic, decoded images on local disk (large datasets)",

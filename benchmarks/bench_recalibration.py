@@ -125,10 +125,11 @@ def estimate_noise(data_dir: str, model_dir: str, sizes: list[int], draws: int =
     recalibrate = Recalibrator(model)
 
     def batches(split: str, seed: int):
-        return input_pipeline.make_dataset(
-            info.shard_paths(data_dir, split), image_size=SIZE, interpolation="bilinear", batch_size=8,
-            num_classes=info.num_classes, binary_mode=False, training=split == "train",
-            num_examples=info.splits[split].num_examples, seed=seed)
+        return input_pipeline.make_dataset(info.shard_paths(data_dir, split), input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=SIZE, interpolation="bilinear", num_classes=info.num_classes,
+                                  binary_mode=False, num_examples=info.splits[split].num_examples),
+            input_pipeline.Reading(batch_size=8),
+            input_pipeline.Training(seed=seed) if split == "train" else None))
 
     warnings.filterwarnings("ignore", message=".*ran out of data.*")  # evaluate() on a finite dataset
     validation = batches("validation", 0)

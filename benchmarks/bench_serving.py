@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from kic import artifacts, parameters  # noqa: E402
-from kic.model import backbones, model_info  # noqa: E402
+from kic.model import backbone_registry, backbones, model_info  # noqa: E402
 from kic.model.model_info import ModelInfo  # noqa: E402
 from kic.serving import contract, export, tflite  # noqa: E402
 
@@ -40,7 +40,7 @@ NUM_CLASSES = 5
 def build_model_dir(backbone_name: str, directory: str) -> ModelInfo:
     import keras
 
-    backbone = backbones.resolve(backbone_name)
+    backbone = backbone_registry.resolve(backbone_name)
     extractor = backbones.build_feature_extractor(backbone, weights="none")
     size = backbone.input_size
     pixels = keras.Input((size, size, 3), name="pixels")
@@ -137,7 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--backbones", default=f"{backbones.CPU_DEMO_BACKBONE},{backbones.DEFAULT_BACKBONE}")
+    parser.add_argument("--backbones",
+                        default=f"{backbone_registry.CPU_DEMO_BACKBONE},{backbone_registry.DEFAULT_BACKBONE}")
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, GPUs: "
           f"{len(tf.config.list_physical_devices('GPU'))}; random weights (weights='none', no network)")

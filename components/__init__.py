@@ -1,6 +1,6 @@
 """The KFP components of kic: thin signatures over the ``kic`` package.
 
 Each ``<name>/component.py`` is a lightweight component whose body imports
-``kic.orchestration.steps`` and calls one function; ``<name>/component.yaml`` is its
+``kic.runtime.steps`` and calls one function; ``<name>/component.yaml`` is its
 compiled spec, committed so other pipelines can load it.
 """

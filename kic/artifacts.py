@@ -1,9 +1,14 @@
 """Names of the artifacts that components hand to each other, and of the
 files inside them.
 
-Every component reads and writes artifacts through these constants, and the
-pipeline and the local runner find outputs by these keys, so a layout change
-happens in one place (the TFX habit of artifact-key constants).
+The steps (``kic.runtime.steps``) and the plain modules they call write
+the files inside an artifact by these names, and the pipelines and the local
+runner find outputs by the keys, so a layout change happens in one place (the
+TFX habit of artifact-key constants). The components' signatures spell the
+output keys themselves (KFP takes a component's outputs from its parameter
+names, which cannot be constants); tests/test_pipeline_spec.py checks that
+each key is an output of its compiled component. The names of the tasks that
+hold these outputs are in ``kic.pipeline_names``.
 """
 
 # --- Output keys: the output names in the component signatures ----------
@@ -38,6 +43,7 @@ MODEL_INFO = "model_info.json"
 TRAINING_HISTORY = "history.json"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINTS_DIR = "checkpoints"  # beside the model output (kic.training.checkpoints); kic run: <output>/checkpoints
+CHECKPOINT_PREFIX = "ckpt-"  # each checkpoint's folder in it; kic run empties only those, a user's files stay
 
 # --- Evaluation -----------------------------------------------------------
 BLESSING_JSON = "blessing.json"

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kic import artifacts, config, storage
+from kic import artifacts, config, storage, vertex_machines
 from kic.data import manifest, prepare, splits
 from kic.data.sources import TFDS_PREFIX, tfds_problem
 from kic.errors import ParameterError, Problem
 from kic.evaluation import baseline, gate
-from kic.model import backbones, model_info, weights
-from kic.orchestration import custom_job
+from kic.model import backbone_registry, model_info, weights
 from kic.serving import contract, registry
 
 __all__ = ["PIPELINE_PARAMETERS", "Parameter", "ParameterError", "Problem", "defaults", "derive_short_side",
@@ -90,7 +90,7 @@ PIPELINE_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("max_rejected_fraction", float, prepare.DEFAULT_MAX_REJECTED_FRACTION,
               "prepare fails (after writing its report) when a larger share of files is rejected."),
     # --- train
-    Parameter("backbone", str, backbones.DEFAULT_BACKBONE,
+    Parameter("backbone", str, backbone_registry.DEFAULT_BACKBONE,
               "Backbone name (`kic backbones`) or a reference-algorithm model_id."),
     Parameter("pretrained_weights", str, weights.DEFAULT,
               "imagenet (Keras' download and cache), none (from scratch), or the path or gs:// URI of a "
@@ -297,7 +297,7 @@ def derive_short_side(*, backbone: str, image_size: int, requested: int) -> int:
     0.71 without (benchmarks/bench_parity.py)."""
     if requested > 0:
         return requested
-    return image_size or backbones.resolve(backbone).input_size
+    return image_size or backbone_registry.resolve(backbone).input_size
 
 
 # --------------------------------------------------------------------------- the rules
@@ -344,10 +344,10 @@ def _model_rules(values: Values, reachability: Reachability) -> list[Problem]:
                         f"0 (the backbone's native size) or a positive int up to {MAX_IMAGE_SIZE} (backbones are "
                         "trained at up to 600 px; larger inputs do not fit a batch in accelerator memory)")]
     try:
-        backbone = backbones.resolve(values["backbone"])
+        backbone = backbone_registry.resolve(values["backbone"])
     except ParameterError as error:
         return error.problems
-    found = backbones.image_size_problems(backbone, values["image_size"])
+    found = backbone_registry.image_size_problems(backbone, values["image_size"])
     if not found:
         found += weights.problems(values["pretrained_weights"], backbone, values["image_size"],
                                   reachability=_looks_up(reachability, values["pretrained_weights"]))
@@ -370,8 +370,8 @@ def _source_rules(values: Values, reachability: Reachability) -> list[Problem]:
     for name in ("data_source", "validation_source", "test_source"):
         found += _source_problems(name, values[name], reachability, values["tfds_data_dir"])
     tfds_data_dir = values["tfds_data_dir"]
-    if tfds_data_dir and _looks_up(reachability, tfds_data_dir) and not _exists(tfds_data_dir):
-        found.append(Problem("tfds_data_dir", tfds_data_dir, "no such folder"))
+    if tfds_data_dir and _looks_up(reachability, tfds_data_dir):
+        found += _folder_problems("tfds_data_dir", tfds_data_dir)
     return found
 
 
@@ -445,7 +445,7 @@ def _checkpoint_rules(values: Values, _reachability: Reachability) -> list[Probl
     if storage.is_remote(uri) and not uri[len(storage.scheme(uri)):].strip("/"):
         found.append(Problem("checkpoint_uri", uri, f"a {storage.scheme(uri)}BUCKET/PATH URI"))
     elif "://" in uri and not storage.is_remote(uri):
-        found.append(Problem("checkpoint_uri", uri, "a local folder, a gs:// or an s3:// URI"))
+        found.append(Problem("checkpoint_uri", uri, "a local folder, a gs://, s3:// or minio:// URI"))
     return found
 
 
@@ -454,18 +454,19 @@ def _accelerator_rules(values: Values, _reachability: bool) -> list[Problem]:
     kind, count = values["accelerator_type"], values["accelerator_count"]
     if count < 0:
         return [Problem("accelerator_count", count, "0 (no GPU asked for) or more")]
-    if count and not (kind == KUBERNETES_GPU or kind.startswith(custom_job.VERTEX_GPU_PREFIX)):
+    if count and not (kind == KUBERNETES_GPU or kind.startswith(vertex_machines.VERTEX_GPU_PREFIX)):
         return [Problem("accelerator_type", kind, f"a GPU: {KUBERNETES_GPU} on Kubeflow Pipelines, or a Vertex AI "
-                                                  f"accelerator type starting with {custom_job.VERTEX_GPU_PREFIX} "
+                                                  f"accelerator type starting with {vertex_machines.VERTEX_GPU_PREFIX} "
                                                   "(such as NVIDIA_L4); TensorFlow here runs on NVIDIA GPUs")]
     return []
 
 
 @_rule("train_replica_count", "train_machine_type", "accelerator_type", "accelerator_count")
 def _custom_job_rules(values: Values, _reachability: Reachability) -> list[Problem]:
-    return custom_job.problems(replica_count=values["train_replica_count"], machine_type=values["train_machine_type"],
-                               accelerator_type=values["accelerator_type"],
-                               accelerator_count=values["accelerator_count"])
+    return vertex_machines.problems(replica_count=values["train_replica_count"],
+                                    machine_type=values["train_machine_type"],
+                                    accelerator_type=values["accelerator_type"],
+                                    accelerator_count=values["accelerator_count"])
 
 
 @_rule("vertex_model_display_name", "vertex_parent_model", "vertex_serving_image")
@@ -519,8 +520,8 @@ def _source_problems(name: str, source: str, reachability: Reachability, tfds_da
     if not _looks_up(reachability, source):
         return []
     try:
-        found = storage.exists(source)
-    except storage.StorageError as error:
+        found = _is_there(source)
+    except OSError as error:  # storage.StorageError is one
         return [Problem(name, source, f"cannot be read: {error}")]
     if not found:
         kind = "manifest" if manifest.is_manifest(source) else "folder, gs:// or s3:// prefix"
@@ -528,10 +529,24 @@ def _source_problems(name: str, source: str, reachability: Reachability, tfds_da
     return []
 
 
-def _exists(uri: str) -> bool:
+def _folder_problems(name: str, uri: str) -> list[Problem]:
     try:
-        return storage.exists(uri)
-    except storage.StorageError:
+        there = _is_there(uri)
+    except OSError as error:  # storage.StorageError is one
+        return [Problem(name, uri, f"cannot be read: {error}")]
+    return [] if there else [Problem(name, uri, "no such folder")]
+
+
+def _is_there(uri: str) -> bool:
+    """Whether ``uri`` exists. Only its absence is False: an error that keeps
+    it from being looked at (a permission, credentials, the network) is
+    raised, as os.path.exists would call it missing."""
+    try:
+        if storage.is_remote(uri):
+            return storage.exists(uri)
+        os.stat(uri)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
         return False
 
 

@@ -35,8 +35,11 @@ Semantics worth knowing:
   5xx and connection errors are retried by botocore's "standard" mode
   (``S3_MAX_ATTEMPTS`` tries, exponential backoff with jitter). Copies between
   GCS and S3 go through a local temporary file.
-* ``minio://`` is Kubeflow Pipelines' name for its MinIO artifact store: kic
-  does not read it as such; ``s3_uri_for`` names the same object as ``s3://``.
+* ``minio://`` is Kubeflow Pipelines' name for its own artifact store (MinIO,
+  SeaweedFS): the S3 API with a store of its own when ``use_for_minio`` names
+  one (train finds the cluster's, kic.runtime.kfp_artifact_store), else the
+  ``s3://`` settings. A copy between ``minio://`` and ``s3://`` goes through a
+  local temporary file.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
 GCS_SCHEME = "gs://"
 S3_SCHEME = "s3://"
 MINIO_SCHEME = "minio://"  # Kubeflow Pipelines' URIs of its default MinIO artifact store
-REMOTE_SCHEMES = (GCS_SCHEME, S3_SCHEME)
+REMOTE_SCHEMES = (GCS_SCHEME, S3_SCHEME, MINIO_SCHEME)
 S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # 8 MiB (boto3's default) would split a checkpoint into dozens of parts; above this, parts of this size.
 S3_MULTIPART_BYTES = 64 * 1024 * 1024
@@ -110,23 +113,18 @@ def is_gcs(uri: str) -> bool:
 
 
 def is_s3(uri: str) -> bool:
-    return uri.startswith(S3_SCHEME)
+    """An object on the S3 API: ``s3://``, or Kubeflow Pipelines' ``minio://``."""
+    return uri.startswith((S3_SCHEME, MINIO_SCHEME))
 
 
 def is_remote(uri: str) -> bool:
-    """An object-store URI (gs:// or s3://), whose "directories" are name prefixes."""
+    """An object-store URI (gs://, s3:// or minio://), whose "directories" are name prefixes."""
     return uri.startswith(REMOTE_SCHEMES)
 
 
 def scheme(uri: str) -> str:
-    """``gs://`` or ``s3://`` for an object-store URI; "" for a local path."""
+    """``gs://``, ``s3://`` or ``minio://`` for an object-store URI; "" for a local path."""
     return next((prefix for prefix in REMOTE_SCHEMES if uri.startswith(prefix)), "")
-
-
-def s3_uri_for(uri: str) -> str:
-    """``uri`` with Kubeflow Pipelines' ``minio://`` scheme read as ``s3://`` (the
-    same bucket and key on the S3 API); any other ``uri`` as it is."""
-    return S3_SCHEME + uri[len(MINIO_SCHEME):] if uri.startswith(MINIO_SCHEME) else uri
 
 
 def s3_endpoint() -> str:
@@ -181,6 +179,8 @@ def _new_client(emulator: str | None) -> Client:
     from google.auth import exceptions as auth_exceptions
     from google.cloud import storage as gcs
 
+    from kic import compat
+
     if emulator:
         from google.auth.credentials import AnonymousCredentials
 
@@ -196,8 +196,7 @@ def _new_client(emulator: str | None) -> Client:
             ) from None
     # requests keeps 10 connections per host by default; read_many runs more threads.
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4 * DEFAULT_WORKERS)
-    client._http.mount("https://", adapter)
-    client._http.mount("http://", adapter)
+    compat.widen_connection_pool(client, adapter)
     return client
 
 
@@ -307,15 +306,42 @@ def _local_errors(path: str) -> Iterator[None]:
 
 _s3_clients: dict[tuple, object] = {}
 
+
+@dataclasses.dataclass(frozen=True)
+class S3Store:
+    """An S3-compatible store and the keys to it (empty keys: boto3's credential chain)."""
+
+    endpoint_url: str
+    region: str = ""
+    access_key_id: str = dataclasses.field(default="", repr=False)
+    secret_access_key: str = dataclasses.field(default="", repr=False)
+
+
+_minio_store: S3Store | None = None
+
+
+def use_for_minio(store: S3Store | None) -> None:
+    """Where ``minio://`` URIs are read and written from now on in this process
+    (None: as ``s3://`` ones are, the endpoint from the environment)."""
+    global _minio_store
+    _minio_store = store
+
+
+def can_reach_minio() -> bool:
+    """Whether ``minio://`` URIs name a store here: one set with use_for_minio, or
+    an S3 endpoint in the environment (``kic compile --s3-endpoint``), which they share with ``s3://``."""
+    return _minio_store is not None or bool(s3_endpoint())
+
 _S3_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
 _S3_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch",
               "AllAccessDisabled", "InvalidToken", "ExpiredToken", "AccountProblem"}
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    prefix = MINIO_SCHEME if uri.startswith(MINIO_SCHEME) else S3_SCHEME
+    bucket, _, key = uri[len(prefix) :].partition("/")
     if not bucket:
-        raise StorageError(f"{uri}: an s3:// URI needs a bucket name, as in s3://bucket/path", uri)
+        raise StorageError(f"{uri}: an {prefix} URI needs a bucket name, as in {prefix}bucket/path", uri)
     return bucket, key
 
 
@@ -326,31 +352,38 @@ def _s3_object(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _s3():
-    """One boto3 client per process and S3 settings in the environment, shared by
-    all threads (boto3 clients are thread-safe; sessions are not)."""
+def _s3(uri: str):
+    """The boto3 client for ``uri``'s store: one per process, store and S3
+    settings in the environment, shared by all threads (boto3 clients are
+    thread-safe; sessions are not)."""
+    store = _minio_store if uri.startswith(MINIO_SCHEME) else None
     settings = tuple(os.environ.get(name) for name in (
         *S3_ENDPOINT_ENVS, "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"))
-    key = (os.getpid(), settings)
+    key = (os.getpid(), settings, store)
     with _client_lock:
         client = _s3_clients.get(key)
         if client is None:
-            client = _new_s3_client()
+            client = _new_s3_client(store)
             _s3_clients[key] = client
         return client
 
 
-def _new_s3_client():
+def _new_s3_client(store: S3Store | None):
     import boto3
     from botocore.config import Config
 
     config = Config(retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
                     max_pool_connections=4 * DEFAULT_WORKERS)
-    if s3_endpoint():
+    if store is not None or s3_endpoint():
         # S3-compatible stores (MinIO) serve every bucket under one host name; virtual-host
         # addressing would ask DNS for BUCKET.minio-service.kubeflow.
         config = config.merge(Config(s3={"addressing_style": "path"}))
-    return boto3.session.Session().client("s3", config=config)
+    if store is None:
+        return boto3.session.Session().client("s3", config=config)
+    session = boto3.session.Session(aws_access_key_id=store.access_key_id or None,
+                                    aws_secret_access_key=store.secret_access_key or None,
+                                    region_name=store.region or None)
+    return session.client("s3", endpoint_url=store.endpoint_url, config=config)
 
 
 def _s3_transfer():
@@ -364,8 +397,8 @@ def _s3_code(exc: BaseException) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def _s3_where() -> str:
-    endpoint = s3_endpoint()
+def _s3_where(uri: str) -> str:
+    endpoint = _minio_store.endpoint_url if uri.startswith(MINIO_SCHEME) and _minio_store else s3_endpoint()
     return f"S3 endpoint {endpoint}" if endpoint else "S3"
 
 
@@ -374,7 +407,7 @@ def _s3_not_found_message(uri: str, code: str) -> str:
     if code == "NoSuchBucket":
         return f"{uri}: bucket s3://{bucket} does not exist"
     try:
-        _s3().head_bucket(Bucket=bucket)
+        _s3(uri).head_bucket(Bucket=bucket)
     except Exception:  # noqa: BLE001 - only a better message is at stake
         return f"{uri}: not found (no such object, or bucket s3://{bucket} does not exist)"
     return f"{uri}: no such object"
@@ -392,8 +425,14 @@ def _translate_s3_error(uri: str, exc: BaseException) -> StorageError | None:
         cause = exc.__context__ or getattr(exc, "last_exception", None)
         if isinstance(cause, botocore_exceptions.ClientError | botocore_exceptions.BotoCoreError):
             exc = cause
-    if isinstance(exc, botocore_exceptions.NoCredentialsError | botocore_exceptions.PartialCredentialsError):
+    if isinstance(exc, botocore_exceptions.NoCredentialsError | botocore_exceptions.PartialCredentialsError) \
+            and uri.startswith(MINIO_SCHEME):
         error: StorageError = StorageError(
+            f"{uri}: no keys for Kubeflow Pipelines' store here: a pipeline step finds them in its cluster "
+            "itself; elsewhere set AWS_ENDPOINT_URL_S3 to the store's S3 endpoint and AWS_ACCESS_KEY_ID and "
+            f"AWS_SECRET_ACCESS_KEY to its keys ({exc})")
+    elif isinstance(exc, botocore_exceptions.NoCredentialsError | botocore_exceptions.PartialCredentialsError):
+        error = StorageError(
             f"{uri}: no AWS credentials found for s3:// access: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
             "(and AWS_ENDPOINT_URL_S3 for MinIO or another S3-compatible store), or AWS_PROFILE, or run with "
             f"an IAM role ({exc})")
@@ -404,14 +443,14 @@ def _translate_s3_error(uri: str, exc: BaseException) -> StorageError | None:
             error = StorageNotFoundError(_s3_not_found_message(uri, code))
         elif code in _S3_DENIED:
             error = StoragePermissionError(
-                f"{uri}: permission denied by {_s3_where()} ({code}: {message}); check that the credentials in "
+                f"{uri}: permission denied by {_s3_where(uri)} ({code}: {message}); check that the credentials in "
                 "use (AWS_ACCESS_KEY_ID, AWS_PROFILE, the pod's role) may access this bucket")
         else:
             retries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             after = f" after {retries} retries" if retries else ""
-            error = StorageError(f"{uri}: {_s3_where()} request failed{after} ({code}: {message})")
+            error = StorageError(f"{uri}: {_s3_where(uri)} request failed{after} ({code}: {message})")
     elif isinstance(exc, botocore_exceptions.BotoCoreError):
-        error = StorageError(f"{uri}: {_s3_where()} request failed ({type(exc).__name__}: {exc})")
+        error = StorageError(f"{uri}: {_s3_where(uri)} request failed ({type(exc).__name__}: {exc})")
     else:
         return None
     error.uri = uri
@@ -423,10 +462,12 @@ def _s3_errors(uri: str) -> contextlib.AbstractContextManager[None]:
     return _translated_errors(uri, _translate_s3_error)
 
 
-def _s3_pages(bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
-    """Every object under ``prefix`` (ListObjectsV2's entries), placeholders ending in '/' skipped."""
+def _s3_pages(uri: str, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
+    """Every object under ``prefix`` in ``uri``'s bucket (ListObjectsV2's entries), placeholders ending in '/'
+    skipped."""
+    bucket, _ = _split_s3(uri)
     arguments = {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
-    for page in _s3().get_paginator("list_objects_v2").paginate(**arguments):
+    for page in _s3(uri).get_paginator("list_objects_v2").paginate(**arguments):
         for entry in page.get("Contents", []):
             if not entry["Key"].endswith("/"):
                 yield entry
@@ -451,7 +492,7 @@ def _s3_head(uri: str) -> dict | None:
 
     with _s3_errors(uri):
         try:
-            return _s3().head_object(Bucket=bucket, Key=key)
+            return _s3(uri).head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if _s3_code(exc) in _S3_NOT_FOUND:
                 return None
@@ -465,7 +506,7 @@ def _s3_exists(uri: str) -> bool:
     with _s3_errors(uri):
         if not key.strip("/"):
             try:
-                _s3().head_bucket(Bucket=bucket)
+                _s3(uri).head_bucket(Bucket=bucket)
                 return True
             except ClientError as exc:
                 if _s3_code(exc) in _S3_NOT_FOUND:
@@ -474,7 +515,7 @@ def _s3_exists(uri: str) -> bool:
         if not key.endswith("/") and _s3_head(uri) is not None:
             return True
         try:
-            answer = _s3().list_objects_v2(Bucket=bucket, Prefix=_gcs_dir_prefix(key), MaxKeys=1)
+            answer = _s3(uri).list_objects_v2(Bucket=bucket, Prefix=_gcs_dir_prefix(key), MaxKeys=1)
         except ClientError as exc:
             if _s3_code(exc) in _S3_NOT_FOUND:
                 return False
@@ -491,7 +532,7 @@ def _s3_read(uri: str) -> bytes:
         # retries the request, not a body cut short mid-stream: that is retried here.
         attempt = 1
         while True:
-            body = _s3().get_object(Bucket=bucket, Key=key)["Body"]
+            body = _s3(uri).get_object(Bucket=bucket, Key=key)["Body"]
             try:
                 return body.read()
             except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
@@ -505,14 +546,14 @@ def _s3_read(uri: str) -> bytes:
 def _s3_write(uri: str, data: bytes) -> None:
     bucket, key = _s3_object(uri)
     with _s3_errors(uri):
-        _s3().put_object(Bucket=bucket, Key=key, Body=data)
+        _s3(uri).put_object(Bucket=bucket, Key=key, Body=data)
 
 
 def _s3_list(uri: str) -> list[str]:
     bucket, key = _split_s3(uri)
     with _s3_errors(uri):
-        keys = [entry["Key"] for entry in _s3_pages(bucket, _gcs_dir_prefix(key))]
-    return sorted(f"{S3_SCHEME}{bucket}/{name}" for name in keys)
+        keys = [entry["Key"] for entry in _s3_pages(uri, _gcs_dir_prefix(key))]
+    return sorted(f"{scheme(uri)}{bucket}/{name}" for name in keys)
 
 
 def _s3_stats(uri: str, recursive: bool) -> list[FileStat]:
@@ -524,19 +565,19 @@ def _s3_stats(uri: str, recursive: bool) -> list[FileStat]:
     prefix = _gcs_dir_prefix(key)
     with _s3_errors(uri):
         stats = [FileStat(entry["Key"][len(prefix):], int(entry.get("Size") or 0), _s3_version(entry))
-                 for entry in _s3_pages(bucket, prefix, None if recursive else "/")]
+                 for entry in _s3_pages(uri, prefix, None if recursive else "/")]
     return sorted(stats, key=lambda stat: stat.name)
 
 
 def _s3_copy(src: str, dst: str) -> None:
     """Copies to or from S3; S3 to S3 within the store, any other pair through a local file."""
-    if is_s3(src) and is_s3(dst):
+    if is_s3(src) and is_s3(dst) and scheme(src) == scheme(dst):
         source_bucket, source_key = _s3_object(src)
         bucket, key = _s3_object(dst)
         with _s3_errors(src):
-            _s3().copy({"Bucket": source_bucket, "Key": source_key}, bucket, key, Config=_s3_transfer())
+            _s3(src).copy({"Bucket": source_bucket, "Key": source_key}, bucket, key, Config=_s3_transfer())
     elif is_s3(src):
-        if is_remote(dst):
+        if is_remote(dst):  # another store: GCS, or s3:// and minio://
             with tempfile.TemporaryDirectory(prefix="kic-copy-") as folder:
                 local = os.path.join(folder, "object")
                 _s3_copy(src, local)
@@ -544,7 +585,7 @@ def _s3_copy(src: str, dst: str) -> None:
             return
         bucket, key = _s3_object(src)
         with _atomic_local_path(dst) as tmp, _s3_errors(src):
-            _s3().download_file(bucket, key, tmp, Config=_s3_transfer())
+            _s3(src).download_file(bucket, key, tmp, Config=_s3_transfer())
     else:
         if is_gcs(src):
             with tempfile.TemporaryDirectory(prefix="kic-copy-") as folder:
@@ -556,7 +597,7 @@ def _s3_copy(src: str, dst: str) -> None:
             raise _error(StorageNotFoundError, f"no such file: {src}", src)
         bucket, key = _s3_object(dst)
         with _s3_errors(dst):
-            _s3().upload_file(src, bucket, key, Config=_s3_transfer())
+            _s3(dst).upload_file(src, bucket, key, Config=_s3_transfer())
 
 
 def _s3_remove_tree(uri: str) -> None:
@@ -569,7 +610,7 @@ def _s3_remove_tree(uri: str) -> None:
     with _s3_errors(uri):
         try:
             # Placeholders ("dir/") included: they would otherwise keep the prefix alive.
-            pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
+            pages = _s3(uri).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/")
             keys = [entry["Key"] for page in pages for entry in page.get("Contents", [])]
         except ClientError as exc:
             if _s3_code(exc) == "NoSuchBucket":
@@ -578,7 +619,7 @@ def _s3_remove_tree(uri: str) -> None:
         if _s3_head(uri) is not None:
             keys.append(key)
         for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys a request
-            answer = _s3().delete_objects(Bucket=bucket, Delete={
+            answer = _s3(uri).delete_objects(Bucket=bucket, Delete={
                 "Objects": [{"Key": name} for name in keys[start:start + 1000]], "Quiet": True})
             failed = answer.get("Errors", [])
             if failed:

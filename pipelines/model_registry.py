@@ -15,8 +15,8 @@ from __future__ import annotations
 from kfp import dsl
 
 from kic.errors import MissingDependencyError
+from kic.pipeline_names import UPLOAD_TASK, UPLOAD_VERSION_TASK
 
-UPLOAD_TASK, UPLOAD_VERSION_TASK = "upload-model", "upload-model-version"
 NO_COMPONENTS = ("the Vertex AI pipeline uploads models with Google Cloud Pipeline Components, which are not "
                  "installed: pip install kic[vertex] (or compile only the Kubeflow Pipelines target: --target kfp)")
 

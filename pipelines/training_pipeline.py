@@ -8,7 +8,7 @@ The pipeline's parameters are ``kic.parameters.PIPELINE_PARAMETERS``: its
 signature is generated from that list (those of the target: the Model Registry's
 are the Vertex AI pipeline's only), so every parameter has one name, type,
 default and description. ``build`` makes the pipeline for a target
-(``kic.orchestration.placement``): ``kfp`` and ``vertex`` place each step in
+(``kic.pipelines.placement``): ``kfp`` and ``vertex`` place each step in
 their platform's terms (train on a GPU), ``local`` is what ``kic run`` runs.
 """
 
@@ -27,14 +27,18 @@ from kic.components.prepare.component import prepare
 from kic.components.snapshot.component import snapshot
 from kic.components.train.component import train
 from kic.components.validate.component import validate
-from kic.orchestration.placement import ClusterOptions, place
+from kic.pipeline_names import (
+    EVALUATE_TASK,
+    EXPORT_TASK,
+    PREDICT_TASK,
+    PREPARE_TASK,
+    SNAPSHOT_TASK,
+    TRAIN_TASK,
+    TRAINING_PIPELINE_NAME,
+    VALIDATE_TASK,
+)
 from kic.pipelines import model_registry
-
-PIPELINE_NAME = "image-classification-training"
-
-# Task names, as they appear in the UI and in the local run's output folders.
-VALIDATE_TASK, SNAPSHOT_TASK, PREPARE_TASK, TRAIN_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK = (
-    "validate", "snapshot", "prepare", "train", "evaluate", "export", "batch-predict")
+from kic.pipelines.placement import ClusterOptions, place
 
 
 # What a run returns, wherever its steps' outputs come from (a cached step's are
@@ -94,7 +98,7 @@ def build(cluster: ClusterOptions | None = None):
         "evaluate, and export when the quality gate passes.",
         docs.pipeline_parameter_args(cluster.target),
     )
-    return dsl.pipeline(name=PIPELINE_NAME)(pipeline)
+    return dsl.pipeline(name=TRAINING_PIPELINE_NAME)(pipeline)
 
 
 def validate_and_prepare(p: dict, cluster: ClusterOptions):
@@ -170,7 +174,3 @@ def with_parameters(body, name: str, target: str, pipeline_parameters, outputs):
     pipeline.__name__ = pipeline.__qualname__ = name
     pipeline.__module__ = body.__module__
     return pipeline
-
-
-# The Kubeflow Pipelines target, as pipeline.yaml holds it.
-training_pipeline = build()

@@ -25,14 +25,11 @@ from kic.components.plan_second_wave.component import plan_second_wave
 from kic.components.plan_trials.component import plan_trials
 from kic.components.select_best.component import select_best
 from kic.components.trial.component import trial
-from kic.orchestration.placement import ClusterOptions, place
+from kic.pipeline_names import PLAN_TASK, SECOND_PLAN_TASK, SELECT_TASK, TRIAL_TASK, TUNING_PIPELINE_NAME
+from kic.pipelines.placement import ClusterOptions, place
 from kic.pipelines.training_pipeline import evaluate_and_export, validate_and_prepare, with_parameters
 from kic.tuning.settings import DEFAULT_PARALLELISM, TUNING_PARAMETERS
 
-PIPELINE_NAME = "image-classification-tuning"
-
-# Task names, as they appear in the UI and in the local run's output folders.
-PLAN_TASK, SECOND_PLAN_TASK, TRIAL_TASK, SELECT_TASK = "plan-trials", "plan-second-wave", "trial", "select-best"
 FIRST_WAVE, SECOND_WAVE = "first-wave", "second-wave"  # the two ParallelFor loops
 
 
@@ -114,8 +111,4 @@ def build(cluster: ClusterOptions | None = None, parallelism: int = DEFAULT_PARA
         {**docs.pipeline_parameter_args(),
          **docs.tuning_parameter_args(*(parameter.name for parameter in TUNING_PARAMETERS))},
     )
-    return dsl.pipeline(name=PIPELINE_NAME)(pipeline)
-
-
-# The Kubeflow Pipelines target, as tuning-pipeline.yaml holds it.
-tuning_pipeline = build()
+    return dsl.pipeline(name=TUNING_PIPELINE_NAME)(pipeline)

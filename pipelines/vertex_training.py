@@ -1,5 +1,5 @@
 """Vertex AI only: train as a CustomJob on train's machines
-(``kic.orchestration.custom_job``). Compiling needs Google Cloud Pipeline
+(``kic.pipelines.custom_job``). Compiling needs Google Cloud Pipeline
 Components (``kic[vertex]``), as the Model Registry step does.
 
 By default the machines are compiled in: GCPC's wrapper writes the worker
@@ -14,17 +14,16 @@ unverified."""
 from kfp import dsl
 
 from kic.components.image import CPU_IMAGE
-from kic.orchestration import custom_job
-from kic.orchestration.placement import RETRY, TIMEOUT_S, ClusterOptions, place
-
-WORKER_POOLS_TASK = "train-worker-pools"
+from kic.pipeline_names import WORKER_POOLS_TASK
+from kic.pipelines import custom_job
+from kic.pipelines.placement import RETRY, TIMEOUT_S, ClusterOptions, place
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def train_worker_pools(container: dict, replica_count: int, machine_type: str, accelerator_type: str,
                        accelerator_count: int) -> list:
     """The worker pools of train's Vertex AI CustomJob: the chief, then the other replicas, on the same machines."""
-    from kic.orchestration import custom_job
+    from kic.pipelines import custom_job
 
     return custom_job.worker_pools(container, replica_count=replica_count, machine_type=machine_type,
                                    accelerator_type=accelerator_type, accelerator_count=accelerator_count)

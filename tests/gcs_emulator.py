@@ -138,6 +138,7 @@ class FlakyProxy(ThreadingHTTPServer):
         self.fail_status = 503
         self.injected_failures = 0
         self.failed_requests: list[str] = []
+        self.authorizations: list[str] = []  # each request's Authorization header, as sent
         self.forwarded = 0
         self._requests = 0
         self._forced = 0
@@ -169,6 +170,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._reply(501, {"Content-Type": "text/plain"}, b"flaky_gcs: chunked bodies unsupported")
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.authorizations.append(self.headers.get("Authorization", ""))
         if self.server.should_fail(f"{self.command} {self.path}"):
             status = self.server.fail_status
             error = {"error": {"code": status, "message": "injected by flaky_gcs", "errors": []}}

@@ -49,11 +49,12 @@ def test_a_flip_alone_stays_exact_in_the_step():
 def dataset(prepared: str, *, in_step: bool, seed: int = 1) -> tuple[tf.data.Dataset, input_pipeline.EpochOrder]:
     data = dataset_info.load(prepared)
     order = input_pipeline.EpochOrder()
-    return input_pipeline.make_dataset(
-        data.shard_paths(prepared, "train"), image_size=32, interpolation="bilinear", batch_size=8,
-        num_classes=data.num_classes, binary_mode=False, training=True,
-        num_examples=data.splits["train"].num_examples, augmentation=Augmentation.from_config(
-            TrainingConfig(augmentation=True)), seed=seed, order=order, augment_in_step=in_step), order
+    return input_pipeline.make_dataset(data.shard_paths(prepared, "train"), input_pipeline.InputOptions(
+        input_pipeline.Images(image_size=32, interpolation="bilinear", num_classes=data.num_classes,
+                              binary_mode=False, num_examples=data.splits["train"].num_examples),
+        input_pipeline.Reading(batch_size=8),
+        input_pipeline.Training(seed=seed, order=order, augment_in_step=in_step,
+                                augmentation=Augmentation.from_config(TrainingConfig(augmentation=True))))), order
 
 
 def test_the_step_gets_the_draws_the_host_would_have_applied(prepared):

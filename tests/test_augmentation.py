@@ -106,10 +106,10 @@ def test_augmented_training_input_repeats_with_its_seed_and_changes_every_epoch(
     augmentation = Augmentation.from_config(TrainingConfig(augmentation=True))
 
     def epochs(seed: int, count: int = 2) -> list[np.ndarray]:
-        dataset = input_pipeline.make_dataset(
-            data.shard_paths(prepared, "train"), image_size=32, interpolation="bilinear", batch_size=64,
-            num_classes=data.num_classes, binary_mode=False, training=True,
-            num_examples=data.splits["train"].num_examples, augmentation=augmentation, seed=seed)
+        dataset = input_pipeline.make_dataset(data.shard_paths(prepared, "train"), input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=32, interpolation="bilinear", num_classes=data.num_classes,
+                                  binary_mode=False, num_examples=data.splits["train"].num_examples),
+            input_pipeline.Reading(batch_size=64), input_pipeline.Training(seed=seed, augmentation=augmentation)))
         return [np.concatenate([pixels.numpy() for pixels, _ in dataset]) for _ in range(count)]
 
     def contents(images: np.ndarray) -> np.ndarray:  # the images as a set, whatever their order

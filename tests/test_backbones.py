@@ -7,6 +7,8 @@ local URL, to check the offline error.
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -14,8 +16,9 @@ import pytest
 
 from kic import storage
 from kic.errors import ParameterError
-from kic.model import backbones
-from kic.model.backbones import UnknownBackboneError, build_feature_extractor, resolve
+from kic.model import backbone_registry
+from kic.model.backbone_registry import UnknownBackboneError, resolve
+from kic.model.backbones import build_feature_extractor
 from kic.model.pixel_scaling import MODES, PixelScaling
 from kic.model.weights import BackboneWeightsError
 
@@ -75,7 +78,7 @@ def test_resolve_reference_model_ids(model_id, expected, size):
 
 
 def test_every_listed_reference_id_resolves_back_to_its_entry():
-    listed = [(model_id, b.name) for b in backbones.REGISTRY.values() for model_id in b.reference_model_ids]
+    listed = [(model_id, b.name) for b in backbone_registry.REGISTRY.values() for model_id in b.reference_model_ids]
     assert len(listed) > 50
     for model_id, name in listed:
         assert resolve(model_id).name == name, model_id
@@ -109,32 +112,46 @@ def test_unmappable_reference_ids_explain_and_suggest(model_id, suggested, reaso
 
 
 def test_registry_covers_the_families_at_native_sizes():
-    sizes = {name: b.input_size for name, b in backbones.REGISTRY.items()}
+    sizes = {name: b.input_size for name, b in backbone_registry.REGISTRY.items()}
     assert [sizes[f"efficientnet_b{i}"] for i in range(8)] == [224, 240, 260, 300, 380, 456, 528, 600]
     assert sizes["inception_v3"] == sizes["xception"] == sizes["inception_resnet_v2"] == 299
     v1_variants = {f"mobilenet_v1_{w}_{s}" for w in ("025", "050", "075", "100")
                    for s in (128, 160, 192, 224)}
     assert v1_variants <= set(sizes)
     for name in ("mobilenet_v3_large_minimalistic_100_224", "efficientnet_v2_l", "resnet152", "densenet201",
-                 "convnext_large", "nasnet_mobile", backbones.DEFAULT_BACKBONE, backbones.CPU_DEMO_BACKBONE):
+                 "convnext_large", "nasnet_mobile", backbone_registry.DEFAULT_BACKBONE,
+                 backbone_registry.CPU_DEMO_BACKBONE):
         assert name in sizes
 
 
 def test_format_registry_lists_every_backbone():
-    table = backbones.format_registry()
+    table = backbone_registry.format_registry()
     lines = table.splitlines()
-    for name, backbone in backbones.REGISTRY.items():
+    for name, backbone in backbone_registry.REGISTRY.items():
         row = next(line for line in lines if line.split()[:1] == [name])
         assert backbone.family in row and str(backbone.input_size) in row and backbone.pixel_scaling in row
     assert "tensorflow-ic-imagenet-mobilenet-v2-100-224-classification-4" in table
 
 
+def test_the_registry_resolves_and_checks_without_keras():
+    """The front door resolves a backbone without paying for Keras/TensorFlow (seconds on import)."""
+    probe = "\n".join([
+        "import sys",
+        "from kic.model import backbone_registry",
+        "backbone = backbone_registry.resolve('tensorflow-ic-efficientnet-b0-classification-1')",
+        "problems = backbone_registry.image_size_problems(backbone, 8)",
+        "heavy = sorted(name for name in ('keras', 'tensorflow') if name in sys.modules)",
+        "print('RESOLVED', backbone.name, len(problems), 'HEAVY', heavy)"])
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "RESOLVED efficientnet_b0 1 HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
 # --------------------------------------------------------------------------- pixel scaling
 
 
-@pytest.mark.parametrize("name", sorted(backbones.REGISTRY))
+@pytest.mark.parametrize("name", sorted(backbone_registry.REGISTRY))
 def test_pixel_scaling_matches_family_preprocess_input(name):
-    backbone = backbones.REGISTRY[name]
+    backbone = backbone_registry.REGISTRY[name]
     module = importlib.import_module(f"keras.applications.{backbone.preprocess_module}")
     pixels = random_pixels(8, seed=len(name))
     expected = np.asarray(module.preprocess_input(pixels.copy()))

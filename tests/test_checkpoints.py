@@ -102,10 +102,12 @@ def test_each_epochs_input_is_the_same_whatever_ran_before(prepared):
 
     def passes(epochs: list[tuple[int, int]]) -> list[list[str]]:
         order = input_pipeline.EpochOrder()
-        batches = input_pipeline.make_dataset(
-            data.shard_paths(prepared, "train"), image_size=32, interpolation="bilinear", batch_size=8,
-            num_classes=data.num_classes, binary_mode=False, training=True, num_examples=24, seed=1, order=order,
-            augmentation=input_pipeline.Augmentation(flip="horizontal", rotation=0.1, zoom=0.1))
+        batches = input_pipeline.make_dataset(data.shard_paths(prepared, "train"), input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=32, interpolation="bilinear", num_classes=data.num_classes,
+                                  binary_mode=False, num_examples=24),
+            input_pipeline.Reading(batch_size=8),
+            input_pipeline.Training(seed=1, order=order, augmentation=input_pipeline.Augmentation(
+                flip="horizontal", rotation=0.1, zoom=0.1))))
         seen = []
         for epoch, skip in epochs:
             order.begin(epoch, skip)
@@ -164,13 +166,20 @@ def test_a_run_interrupted_mid_epoch_resumes_to_the_model_of_an_uninterrupted_on
         np.testing.assert_array_equal(a, b)  # the best epoch's weights, as the first attempt saved them
 
 
-def test_under_kubeflows_minio_root_checkpoints_go_to_its_s3_api_once_an_endpoint_is_set(monkeypatch):
+def test_under_kubeflows_minio_root_checkpoints_go_beside_the_model_once_kic_can_reach_the_store(monkeypatch):
     model = "minio://mlpipeline/v2/artifacts/p/r/train/model"
     for name in storage.S3_ENDPOINT_ENVS:
         monkeypatch.delenv(name, raising=False)
+    storage.use_for_minio(None)
     assert checkpoints.default_location(model, "/minio/x") == ""  # nowhere kic can write
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio-service.kubeflow:9000")  # kic compile --s3-endpoint
-    assert checkpoints.default_location(model, "/minio/x") == "s3://mlpipeline/v2/artifacts/p/r/train/checkpoints"
+    assert checkpoints.default_location(model, "/minio/x") == "minio://mlpipeline/v2/artifacts/p/r/train/checkpoints"
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    storage.use_for_minio(storage.S3Store("http://seaweedfs.kubeflow:9000"))  # found by train in its pod
+    try:
+        assert checkpoints.default_location(model, "/minio/x").startswith("minio://mlpipeline/")
+    finally:
+        storage.use_for_minio(None)
     assert checkpoints.default_location("s3://b/root/r/train/model", "/s3/x") == "s3://b/root/r/train/checkpoints"
 
 

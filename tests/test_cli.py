@@ -7,7 +7,10 @@ import sys
 import pytest
 
 from kic import artifacts, cli, parameters, storage
+from kic.cli import local_runs
+from kic.cli.output import ProgressBar
 from kic.demo_data import write_demo_dataset
+from kic.runtime.steps import TRAIN_OUTPUTS
 
 # A new Python per command: what each imports is what a user's shell pays for.
 LIGHT_COMMANDS = [["--help"], ["backbones"], ["run", "--list-params"], ["validate", "{hyperparameters}"]]
@@ -60,15 +63,15 @@ def test_prepare_command_checks_through_the_front_door_before_reading(tmp_path, 
     assert not (tmp_path / "prepared").exists()
 
 
-def test_train_command_takes_every_pipeline_parameter_the_train_step_takes():
-    """Read off the step, so a parameter added to train cannot be missing from `kic train`."""
-    import inspect
+def test_train_command_takes_every_pipeline_parameter_the_train_component_takes():
+    """The component's signature is the contract; `kic train` reads its list off the step's: the two must agree."""
+    from kic.components.train.component import train
+    from kic.runtime import steps
 
-    from kic.orchestration import steps
-
-    step = set(inspect.signature(steps.train_step).parameters) - {"hyperparameters"}
-    taken = {name for name in step if name in parameters.PARAMETERS_BY_NAME} | {"accelerator_count"}  # required_gpus
-    assert taken == set(cli.TRAIN_PARAMETERS)
+    component = set(train.component_spec.inputs) - set(parameters.HYPERPARAMETERS)
+    pipeline_names = {"accelerator_count" if name == "required_gpus" else name for name in component}
+    assert set(steps.train_parameters()) == pipeline_names & set(parameters.PARAMETERS_BY_NAME)
+    assert set(parameters.HYPERPARAMETERS) <= set(train.component_spec.inputs)  # kic train takes them all
 
 
 def test_train_command_refuses_every_problem_before_training(tmp_path, capsys):
@@ -102,7 +105,7 @@ def test_train_command_trains_on_a_prepared_folder_as_the_step_does(prepared, ti
     assert any(name.endswith("COMMITTED") for name in storage.list_files(storage.join(output, "checkpoints")))
     info = json.loads(storage.read_text(storage.join(output, "model", artifacts.MODEL_INFO)))
     assert info["backbone"] == tiny_backbone and info["hyperparameters"]["epochs"] == 1
-    metrics = json.loads(storage.read_text(storage.join(output, cli.TRAIN_OUTPUTS["metrics"])))
+    metrics = json.loads(storage.read_text(storage.join(output, TRAIN_OUTPUTS["metrics"])))
     assert metrics["best_epoch"] == 1 and metrics["val_accuracy"] == info["metrics"]["val_accuracy"]
 
 
@@ -121,7 +124,7 @@ def test_train_command_reads_prepared_data_from_s3_and_writes_there(prepared, ti
 
 
 def test_progress_bar_redraws_one_line(capsys):
-    bar = cli.ProgressBar()
+    bar = ProgressBar()
     bar("prepare: listing /data")
     bar("prepare: 5/10 images (50/s), 0 rejected")
     bar("prepare: 10/10 images (60/s), 1 rejected")
@@ -195,7 +198,8 @@ def test_run_layers_the_demo_preset_a_hyperparameter_file_and_params(tmp_path, m
     path.write_text(json.dumps({"optimizer": "sgd", "learning_rate": "0.05", "eps": "1e-6"}))
     assert cli.main(["run", "--output", str(tmp_path / "out"), "--hyperparameters", str(path),
                      "--param", "learning_rate=0.01"]) == 1
-    assert seen["epochs"] == cli.DEMO_PARAMETERS["epochs"] and seen["backbone"] == cli.DEMO_PARAMETERS["backbone"]
+    assert (seen["epochs"] == local_runs.DEMO_PARAMETERS["epochs"]
+            and seen["backbone"] == local_runs.DEMO_PARAMETERS["backbone"])
     assert (seen["optimizer"], seen["epsilon"], seen["learning_rate"]) == ("sgd", 1e-6, 0.01)
     assert seen["data_source"] == str(tmp_path / "out" / "demo-data")
     assert set(seen) == {parameter.name for parameter in parameters.for_target("local")}  # the local pipeline's
@@ -262,12 +266,24 @@ def test_predict_command_checks_its_inputs_first(tmp_path, capsys):
     assert "batch_predict_source" in err and "top_k=0" in err
 
 
-def test_the_demo_preset_uses_the_registrys_cpu_backbone():
-    from kic.model import backbones
+def test_the_demo_run_trains_the_registrys_cpu_backbone_with_nothing_to_download(tmp_path, monkeypatch, keras_home):
+    """`kic run` alone passes every check and reaches the runner on a machine with an empty Keras cache and no
+    internet (the default run downloads nothing), with the backbone the registry names for the CPU demo."""
+    from kic.model import backbone_registry
+    from kic.orchestration import local_run
 
-    assert cli.DEMO_PARAMETERS["backbone"] == backbones.CPU_DEMO_BACKBONE
-    assert cli.DEMO_PARAMETERS["pretrained_weights"] == "none"  # no download in the default run
-    parameters.resolve(cli.DEMO_PARAMETERS, {"data_source": "x"}, reachability=False)
+    seen = {}
+
+    def stop_before_running(pipeline_yaml, values, pipeline_root, **_options):
+        seen.update(values)
+        raise RuntimeError("stopped by the test")
+
+    monkeypatch.setattr(local_run, "run_compiled_pipeline", stop_before_running)
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # nothing answers there
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    assert cli.main(["run", "--output", str(tmp_path / "out")]) == 1, "stopped by the test, not refused"
+    assert seen["backbone"] == backbone_registry.CPU_DEMO_BACKBONE
+    assert list(keras_home.iterdir()) == []
 
 
 def test_tune_refuses_a_bad_search_and_bad_parameters_at_once_before_anything_runs(tmp_path, capsys):

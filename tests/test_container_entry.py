@@ -170,7 +170,7 @@ def test_vertex_trains_worker_pools_step_runs_from_the_installed_wheel(container
     """The train-worker-pools step of a Vertex AI pipeline compiled with train's machines at run time (no
     component.yaml of its own), as that pipeline gives it: the job's worker pools, the chief alone in the first."""
     from kic.orchestration import compile as kic_compile
-    from kic.orchestration.placement import ClusterOptions
+    from kic.pipelines.placement import ClusterOptions
 
     pipeline = kic_compile.compile_pipeline(str(container["root"] / "vertex-run-time.yaml"), "vertex",
                                             ClusterOptions(target="vertex", train_machines_at_run_time=True))

@@ -1,5 +1,7 @@
 """No silent CPU training: the devices are said, and missing GPUs fail at once."""
 
+import os
+
 import pytest
 import tensorflow as tf
 
@@ -8,11 +10,18 @@ from kic.training import devices
 
 def test_the_devices_are_described():
     text = devices.describe()
-    assert "GPU(s)" in text and "CPU device(s)" in text
+    gpus, cpus = tf.config.list_physical_devices("GPU"), tf.config.list_physical_devices("CPU")
+    assert text.startswith(f"{len(gpus)} GPU(s)")
+    assert text.endswith(f"; {len(cpus)} CPU device(s), {os.cpu_count()} cores")
 
 
-def test_asking_for_no_gpu_is_fine_anywhere():
+def test_asking_for_no_more_gpus_than_are_visible_passes_and_one_more_fails():
+    """Anywhere: no GPU asked for (CPU training on purpose) passes on a machine without one."""
+    visible = len(tf.config.list_physical_devices("GPU"))
     devices.require_gpus(0)
+    devices.require_gpus(visible)
+    with pytest.raises(devices.NoGpuError, match=rf"asked for {visible + 1} GPU\(s\) and sees {visible};"):
+        devices.require_gpus(visible + 1)
 
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="this machine has a GPU")

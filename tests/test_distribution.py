@@ -98,9 +98,11 @@ def test_each_worker_reads_its_own_share_of_the_records_every_epoch(prepared):
     shards, count = info.shard_paths(prepared, "train"), info.splits["train"].num_examples
 
     def epochs(worker_index: int) -> list[list[bytes]]:
-        dataset = input_pipeline.make_dataset(
-            shards, image_size=16, interpolation="bilinear", batch_size=4, num_classes=3, binary_mode=False,
-            training=True, num_examples=count, seed=3, num_workers=3, worker_index=worker_index)
+        dataset = input_pipeline.make_dataset(shards, input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=16, interpolation="bilinear", num_classes=3, binary_mode=False,
+                                  num_examples=count),
+            input_pipeline.Reading(batch_size=4, num_workers=3, worker_index=worker_index),
+            input_pipeline.Training(seed=3)))
         return [sorted(pixels.tobytes() for images, _ in dataset for pixels in images.numpy()) for _ in range(2)]
 
     shares = [epochs(index) for index in range(3)]
@@ -208,10 +210,11 @@ def _accuracy_on_validation(model_dir: str, prepared: str) -> float:
 
     info = dataset_info.load(prepared)
     model = load_keras_model(model_dir)
-    dataset = input_pipeline.make_dataset(
-        info.shard_paths(prepared, "validation"), image_size=IMAGE_SIZE, interpolation="bilinear", batch_size=8,
-        num_classes=info.num_classes, binary_mode=False, training=False,
-        num_examples=info.splits["validation"].num_examples, short_side=info.image_short_side)
+    dataset = input_pipeline.make_dataset(info.shard_paths(prepared, "validation"), input_pipeline.InputOptions(
+        input_pipeline.Images(image_size=IMAGE_SIZE, interpolation="bilinear", num_classes=info.num_classes,
+                              binary_mode=False, num_examples=info.splits["validation"].num_examples,
+                              short_side=info.image_short_side),
+        input_pipeline.Reading(batch_size=8)))
     hits = [int(np.argmax(logits) == np.argmax(target)) for pixels, targets in dataset
             for logits, target in zip(model.predict_on_batch(pixels), targets.numpy(), strict=True)]
     return sum(hits) / len(hits)

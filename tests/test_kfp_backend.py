@@ -12,7 +12,7 @@ from test_pipeline_spec import load_pipeline_yaml
 from kic.orchestration import compile as kic_compile
 from kic.orchestration import kfp_backend, preflight
 from kic.orchestration.kubeflow import backend_check
-from kic.orchestration.placement import ClusterOptions
+from kic.pipelines.placement import ClusterOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One release of each era of the driver's rule, and the newest.
@@ -83,8 +83,11 @@ def test_what_each_pipeline_needs_of_the_backend(tmp_path):
     s3_secret = load_pipeline_yaml(kic_compile.compile_pipeline(
         str(tmp_path / "s3.yaml"), "kfp", ClusterOptions(target="kfp", step_timeouts=False,
                                                          s3_credentials_secret="mlpipeline-minio-artifact")))
-    assert set(kfp_backend.needs(s3_secret)) == {kfp_backend.JOB_ID, kfp_backend.RETRY, kfp_backend.SECRET_VOLUME}
-    assert kfp_backend.minimum_version(s3_secret) == (2, 4, 1)
+    assert set(kfp_backend.needs(s3_secret)) == {kfp_backend.JOB_ID, kfp_backend.RETRY, kfp_backend.SECRET_VOLUME,
+                                                 kfp_backend.OPTIONAL_SECRET}
+    assert kfp_backend.minimum_version(s3_secret) == (2, 4, 1) and kfp_backend.full_version(s3_secret) == (2, 15, 0)
+    failing, lost = kfp_backend.shortfalls(s3_secret, (2, 5, 0))
+    assert failing == [] and any("CreateContainerConfigError" in line for line in lost)
     # The endpoint alone is a plain environment variable, which every 2.x backend sets.
     endpoint = load_pipeline_yaml(kic_compile.compile_pipeline(
         str(tmp_path / "endpoint.yaml"), "kfp", ClusterOptions(target="kfp", step_timeouts=False,

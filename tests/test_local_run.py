@@ -1,8 +1,8 @@
 """`kic run`: the compiled pipeline through the KFP local runner.
 
 The slow tests run the README's main command on the built-in data, exactly as
-a new user runs it. The fast one checks how a run's outputs are gathered, on a
-run folder laid out as KFP's local runner lays it out.
+a new user runs it. The fast ones check how a run's outputs are gathered, on the
+folders KFP's local runner writes for a pipeline of stand-in steps.
 """
 
 import json
@@ -18,9 +18,10 @@ import pytest
 
 from kic import artifacts
 from kic.orchestration import local_run
-from kic.pipelines.training_pipeline import EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK, PREPARE_TASK
+from kic.pipeline_names import EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK, PREPARE_TASK
 
 KIC = [sys.executable, "-m", "kic.cli"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,24 @@ def test_default_run_writes_every_output(default_run):
 
 @pytest.mark.slow
 def test_default_run_really_learned(default_run):
+    """Its metrics are those of its confusion matrix over every test image the data report counts, recomputed
+    here with scikit-learn; and they are high."""
+    from sklearn import metrics as reference
+
     output, log, _ = default_run
     metrics = json.loads((output / "metrics.json").read_text())
-    for name in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1"):
-        assert 0.0 <= metrics[name] <= 1.0, name
+    evaluation = json.loads((output / artifacts.EVALUATION_JSON).read_text())
+    per_class = json.loads((output / artifacts.DATA_REPORT_JSON).read_text())["counts"]["per_class"]
+    confusion = np.array(evaluation["confusion_matrix"])
+    assert confusion.sum(axis=1).tolist() == [per_class[name]["test"] for name in evaluation["class_names"]]
+    truth, predicted = zip(*[(true, guess) for true, row in enumerate(confusion) for guess, count in enumerate(row)
+                             for _ in range(count)], strict=True)
+    expected = {"accuracy": reference.accuracy_score(truth, predicted), "num_examples": confusion.sum()}
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = reference.precision_recall_fscore_support(truth, predicted, average=average,
+                                                                             zero_division=0)
+        expected |= {f"{average}_precision": precision, f"{average}_recall": recall, f"{average}_f1": f1}
+    assert {name: metrics[name] for name in expected} == pytest.approx(expected)
     assert metrics["accuracy"] >= 0.9, metrics
 
 
@@ -117,62 +132,90 @@ def test_exported_model_serves_raw_image_bytes(default_run):
 
 
 # --------------------------------------------------------------------------- gathering the outputs
+# On real run folders: the stand-in pipeline run through kfp.local (tests/kfp_local_runs.py).
 
 
-def _write(path, text: str) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return str(path)
+def _tasks(spec: dict) -> dict[str, set[str]]:
+    """Every task of a compiled pipeline, inside conditions too: its name -> its outputs' names."""
+    found = {}
+
+    def walk(dag: dict):
+        for name, task in dag.get("tasks", {}).items():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:  # a condition: its tasks are the steps
+                walk(component["dag"])
+            else:
+                definitions = component.get("outputDefinitions", {})
+                found[name] = set(definitions.get("artifacts", {})) | set(definitions.get("parameters", {}))
+
+    walk(spec["root"]["dag"])
+    return found
 
 
-def _fake_run(root, *, exported: bool) -> local_run.LocalRun:
-    """A run as KFP's local runner leaves it (<run>/<task>/<output key>), and the
-    pipeline's outputs, which a cached step takes from an earlier run's folder."""
-    earlier = root / "image-classification-training-2026-01-01"
-    run = root / "image-classification-training-2026-01-02"
-    examples = earlier / PREPARE_TASK / artifacts.EXAMPLES_KEY
-    for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
-        _write(examples / name, f"report {name}")
-    outputs = {
-        "examples": str(examples),
-        "metrics": _write(run / EVALUATE_TASK / artifacts.METRICS_KEY, json.dumps({"accuracy": 0.75})),
-        "evaluation": _write(run / EVALUATE_TASK / artifacts.EVALUATION_KEY, '{"scalars": {"accuracy": 0.75}}'),
-        "evaluation_report": _write(run / EVALUATE_TASK / artifacts.EVALUATION_REPORT_KEY, "<html>evaluation</html>"),
-        "blessing": _write(run / EVALUATE_TASK / artifacts.BLESSING_KEY,
-                           json.dumps({"blessed": exported, "reasons": ["why"]})),
-    }
-    if exported:
-        package = run / EXPORT_TASK / artifacts.PACKAGE_KEY
-        _write(package / artifacts.LABEL_MAP, '{"a": 0}')
-        _write(package / artifacts.SERVING_PARITY_REPORT, '{"num_files": 0}')
-        with tarfile.open(package / artifacts.MODEL_TARBALL, "w:gz") as tar:
-            tar.add(package / artifacts.LABEL_MAP, arcname=artifacts.LABEL_MAP)
-        _write(run / PREDICT_TASK / artifacts.PREDICTIONS_KEY, '{"file": "x.jpg"}\n')
-    return local_run.LocalRun(run_dir=str(run), outputs=outputs)
+def _spec(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        return next(yaml.safe_load_all(handle))  # the pipeline; a platform spec may follow
 
 
-def test_collect_outputs_gathers_what_a_user_wants_from_wherever_the_outputs_are(tmp_path):
+def test_the_stand_in_pipeline_mirrors_the_real_one(local_runs):
+    """Its tasks and their outputs have the real pipeline's names, and it returns what the real one returns:
+    what the tests below learn about where kfp.local puts them holds for the real pipeline."""
+    real, stand_in = _spec(os.path.join(ROOT, "pipeline.yaml")), _spec(local_runs.pipeline_yaml)
+    real_tasks = _tasks(real)
+    for task, outputs in _tasks(stand_in).items():
+        assert task in real_tasks and outputs <= real_tasks[task], (task, outputs, real_tasks.get(task))
+    assert {PREPARE_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK} <= set(_tasks(stand_in))
+    assert stand_in["root"]["outputDefinitions"] == real["root"]["outputDefinitions"]
+
+
+def test_each_run_is_told_by_its_own_folder_with_a_folder_per_step_that_ran(local_runs):
+    fresh, cached, unblessed = local_runs.fresh, local_runs.cached, local_runs.unblessed
+    assert len({fresh.run_dir, cached.run_dir, unblessed.run_dir}) == 3
+    assert len({os.path.dirname(run.run_dir) for run in (fresh, cached, unblessed)}) == 1  # one pipeline root
+    assert sorted(os.listdir(fresh.run_dir)) == sorted([PREPARE_TASK, EVALUATE_TASK, EXPORT_TASK, PREDICT_TASK])
+    assert sorted(os.listdir(cached.run_dir)) == sorted([EXPORT_TASK, PREDICT_TASK])  # the rest from the cache
+    assert os.listdir(unblessed.run_dir) == [EVALUATE_TASK]  # prepare from the cache; no export
+    # a cached step's outputs are where it ran: an earlier run's folder
+    assert cached.outputs["examples"].startswith(fresh.run_dir + os.sep)
+    assert cached.outputs["metrics"].startswith(fresh.run_dir + os.sep)
+    assert unblessed.outputs["metrics"].startswith(unblessed.run_dir + os.sep)
+
+
+def _label_map(output) -> dict:
+    return json.loads((output / "model" / artifacts.LABEL_MAP).read_text())
+
+
+def test_collect_outputs_gathers_what_a_user_wants_from_wherever_the_outputs_are(local_runs, tmp_path):
     output = tmp_path / "out"
-    outputs = local_run.collect_outputs(_fake_run(tmp_path, exported=True), str(output))
+    outputs = local_run.collect_outputs(local_runs.cached, str(output))
     assert outputs.metrics == {"accuracy": 0.75} and outputs.blessing["blessed"] is True
     assert json.loads((output / "metrics.json").read_text()) == {"accuracy": 0.75}
-    assert (output / artifacts.DATA_REPORT_MARKDOWN).read_text() == f"report {artifacts.DATA_REPORT_MARKDOWN}"
-    for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_HTML, artifacts.EVALUATION_JSON,
-                 artifacts.BLESSING_JSON, "evaluation_report.html", "model.tar.gz", artifacts.SERVING_PARITY_REPORT):
-        assert (output / name).is_file(), name
-    assert outputs.model == str(output / "model") and (output / "model" / artifacts.LABEL_MAP).read_text() == '{"a": 0}'
+    for name in (artifacts.DATA_REPORT_JSON, artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
+        assert (output / name).read_text() == f"report {name}", name  # from the earlier run's prepare
+    assert json.loads((output / artifacts.EVALUATION_JSON).read_text()) == {"scalars": {"accuracy": 0.75}}
+    assert json.loads((output / artifacts.BLESSING_JSON).read_text()) == {"blessed": True}
+    assert (output / "evaluation_report.html").read_text() == "<html>evaluation</html>"
+    assert json.loads((output / artifacts.SERVING_PARITY_REPORT).read_text()) == {"num_files": 0}
+    # the model this run exported, not the cached run's
+    assert outputs.model == str(output / "model")
+    assert _label_map(output) == {os.path.basename(local_runs.cached.run_dir): 0}
+    with tarfile.open(output / "model.tar.gz") as tar:
+        assert tar.getnames() == [artifacts.LABEL_MAP]
     assert outputs.predictions == str(output / "predictions.jsonl")
+    assert json.loads((output / "predictions.jsonl").read_text()) == {
+        "file": "x.jpg", "run": os.path.basename(local_runs.cached.run_dir)}
 
 
-def test_collect_outputs_leaves_no_stale_model_from_an_earlier_run(tmp_path):
+def test_collect_outputs_leaves_no_stale_model_from_an_earlier_run(local_runs, tmp_path):
     output = tmp_path / "out"
-    local_run.collect_outputs(_fake_run(tmp_path / "first", exported=True), str(output))
-    outputs = local_run.collect_outputs(_fake_run(tmp_path / "second", exported=False), str(output))
+    local_run.collect_outputs(local_runs.fresh, str(output))
+    assert _label_map(output) == {os.path.basename(local_runs.fresh.run_dir): 0}  # the premise: it had one
+    outputs = local_run.collect_outputs(local_runs.unblessed, str(output))
     assert outputs.model is None and outputs.predictions is None and outputs.blessing["blessed"] is False
     assert not (output / "model").exists() and not (output / "model.tar.gz").exists()
-    assert not (output / "predictions.jsonl").exists()
-
+    assert not (output / "predictions.jsonl").exists() and not (output / artifacts.SERVING_PARITY_REPORT).exists()
 
 # --------------------------------------------------------------------------- caching, as on a cluster
 

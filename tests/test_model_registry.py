@@ -185,8 +185,8 @@ def test_the_vertex_target_without_the_extra_names_it(monkeypatch, tmp_path, cap
     """As if google-cloud-pipeline-components were not installed: the Vertex target cannot be built and
     `kic compile` says what to install, before it writes anything; the other targets do not need it."""
     from kic import cli
-    from kic.orchestration.placement import ClusterOptions
     from kic.pipelines import training_pipeline
+    from kic.pipelines.placement import ClusterOptions
 
     monkeypatch.setitem(sys.modules, "google_cloud_pipeline_components", None)  # `import` now fails
     monkeypatch.chdir(tmp_path)

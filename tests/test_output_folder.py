@@ -9,10 +9,9 @@ import tarfile
 import time
 
 import pytest
-from test_local_run import _fake_run
 
 from kic import cli
-from kic.orchestration import output_folder, run_log
+from kic.orchestration import local_run, output_folder, run_log
 
 HOLD = ("import sys, time\nfrom kic.orchestration import output_folder\n"
         "with output_folder.locked(sys.argv[1], 'kic run --output elsewhere'):\n"
@@ -78,21 +77,20 @@ def test_a_user_file_in_a_folder_kic_clears_stops_the_run_before_anything_runs(t
     assert (output / "model" / "notes.txt").read_text() == "mine"
 
 
-def test_collecting_a_run_replaces_only_kics_own_model_files(tmp_path):
+def test_collecting_a_run_replaces_only_kics_own_model_files(tmp_path, local_runs):
     output = tmp_path / "out"
     model = output / "model"
-    local_run_module = pytest.importorskip("kic.orchestration.local_run")
-    local_run_module.collect_outputs(_fake_run(tmp_path / "first", exported=True), str(output))
+    local_run.collect_outputs(local_runs.fresh, str(output))
     assert output_folder.foreign(str(model)) == []  # what it unpacked is on its list
     (model / "notes.txt").write_text("mine")  # added after the run: it stays through the next
-    local_run_module.collect_outputs(_fake_run(tmp_path / "second", exported=False), str(output))
+    local_run.collect_outputs(local_runs.unblessed, str(output))
     assert sorted(os.listdir(model)) == ["notes.txt"]
     # A model folder an older kic unpacked has no list: what model.tar.gz holds is kic's.
     with tarfile.open(output / "model.tar.gz", "w:gz") as tar:
         (tmp_path / "label.json").write_text("{}")
         tar.add(tmp_path / "label.json", arcname="label.json")
     (model / "label.json").write_text("{}")
-    assert output_folder.foreign(str(model), local_run_module._in_model_tarball(str(output))) == ["notes.txt"]
+    assert output_folder.foreign(str(model), local_run._in_model_tarball(str(output))) == ["notes.txt"]
 
 
 def test_the_run_log_clears_only_the_logs_kic_wrote(tmp_path):

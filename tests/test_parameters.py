@@ -8,7 +8,7 @@ import pytest
 
 from kic import artifacts, parameters, storage
 from kic.errors import ParameterError
-from kic.model import backbones, weights
+from kic.model import backbone_registry, weights
 
 
 def names(error: ParameterError) -> set[str]:
@@ -79,6 +79,18 @@ def test_sources_must_exist_locally_and_on_gcs(tmp_path, gcs_emulator):
                         "test_source": "tfds:NAME or tfds:NAME:CONFIG",
                         "batch_predict_source": "no such folder, gs:// or s3:// prefix",
                         "tfds_data_dir": "no such folder"}
+
+
+def test_a_source_that_cannot_be_looked_at_is_not_called_missing(tmp_path, gcs_emulator, flaky_gcs):
+    bucket = gcs_emulator.new_bucket()
+    flaky_gcs.fail_every, flaky_gcs.fail_status = 1, 403  # the account may not read the bucket
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # a local path that cannot be looked at, even by root
+    with pytest.raises(ParameterError) as error:
+        parameters.validate({"data_source": str(loop), "tfds_data_dir": f"{bucket}/tfds"})
+    problems = {problem.name: problem.expected for problem in error.value.problems}
+    assert problems["tfds_data_dir"].startswith("cannot be read:") and "permission denied" in problems["tfds_data_dir"]
+    assert problems["data_source"].startswith("cannot be read:") and "symbolic links" in problems["data_source"]
 
 
 def test_reinitialize_top_layer_false_needs_a_model_to_keep_the_top_layer_of(tmp_path):
@@ -202,7 +214,7 @@ def _serve_weights_from(monkeypatch, base_url: str) -> None:
 
 
 def test_imagenet_weights_must_be_cached_or_downloadable(keras_home, monkeypatch):
-    small = backbones.resolve("mobilenet_v2_035_96")
+    small = backbone_registry.resolve("mobilenet_v2_035_96")
     source = weights.imagenet_source(small, 96)
     assert source.origin.endswith("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5")
     assert source.cache_path == str(keras_home / "models" / os.path.basename(source.origin))
@@ -270,12 +282,13 @@ def test_precision_and_xla_settings():
     assert "mixed_float16" in str(caught.value) and "auto, true, false" in str(caught.value)
 
 
-def test_checkpoints_go_to_a_local_folder_gcs_or_s3_every_zero_or_more_steps():
+def test_checkpoints_go_to_a_local_folder_or_an_object_store_every_zero_or_more_steps():
     parameters.validate({"checkpoint_uri": "gs://b/runs/checkpoints", "checkpoint_every_steps": 0})
     parameters.validate({"checkpoint_uri": "s3://b/runs/checkpoints", "checkpoint_every_steps": 0})
+    parameters.validate({"checkpoint_uri": "minio://mlpipeline/checkpoints", "checkpoint_every_steps": 0})
     parameters.validate({"checkpoint_uri": "/mnt/checkpoints", "checkpoint_every_steps": 500})
     with pytest.raises(ParameterError) as error:
-        parameters.validate({"checkpoint_uri": "minio://b/c", "checkpoint_every_steps": -1})
+        parameters.validate({"checkpoint_uri": "hdfs://b/c", "checkpoint_every_steps": -1})
     assert names(error.value) == {"checkpoint_uri", "checkpoint_every_steps"}
     with pytest.raises(ParameterError, match="gs://BUCKET/PATH"):
         parameters.validate({"checkpoint_uri": "gs://"})

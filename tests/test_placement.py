@@ -5,10 +5,10 @@ credentials; and the snapshot that keeps cached steps honest."""
 import pytest
 from test_pipeline_spec import load_pipeline_yaml
 
-from kic import parameters
+from kic import parameters, vertex_machines
 from kic.orchestration import compile as kic_compile
-from kic.orchestration import custom_job
-from kic.orchestration.placement import RETRIED_STEPS, STEP_RESOURCES, TIMEOUT_S, ClusterOptions, Toleration
+from kic.pipelines import custom_job
+from kic.pipelines.placement import RETRIED_STEPS, STEP_RESOURCES, TIMEOUT_S, ClusterOptions, Toleration
 
 STEPS = {"validate": "validate", "snapshot": "snapshot", "prepare": "prepare", "train": "train",
          "evaluate": "evaluate", "export": "export", "batch-predict": "batch_predict"}
@@ -234,8 +234,8 @@ def test_gpu_counts_are_those_a_vertex_machine_has(kind):
         values = {"accelerator_type": kind, "accelerator_count": count, "train_machine_type": ""}
         if count in VERTEX_GPU_COUNTS[kind]:
             assert parameters.problems(values) == [], (kind, count)
-            machine = custom_job.default_machine_type(kind, count)
-            assert machine and custom_job.machine_gpus(machine) in (None, count), (kind, count, machine)
+            machine = vertex_machines.default_machine_type(kind, count)
+            assert machine and vertex_machines.machine_gpus(machine) in (None, count), (kind, count, machine)
         else:
             [problem] = parameters.problems(values)
             allowed = VERTEX_GPU_COUNTS[kind]

@@ -14,7 +14,7 @@ from keras.src.applications import efficientnet, mobilenet_v2
 from keras.src.legacy.saving import legacy_h5_format
 
 from kic import parameters
-from kic.model import backbones, prefetch_weights, weights
+from kic.model import backbone_registry, backbones, prefetch_weights, weights
 
 SMALL = "mobilenet_v2_035_96"
 REFUSED = "http://127.0.0.1:9/keras-applications/"  # loopback port 9: refused at once
@@ -45,7 +45,7 @@ def weights_host(tmp_path):
 def test_prefetched_weights_are_what_keras_loads_offline(keras_home, weights_host, monkeypatch):
     served, url, requested = weights_host
     monkeypatch.setattr(mobilenet_v2, "BASE_WEIGHT_PATH", url)
-    backbone = backbones.resolve(SMALL)
+    backbone = backbone_registry.resolve(SMALL)
     # The host holds a real Keras Applications weights file (random values: ours to recognise), and
     # MobileNet's file for another input size, which NAME:SIZE asks for.
     reference = keras.applications.MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), include_top=False,
@@ -95,7 +95,7 @@ def test_download_failures_are_clear_and_leave_no_file(keras_home, weights_host,
     # EfficientNet's weights come with a hash that Keras checks: a wrong file is refused and removed.
     served, url, _ = weights_host
     monkeypatch.setattr(efficientnet, "BASE_WEIGHTS_PATH", url)
-    source = weights.imagenet_source(backbones.resolve("efficientnet_b0"), 224)
+    source = weights.imagenet_source(backbone_registry.resolve("efficientnet_b0"), 224)
     assert source.file_hash
     (served / os.path.basename(source.origin)).write_bytes(b"not the weights")
     assert prefetch_weights.main(["efficientnet_b0"]) == 1

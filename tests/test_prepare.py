@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from image_fixtures import fixture_matrix, noise_jpeg
 from PIL import Image
+from report_views import read_markdown, shown_text
 
 from kic import artifacts, parameters, storage
 from kic.data import dataset_info, schema
@@ -103,7 +104,7 @@ def test_non_image_files_beside_the_images_are_ignored_not_rejected(tmp_path):
     assert report["metrics"]["rejected_fraction"] == pytest.approx(1 / 21, abs=1e-6)
     assert result.info.class_names == ("cats", "dogs")
     for name in (artifacts.DATA_REPORT_MARKDOWN, artifacts.DATA_REPORT_HTML):
-        text = (tmp_path / "out" / name).read_text()
+        text = shown_text(tmp_path / "out" / name)
         assert "Ignored files" in text and "cats/Thumbs.db" in text and "__MACOSX/cats/._img001.jpg" in text
 
 
@@ -143,8 +144,8 @@ def test_folder_with_bad_files_reports_every_reason(tmp_path):
     assert (out / artifacts.LABELS_TXT).read_text() == "cats\ndogs\n"
     saved = json.loads((out / artifacts.DATA_REPORT_JSON).read_text())
     assert saved["metrics"] == metrics and saved["status"] == "ok"
-    markdown = (out / artifacts.DATA_REPORT_MARKDOWN).read_text()
-    html = (out / artifacts.DATA_REPORT_HTML).read_text()
+    markdown = shown_text(out / artifacts.DATA_REPORT_MARKDOWN)
+    html = shown_text(out / artifacts.DATA_REPORT_HTML)
     for reason in set(expected.values()):
         assert reason in markdown and reason in html
     assert "truncated.jpg" in markdown
@@ -292,7 +293,7 @@ def test_glob_and_non_ascii_class_names(tmp_path):
     assert (out / artifacts.LABELS_TXT).read_text("utf-8").splitlines() == list(result.info.class_names)
     rows = _parsed(out, "train")
     assert {row["source"].split("/")[0]: row["label"] for row in rows} == expected
-    assert "日本" in result.html and "cls[1]" in result.markdown
+    assert "日本" in result.html and "cls[1]" in read_markdown(result.markdown).text
 
 
 def test_bad_class_names_refused_before_any_work(tmp_path):

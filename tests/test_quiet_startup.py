@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from kic.orchestration import quiet_startup
+from kic.runtime import quiet_startup
 
 NOISE = ("absl::InitializeLog", "oneDNN custom operations", "Could not find cuda drivers", "cuInit")
 
@@ -23,7 +23,7 @@ def _python(code: str) -> str:
 def test_tensorflow_starts_quietly_and_train_still_says_what_it_runs_on():
     quiet = _python(
         "import sys\n"
-        "from kic.orchestration import quiet_startup\n"
+        "from kic.runtime import quiet_startup\n"
         "quiet_startup.import_tensorflow_quietly()\n"
         "from kic.training import devices\n"
         "print('train: devices:', devices.describe())\n"
@@ -55,3 +55,21 @@ def test_where_a_gpu_is_present_cuda_errors_still_speak(monkeypatch):
     monkeypatch.setenv(quiet_startup.LOG_LEVEL, "0")  # the user's choice stands
     quiet_startup.quiet_log_level()
     assert os.environ[quiet_startup.LOG_LEVEL] == "0"
+
+
+def test_a_kic_command_that_imports_tensorflow_deep_down_is_quiet_unless_asked(tmp_path):
+    """`kic run --data DIR`, as on a machine without the ImageNet weights: its checks ask Keras where the weights
+    would come from (importing TensorFlow) and it refuses in seconds, with the refusal alone on standard error;
+    TF_CPP_MIN_LOG_LEVEL=0 brings TensorFlow's messages back."""
+    command = [sys.executable, "-m", "kic.cli", "run", "--data", str(tmp_path / "nowhere"),
+               "--output", str(tmp_path / "out")]
+    env = {name: value for name, value in os.environ.items() if name != quiet_startup.LOG_LEVEL}
+    env.update(KERAS_HOME=str(tmp_path / "keras"), https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 2 and "data_source" in quiet.stderr and "no such folder" in quiet.stderr, quiet.stderr
+    assert "pretrained_weights='imagenet'" in quiet.stderr  # the check that imported TensorFlow ran
+    for noise in (*NOISE, "cudart_stub"):
+        assert noise not in quiet.stderr, quiet.stderr
+    loud = subprocess.run(command, env={**env, quiet_startup.LOG_LEVEL: "0"}, capture_output=True, text=True,
+                          timeout=120)
+    assert loud.returncode == 2 and "oneDNN custom operations" in loud.stderr, loud.stderr

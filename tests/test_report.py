@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from PIL import Image
+from report_views import read_html, read_markdown
 
 from kic.evaluation.gate import decide
 from kic.evaluation.metrics import evaluate_predictions
@@ -111,8 +112,8 @@ def test_unrecognised_image_bytes_get_a_placeholder_not_a_broken_image():
 def test_per_class_table_lists_worst_f1_first():
     result = _multiclass_result(6)
     page = render_html(result, title="t")
-    table = page.split("Per-class metrics")[1]
-    order = re.findall(r"<td class=\"name\">(class_\d)</td>", table)[:6]
+    _, per_class, _ = read_html(page).tables  # headline, per class, all metrics
+    order = [row[0] for row in per_class[1:]]
     expected = [row["class"] for row in sorted(result.per_class, key=lambda row: row["f1"])]
     assert order == expected
     assert "top_5_accuracy" in page  # six classes > k = 5
@@ -133,7 +134,7 @@ def test_verdict_and_reasons_in_html():
     result = _multiclass_result(4)
     fail = decide(result.scalars, metric="accuracy", minimum=0.999)
     page = render_html(result, title="t", blessing=fail)
-    assert "NOT BLESSED" in page and "not-blessed" in page
+    assert "NOT BLESSED" in page and {"class": "box failed"} in read_html(page).tags("div")
     assert fail.reasons[0] in page
 
     passing = decide(result.scalars, metric="accuracy", minimum=0.1)
@@ -146,7 +147,7 @@ def test_markdown_has_headline_accuracy_verdict_and_escaped_names():
     blessing = decide(result.scalars, metric="accuracy", minimum=0.1)
     text = render_markdown(result, blessing=blessing)
     assert f"| accuracy | {result.scalars['accuracy']:.4f} |" in text
-    assert "**Verdict: BLESSED**" in text
+    assert "**Verdict: BLESSED**" in text and "Verdict: BLESSED (gate on accuracy)" in read_markdown(text).text
     assert "<script>" not in text and ESCAPED_EVIL in text
     assert "auc" in text and "Per-class" in text
 
@@ -164,9 +165,10 @@ def test_markdown_caps_the_class_table():
 @pytest.mark.parametrize("name", ["a|b", "x`y", "under_score*"])
 def test_markdown_table_cells_survive_special_characters(name):
     result = _binary_result(names=("plain", name))
-    row = next(line for line in render_markdown(result).splitlines() if line.startswith("| ") and "plain" not in line
-               and "\\" in line)
-    assert row.count(" | ") == 4  # the name did not split the row into extra cells
+    _, per_class = read_markdown(render_markdown(result)).tables  # headline, per class
+    # The name is one cell's text, as written: it did not split the row into extra cells.
+    assert sorted(row[0] for row in per_class[1:]) == sorted(["plain", name])
+    assert {len(row) for row in per_class} == {5}
 
 
 def test_rendering_from_several_threads_gives_the_same_page():

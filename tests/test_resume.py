@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from kic import artifacts, cli
-from kic.pipelines.training_pipeline import PREPARE_TASK, TRAIN_TASK
+from kic import artifacts
+from kic.cli import local_runs
+from kic.pipeline_names import PREPARE_TASK, TRAIN_TASK
 
 EPOCHS = 6
 SETTINGS = {"backbone": "mobilenet_v3_small_100_224", "pretrained_weights": "none", "image_size": "32",
@@ -30,17 +31,17 @@ def test_a_local_run_keeps_its_checkpoints_in_the_output_folder_and_only_resume_
     old = tmp_path / artifacts.CHECKPOINTS_DIR / "ckpt-00002-000000000"
     old.mkdir(parents=True)
     (old / "COMMITTED").write_text("x")
-    resumed = cli._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=True)
+    resumed = local_runs._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=True)
     assert resumed["checkpoint_uri"] == str(tmp_path / artifacts.CHECKPOINTS_DIR) and old.is_dir()
     assert "train continues from its checkpoint" in capsys.readouterr().out
-    fresh = cli._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=False)
+    fresh = local_runs._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=False)
     assert fresh == resumed and not (tmp_path / artifacts.CHECKPOINTS_DIR).exists()  # a new run starts afresh
     old.mkdir(parents=True)
     notes = tmp_path / artifacts.CHECKPOINTS_DIR / "notes.txt"
     notes.write_text("mine")
-    cli._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=False)
+    local_runs._with_checkpoints({"checkpoint_uri": ""}, str(tmp_path), resume=False)
     assert not old.exists() and notes.read_text() == "mine"  # only kic's checkpoints are removed
-    assert cli._with_checkpoints({"checkpoint_uri": "gs://b/c"}, str(tmp_path), resume=False) == {
+    assert local_runs._with_checkpoints({"checkpoint_uri": "gs://b/c"}, str(tmp_path), resume=False) == {
         "checkpoint_uri": "gs://b/c"}  # a folder the user names is theirs
 
 

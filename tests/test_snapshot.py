@@ -8,7 +8,7 @@ import pytest
 from kic import storage
 from kic.data.snapshot import fingerprint
 from kic.errors import SourceError
-from kic.orchestration import steps
+from kic.runtime import steps
 
 
 def _write(path, data: bytes = b"image") -> None:

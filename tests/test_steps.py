@@ -13,7 +13,7 @@ from kic import artifacts, parameters, storage
 from kic.demo_data import write_demo_dataset
 from kic.errors import ParameterError
 from kic.evaluation.metrics import EvaluationResult
-from kic.orchestration import steps
+from kic.runtime import steps
 
 
 def artifact(kind, tmp_path, name):

@@ -170,7 +170,10 @@ def test_the_endpoint_comes_from_aws_endpoint_url_too(s3_server, monkeypatch):
     assert storage.s3_endpoint() == s3_server.endpoint
 
 
-def test_minio_uris_name_the_same_object_on_s3():
-    assert storage.s3_uri_for("minio://mlpipeline/v2/artifacts/p/r/train/model") == \
-        "s3://mlpipeline/v2/artifacts/p/r/train/model"
-    assert storage.s3_uri_for("gs://b/x") == "gs://b/x"
+def test_minio_uris_share_the_s3_settings_when_no_store_of_their_own_is_set(s3_server):
+    # kic compile --s3-credentials-secret/--s3-endpoint: one endpoint for both schemes.
+    storage.use_for_minio(None)
+    bucket = s3_server.new_bucket().removeprefix("s3://")
+    storage.write_text(f"minio://{bucket}/v2/a.txt", "via minio://")
+    assert storage.read_text(f"s3://{bucket}/v2/a.txt") == "via minio://"
+    assert storage.list_files(f"minio://{bucket}/v2") == [f"minio://{bucket}/v2/a.txt"]

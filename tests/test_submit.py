@@ -10,7 +10,7 @@ import yaml
 
 from kic import cli, parameters, storage
 from kic.orchestration import remote
-from kic.pipelines.training_pipeline import PIPELINE_NAME
+from kic.pipeline_names import TRAINING_PIPELINE_NAME as PIPELINE_NAME
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KFP_RUNS, KFP_RECURRING_RUNS, KFP_EXPERIMENTS = ("/apis/v2beta1/runs", "/apis/v2beta1/recurringruns",

@@ -10,7 +10,7 @@ import yaml
 import kic
 from kic import parameters
 from kic.components import image
-from kic.orchestration.placement import STEP_RESOURCES
+from kic.pipelines.placement import STEP_RESOURCES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

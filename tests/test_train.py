@@ -115,9 +115,10 @@ def test_each_interpolation_reaches_the_resize(prepared):
     size = 24  # a downscale from the stored 40 px: less than 2x
     seen = []
     for interpolation in INTERPOLATIONS:
-        batches = input_pipeline.make_dataset(
-            shards, image_size=size, interpolation=interpolation, batch_size=1, num_classes=3, binary_mode=False,
-            training=False, num_examples=info.splits["validation"].num_examples)
+        batches = input_pipeline.make_dataset(shards, input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=size, interpolation=interpolation, num_classes=3, binary_mode=False,
+                                  num_examples=info.splits["validation"].num_examples),
+            input_pipeline.Reading(batch_size=1)))
         pixels = next(iter(batches))[0][0].numpy()
         expected = tf.round(tf.clip_by_value(tf.image.resize(decoded, [size, size], method=interpolation), 0, 255))
         # Within one level: the serving decoder's IDCT may differ from this plain decode by a level.
@@ -150,9 +151,10 @@ def test_the_input_keeps_decoded_images_in_memory_on_disk_or_nowhere(prepared, t
     count = info.splits["train"].num_examples
 
     def dataset(**cache):
-        return input_pipeline.make_dataset(
-            shards, image_size=24, interpolation="bilinear", batch_size=count, num_classes=3, binary_mode=False,
-            training=False, num_examples=count, **cache)
+        return input_pipeline.make_dataset(shards, input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=24, interpolation="bilinear", num_classes=3, binary_mode=False,
+                                  num_examples=count),
+            input_pipeline.Reading(batch_size=count, **cache)))
 
     def pixels_and_labels(batches):
         (pixels, targets), = list(batches)
@@ -185,10 +187,11 @@ def test_a_training_input_from_the_disk_cache_has_every_image_once_an_epoch_in_n
 
     def epochs(order):
         cache = tmp_path / ("cache-with-order" if order else "cache")
-        dataset = input_pipeline.make_dataset(
-            info.shard_paths(prepared, "train"), image_size=24, interpolation="bilinear", batch_size=count,
-            num_classes=3, binary_mode=False, training=True, num_examples=count, seed=3, memory_cache_bytes=0,
-            disk_cache_dir=str(cache), order=order)
+        dataset = input_pipeline.make_dataset(info.shard_paths(prepared, "train"), input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=24, interpolation="bilinear", num_classes=3, binary_mode=False,
+                                  num_examples=count),
+            input_pipeline.Reading(batch_size=count, memory_cache_bytes=0, disk_cache_dir=str(cache)),
+            input_pipeline.Training(seed=3, order=order)))
         passes = []
         for epoch in range(3):
             if order:
@@ -212,9 +215,10 @@ def test_the_input_can_be_decoded_by_a_tf_data_service_on_loopback(prepared):
     shards, count = info.shard_paths(prepared, "train"), info.splits["train"].num_examples
 
     def batches(**options):
-        return input_pipeline.make_dataset(shards, image_size=24, interpolation="bilinear", batch_size=5,
-                                           num_classes=3, binary_mode=False, training=True, num_examples=count,
-                                           **options)
+        return input_pipeline.make_dataset(shards, input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=24, interpolation="bilinear", num_classes=3, binary_mode=False,
+                                  num_examples=count),
+            input_pipeline.Reading(batch_size=5, **options), input_pipeline.Training()))
 
     def by_content(dataset):
         return sorted((pixels.tobytes(), int(target.argmax())) for images, targets in dataset

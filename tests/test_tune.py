@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -29,14 +30,15 @@ def search(tmp_path_factory):
                str(root / "space.json"), "--parallelism", "2"]
     for name, value in TINY.items():
         command += ["--param", f"{name}={value}"]
+    started = time.perf_counter()
     result = subprocess.run(command, cwd=str(root), capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return root / "out", result.stdout + result.stderr
+    return root / "out", result.stdout + result.stderr, time.perf_counter() - started
 
 
 @pytest.mark.slow
 def test_failed_trials_are_recorded_and_the_search_goes_on(search):
-    output, log = search
+    output, log, search_seconds = search
     document = json.loads((output / "trials.json").read_text())
     trials = document["trials"]
     assert [trial["trial"] for trial in trials] == [0, 1, 2, 3] and {trial["wave"] for trial in trials} == {1, 2}
@@ -46,14 +48,18 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(search):
     assert all("needs exactly 2 classes" in trial["error"] and trial["objective"] is None for trial in failed)
     succeeded = [trial for trial in trials if trial["status"] == "succeeded"]
     assert sorted(trial["hyperparameters"]["learning_rate"] for trial in succeeded) == [0.003, 0.03]
+    # The objective is an accuracy over the validation split: a whole number of its images.
+    validation_images = json.loads((output / "data_report.json").read_text())["counts"]["per_split"]["validation"]
     for trial in succeeded:
-        assert 0.0 <= trial["objective"] <= 1.0 and trial["epochs_run"] == 2 and trial["seconds"] > 0
-        assert trial["objective"] == trial["metrics"]["val_accuracy"]
+        correct = trial["objective"] * validation_images
+        assert 0 <= round(correct) <= validation_images and correct == pytest.approx(round(correct), abs=1e-4), trial
+        assert trial["objective"] == trial["metrics"]["val_accuracy"] and trial["epochs_run"] == 2
+        assert 0 < trial["seconds"] < search_seconds  # a trial's own time, in seconds
 
 
 @pytest.mark.slow
 def test_the_winner_has_the_best_objective_and_is_the_model_evaluated_and_exported(search):
-    output, log = search
+    output, log, _ = search
     document = json.loads((output / "trials.json").read_text())
     succeeded = [trial for trial in document["trials"] if trial["status"] == "succeeded"]
     best = max(succeeded, key=lambda trial: (trial["objective"], -trial["trial"]))
@@ -73,7 +79,7 @@ def test_the_winner_has_the_best_objective_and_is_the_model_evaluated_and_export
 
 @pytest.mark.slow
 def test_best_hyperparameters_feed_kic_run_and_kic_validate(search):
-    output, _ = search
+    output, _, _ = search
     path = output / "best_hyperparameters.json"
     best = json.loads(path.read_text())
     assert all(isinstance(value, str) for value in best.values())

@@ -6,8 +6,10 @@ import argparse
 import json
 
 import pytest
+from report_views import read_html, read_markdown
 
 from kic import cli, parameters
+from kic.cli import options
 from kic.config import TrainingConfig, read_json_object
 from kic.tuning import report
 from kic.tuning import settings as tuning_settings
@@ -56,18 +58,22 @@ def test_the_hyperparameter_the_objective_follows_ranks_first(search):
     assert list(document["influence"]) == [name for name, _ in ranked]
 
 
-def test_the_report_has_the_table_the_plot_and_escapes_what_users_wrote(search):
+def test_the_report_has_the_table_the_plot_and_shows_what_users_wrote_as_written(search):
     *_, document = search
-    markdown = report.render_markdown(document)
-    assert "| 4 (best) | 2 | succeeded | 0.8600 | 0.03 | 0.2 | adam | 4 | 14.0 |  |" in markdown
-    # HTML and the column separator in a cell are escaped.
-    assert "| 5 | 2 | failed |  | 0.1 | 0.45 | sgd | 0 | 15.0 | training diverged: &lt;b&gt;loss&lt;/b&gt; is nan " \
-           "\\| at the kept epoch |" in markdown
-    assert "## Influence on val_accuracy" in markdown
-    page = report.render_html(document)
-    assert page.count("data:image/png;base64,") == 1
-    assert "&lt;b&gt;loss&lt;/b&gt;" in page and "<b>" not in page
-    assert "Best: trial 4, val_accuracy = 0.8600" in page
+    markdown, page = read_markdown(report.render_markdown(document)), read_html(report.render_html(document))
+    for shown in (markdown, page):
+        trials, influence = shown.tables
+        assert trials[0] == ["trial", "wave", "status", "val_accuracy", "learning_rate", "dropout_rate", "optimizer",
+                             "epochs run", "seconds", "error"]
+        assert trials[5] == ["4 (best)", "2", "succeeded", "0.8600", "0.03", "0.2", "adam", "4", "14.0", ""]
+        # The error's tags and column separator are its text: one cell, no <b> element.
+        assert trials[6] == ["5", "2", "failed", "", "0.1", "0.45", "sgd", "0", "15.0",
+                             "training diverged: <b>loss</b> is nan | at the kept epoch"]
+        assert shown.tags("b") == []
+        assert influence[:2] == [["hyperparameter", "influence"], ["learning_rate", "1.00"]]
+        assert "Influence on val_accuracy" in shown.text and "Best: trial 4, val_accuracy = 0.8600" in shown.text
+    [plot] = page.tags("img")
+    assert plot["src"].startswith("data:image/png;base64,") and markdown.tags("img") == []
 
 
 def test_best_hyperparameters_are_the_winners_as_the_reference_writes_them(search):
@@ -88,7 +94,7 @@ def test_kic_validate_and_kic_run_accept_best_hyperparameters(search, tmp_path, 
     # What `kic run --hyperparameters FILE` does before it starts the pipeline.
     args = argparse.Namespace(hyperparameters=str(path), param=["epochs=9", "pretrained_weights=none"],
                               data=str(tmp_path))
-    layers, malformed = cli._parameter_layers(args)
+    layers, malformed = options.parameter_layers(args)
     values = parameters.resolve(*layers)
     assert malformed == [] and (values["learning_rate"], values["epochs"], values["optimizer"]) == (0.03, 9, "adam")
     assert TrainingConfig.from_dict(read_json_object(str(path))).learning_rate == 0.03

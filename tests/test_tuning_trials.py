@@ -11,7 +11,7 @@ from kfp import dsl
 
 from kic import artifacts, parameters
 from kic.model import model_info
-from kic.orchestration import steps
+from kic.runtime import steps
 from kic.tuning import settings as tuning_settings
 from kic.tuning import trials as tuning_trials
 from kic.tuning.objective import Objective

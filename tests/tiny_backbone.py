@@ -3,7 +3,7 @@
 Where a test needs *a* backbone rather than MobileNet (training, evaluation,
 export), this one builds and trains in a fraction of the time. It goes through
 the same registry and builder as the real backbones: ``registered()`` adds it
-to ``kic.model.backbones.REGISTRY`` and its constructor to
+to ``kic.model.backbone_registry.REGISTRY`` and its constructor to
 ``keras.applications``, which is where the builder looks constructors up.
 """
 
@@ -16,13 +16,13 @@ from types import MappingProxyType
 import keras
 import pytest
 
-from kic.model import backbones
+from kic.model import backbone_registry
 
 NAME = "tiny_test_net"
 IMAGE_SIZE = 32  # what tests train it at
 CONSTRUCTOR = "KicTinyTestNet"
-BACKBONE = backbones.Backbone(name=NAME, family="TinyTest", input_size=32, pixel_scaling="tf",
-                              constructor=CONSTRUCTOR, min_size=8)
+BACKBONE = backbone_registry.Backbone(name=NAME, family="TinyTest", input_size=32, pixel_scaling="tf",
+                                      constructor=CONSTRUCTOR, min_size=8)
 
 
 def tiny_test_net(include_top=False, weights=None, input_tensor=None, input_shape=None, pooling="avg",
@@ -54,6 +54,6 @@ def train_options(backbone: str = NAME, **overrides):
 @contextlib.contextmanager
 def registered() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backbones, "REGISTRY", MappingProxyType({**backbones.REGISTRY, NAME: BACKBONE}))
+        patch.setattr(backbone_registry, "REGISTRY", MappingProxyType({**backbone_registry.REGISTRY, NAME: BACKBONE}))
         patch.setattr(keras.applications, CONSTRUCTOR, tiny_test_net, raising=False)
         yield NAME

@@ -17,7 +17,7 @@ def batch_predict(
     top_k: int = 5,
 ):
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     steps.batch_predict_step(**arguments)
 

@@ -26,7 +26,7 @@ def evaluate(
     top_k: int = 5,
 ) -> bool:
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     return steps.evaluate_step(**arguments)
 

@@ -21,7 +21,7 @@ def export(
     serving_skew_action: str = "block",
 ) -> NamedTuple("Exported", [("saved_model_uri", str), ("model_labels", dict), ("model_description", str)]):
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     return steps.export_step(**arguments)
 

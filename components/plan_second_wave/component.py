@@ -9,7 +9,7 @@ from kic.components.image import CPU_IMAGE
 
 def plan_second_wave(settings: Input[Artifact], first_wave: list) -> list:
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     return steps.plan_second_wave_step(**arguments)
 

@@ -46,7 +46,7 @@ def plan_trials(
     train_only_on_top_layer: bool = False,
 ) -> list:
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     return steps.plan_trials_step(**arguments)
 

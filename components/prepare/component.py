@@ -25,7 +25,7 @@ def prepare(
     source_fingerprint: str = "",
 ):
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     steps.prepare_step(**arguments)
 

@@ -21,7 +21,7 @@ def select_best(
     tuning_metrics: Output[Metrics],
 ):
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     steps.select_best_step(**arguments)
 

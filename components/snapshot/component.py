@@ -21,7 +21,7 @@ def snapshot(
 ) -> NamedTuple("Snapshot", [("data", str), ("base_model", str), ("baseline_model", str),
                              ("pretrained_weights", str), ("search_space", str), ("baseline_model_uri", str)]):
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     return steps.snapshot_step(**arguments)
 

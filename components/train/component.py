@@ -51,7 +51,7 @@ def train(
     train_only_on_top_layer: bool = False,
 ):
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     steps.train_step(**arguments)
 

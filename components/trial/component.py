@@ -26,7 +26,7 @@ def trial(
     checkpoint_every_steps: int = 1000,
 ) -> dict:
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     return steps.trial_step(**arguments)
 

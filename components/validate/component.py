@@ -71,7 +71,7 @@ def validate(
     train_only_on_top_layer: bool = False,
 ) -> int:
     arguments = dict(locals())
-    from kic.orchestration import steps
+    from kic.runtime import steps
 
     return steps.validate_step(**arguments)
 

@@ -97,3 +97,9 @@ def images_per_class(dataset_dir: str) -> dict[str, dict[str, int]]:
 
 def save(dataset_dir: str, info: DatasetInfo) -> None:
     storage.write_text(storage.join(dataset_dir, artifacts.DATASET_INFO), info.to_json())
+
+
+def evaluation_split(info: DatasetInfo) -> str:
+    """The split a model is judged on: test, or validation when there is no test split
+    (evaluate's metrics and gate, and export's serving parity check, use the same one)."""
+    return "test" if info.splits.get("test") and info.splits["test"].num_examples else "validation"

@@ -34,6 +34,7 @@ and augmentation run on the service's workers instead of this machine.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 
@@ -106,45 +107,82 @@ def _reshuffled(dataset: tf.data.Dataset, buffer: int, seed: int, order: EpochOr
     return order.shuffle(dataset, buffer, seed)
 
 
-def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str, batch_size: int,
-                 num_classes: int, binary_mode: bool, training: bool, num_examples: int,
-                 augmentation: Augmentation | None = None, seed: int = 0,
-                 with_source: bool = False, decoded: tf.Variable | None = None,
-                 memory_cache_bytes: int | None = None, disk_cache_dir: str = "",
-                 data_service: str = "", deterministic: bool = True, short_side: int = 0,
-                 order: EpochOrder | None = None, num_workers: int = 1,
-                 worker_index: int = 0, augment_in_step: bool = False) -> tf.data.Dataset:
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """What the records are and what the model is given for them."""
+
+    image_size: int
+    interpolation: str
+    num_classes: int
+    # Targets: a float 0/1 column rather than one-hot.
+    binary_mode: bool
+    # The records read: the split's, or this worker's share of them (shard_size).
+    num_examples: int
+    # The dataset's image_short_side, so that records decode exactly as a served raw image does
+    # (preprocessing.decode_prepared_and_resize).
+    short_side: int = 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: a tf.Variable neither compares nor hashes as a value
+class Reading:
+    """How the records are read: in batches of what, kept where, decoded by whom."""
+
+    # The global batch: tf.distribute splits it among the workers' replicas.
+    batch_size: int
+    # The in-memory cache's budget (None: DEFAULT_MEMORY_CACHE_BYTES; 0: never in memory).
+    memory_cache_bytes: int | None = None
+    # A local folder for the disk cache (empty: none); the caller removes it after use.
+    disk_cache_dir: str = ""
+    # A tf.data service dispatcher's address (grpc://host:port) whose workers decode instead of this machine.
+    data_service: str = ""
+    # The same order for the same seed (slower where cores wait on each other).
+    deterministic: bool = True
+    # This worker's share of the records in multi-worker training: every num_workers-th one.
+    num_workers: int = 1
+    worker_index: int = 0
+    # An int64 variable counting the records that decoded; what it falls short of was skipped as corrupt.
+    decoded: tf.Variable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What only a training input has: a new order every epoch, and augmentation."""
+
+    seed: int = 0
+    augmentation: Augmentation | None = None
+    # Decides each epoch's order and draws from (seed, epoch), so a resumed run replays them
+    # (ignored with a data service, whose workers decide the order).
+    order: EpochOrder | None = None
+    # The input only draws each image's transform and hands ((pixels uint8, transforms [batch, 8]), target)
+    # to a train step that resamples on its device (kic.training.augmented), the same draws as here.
+    augment_in_step: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class InputOptions:
+    images: Images
+    reading: Reading
+    # None: a validation input, read once an epoch in the records' order.
+    training: Training | None = None
+
+
+def make_dataset(shard_paths: list[str], options: InputOptions) -> tf.data.Dataset:
     """Batches of (pixels [0, 255], target) for a Keras model, which casts the
     pixels to its input's float32: uint8, or float16 when augmented here (whole
     levels and the interpolated ones in between, as the augmentation
     computes them). Targets are one-hot for multi-class and a float 0/1
-    column in binary mode. With ``with_source`` the elements are (pixels
-    float32, label index, source URI) for evaluation reports.
-
-    ``decoded``, an int64 variable, counts the records that decoded; the
-    difference to the number of records is what was skipped as corrupt.
-    ``memory_cache_bytes``: the in-memory cache budget (None: the default; 0:
-    never cache in memory). ``disk_cache_dir``: a local folder for the disk
-    cache (empty: none); the caller removes it after use.
-    ``data_service``: a tf.data service dispatcher's address (grpc://host:port).
-    ``deterministic``: the same order for the same seed (slower where cores wait on each other).
-    ``short_side``: the dataset's ``image_short_side``, so that records are
-    decoded exactly as a served raw image is (``preprocessing.decode_prepared_and_resize``).
-    ``order``: an EpochOrder that decides each training epoch's order (not with ``data_service``).
-    ``num_workers``, ``worker_index``: this worker's share of the records in
-    multi-worker training (``shard_size`` of them); batches stay ``batch_size``,
-    the global batch, which tf.distribute splits among the workers' replicas.
-    ``augment_in_step``: the input only draws each image's transform and hands
-    ``((pixels uint8, transforms [batch, 8]), target)`` to a train step that
-    resamples on its device (kic.training.augmented), the same draws as here."""
+    column in binary mode. (Evaluation reads ``evaluation_records``.)"""
     if not shard_paths:
         raise DataError("no TFRecord shards to read")
-    home = decoded_images_home(num_examples, image_size, memory_cache_bytes=memory_cache_bytes,
-                               disk_cache_dir=disk_cache_dir, data_service=data_service)
+    data, reading, training = options.images, options.reading, options.training
+    deterministic = reading.deterministic
+    home = decoded_images_home(data.num_examples, data.image_size, memory_cache_bytes=reading.memory_cache_bytes,
+                               disk_cache_dir=reading.disk_cache_dir, data_service=reading.data_service)
     in_memory, on_disk = home == MEMORY, home == DISK
-    decode = _decoder(image_size, interpolation, short_side, decoded, with_source)
+    decode = _decoder(data.image_size, data.interpolation, data.short_side, reading.decoded, with_source=False)
 
-    order = order if training and not data_service else None
+    seed = training.seed if training else 0
+    order = training.order if training and not reading.data_service else None
     # What is cached is read once, by whichever epoch comes first: with an EpochOrder it is read in the
     # same order whatever that epoch is, so that a resumed run caches what an uninterrupted one did.
     fixed_before_cache = order is not None and home != NOWHERE
@@ -155,26 +193,24 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
         return _reshuffled(dataset, buffer, seed, order)
 
     files = tf.data.Dataset.from_tensor_slices(shard_paths)
-    if num_workers > 1:
+    if reading.num_workers > 1:
         # Every num_workers-th record of one fixed order (the files as given,
         # read deterministically): the workers' shares are disjoint, cover the
         # data, and stay the same each epoch whatever order each worker reads
         # its own share in. Each worker reads every record but decodes only
         # its own, the expensive part.
-        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shard_paths), 8),
-                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        records = records.shard(num_workers, worker_index)
+        records = _records(files, len(shard_paths), deterministic=True).shard(reading.num_workers,
+                                                                              reading.worker_index)
     else:
         if training:
             files = mixed(files, len(shard_paths))
-        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(shard_paths), 8),
-                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+        records = _records(files, len(shard_paths), deterministic=deterministic)
     if training and not in_memory:  # the first (or every) epoch's order: cheap to mix before decoding
-        records = mixed(records, min(num_examples, SHUFFLE_RECORDS))
+        records = mixed(records, min(data.num_examples, SHUFFLE_RECORDS))
     images = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     # A record that fails to parse or decode is dropped instead of ending the run.
     images = images.ignore_errors(log_warning=True)
-    image_buffer = min(num_examples, SHUFFLE_IMAGES)
+    image_buffer = min(data.num_examples, SHUFFLE_IMAGES)
     if in_memory:
         images = images.cache()
         if training:
@@ -183,27 +219,29 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
         # With an EpochOrder, later epochs mix their images inside the snapshot's reader (made as a pass
         # begins, with that epoch's seed), so the first, which writes the cache, spares a shuffle of decoded
         # images; without one, a shuffle made there would repeat its order every epoch, so it stays outside.
-        mixed_in_reader = training and order is not None
-        images = _snapshot(images, disk_cache_dir, reshuffle=training, seed=seed, deterministic=deterministic,
-                           order=order, buffer=image_buffer if mixed_in_reader else 0)
+        mixed_in_reader = training is not None and order is not None
+        images = _snapshot(images, reading.disk_cache_dir, reshuffle=training is not None, seed=seed,
+                           deterministic=deterministic, order=order,
+                           buffer=image_buffer if mixed_in_reader else 0)
         if training and not mixed_in_reader:
             images = _reshuffled(images, image_buffer, seed, order)
 
-    batches = images.batch(batch_size)
-    if with_source:
-        batches = batches.map(lambda pixels, label, source: (tf.cast(pixels, tf.float32), label, source))
-        return _with_options(_served(batches, data_service).prefetch(tf.data.AUTOTUNE))
+    batches = images.batch(reading.batch_size)
+    augmentation = training.augmentation if training else None
 
     def to_model(pixels, label, key=None):
-        target = tf.cast(tf.expand_dims(label, -1), tf.float32) if binary_mode else tf.one_hot(label, num_classes)
+        if data.binary_mode:
+            target = tf.cast(tf.expand_dims(label, -1), tf.float32)
+        else:
+            target = tf.one_hot(label, data.num_classes)
         if key is None:
             return pixels, target
-        if augment_in_step:
+        if training.augment_in_step:
             shape = tf.shape(pixels)
             return (pixels, augmentation.draw(shape[0], key, height=shape[1], width=shape[2])), target
         return augmentation(pixels, key), target  # float16
 
-    if training and augmentation is not None and augmentation.changes_anything:
+    if augmentation is not None and augmentation.changes_anything:
         # A stateless key a batch: the same seed gives the same run, and every epoch new draws
         # (with an EpochOrder, the epoch's own, whatever ran before).
         keys = (order.keys(seed) if order is not None
@@ -215,7 +253,30 @@ def make_dataset(shard_paths: list[str], *, image_size: int, interpolation: str,
         batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if order is not None:
         batches = order.skip(batches)
-    return _with_options(_served(batches, data_service).prefetch(tf.data.AUTOTUNE))
+    return _with_options(_served(batches, reading.data_service).prefetch(tf.data.AUTOTUNE))
+
+
+def evaluation_records(shard_paths: list[str], *, image_size: int, interpolation: str, short_side: int,
+                       batch_size: int) -> tf.data.Dataset:
+    """Batches of (pixels float32 [0, 255], label index, source URI) for
+    evaluation reports, decoded as ``make_dataset`` decodes them, in the
+    split's own order (the same for every model and every pass) and
+    cached nowhere: the reports read them once."""
+    if not shard_paths:
+        raise DataError("no TFRecord shards to read")
+    files = tf.data.Dataset.from_tensor_slices(shard_paths)
+    decode = _decoder(image_size, interpolation, short_side, None, with_source=True)
+    images = (_records(files, len(shard_paths), deterministic=True)
+              .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+              .ignore_errors(log_warning=True))  # a corrupt record is skipped, as in training
+    batches = images.batch(batch_size).map(lambda pixels, label, source: (tf.cast(pixels, tf.float32), label, source))
+    return _with_options(batches.prefetch(tf.data.AUTOTUNE))
+
+
+def _records(files: tf.data.Dataset, count: int, *, deterministic: bool) -> tf.data.Dataset:
+    """The serialized records of ``files`` (``count`` of them), up to 8 read at a time."""
+    return files.interleave(tf.data.TFRecordDataset, cycle_length=min(count, 8),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def shard_size(num_examples: int, num_workers: int, worker_index: int) -> int:
@@ -226,14 +287,23 @@ def shard_size(num_examples: int, num_workers: int, worker_index: int) -> int:
 def _with_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """``dataset`` with its options. As tf.distribute must take it: already sharded by worker
     (``num_workers``), so not sharded again; its batches are global ones,
-    which tf.distribute splits among the replicas. Its parallel maps start
-    with a call per core: left to itself, tf.data's autotuning sometimes
+    which tf.distribute splits among the replicas. Its parallel maps run
+    a call per core: left to itself, tf.data's autotuning sometimes
     settles the decode on fewer cores than there are (measured on 2 cores:
-    about 1,450 images/s instead of 1,950, and more CPU time per image)."""
+    about 1,450 images/s instead of 1,950, and more CPU time per image).
+
+    Up to 16 cores that is all autotuning could give (the work is CPU-bound),
+    so it is turned off there: with it on, ending a pass waits for its
+    model's optimization in flight, measured on 2 cores at 250-320 ms in
+    one pass out of three to ten, every epoch, for training and validation
+    alike (a third of a 900-image epoch). Beyond 16 cores it stays on, to
+    raise the maps past the 16 they start with."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    cores = available_cores()
     # At most 16 to start with: on a large machine each in-flight batch of a map holds tens of MB.
-    options.autotune.min_parallelism = min(available_cores(), 16)
+    options.autotune.min_parallelism = options.autotune.initial_parallelism = min(cores, 16)
+    options.autotune.enabled = cores > 16
     return dataset.with_options(options)
 
 

@@ -1,19 +1,17 @@
-"""Renders the prepare report (a JSON-able dict) as Markdown and as HTML.
+"""The prepare report (a JSON-able dict) as sections, rendered as Markdown and
+HTML by ``kic.reports`` (which escapes every class and file name).
 
 Both renderings are built from the same list of sections, so they always
 agree, except for the thumbnails (a ``Gallery``: a few images per class and
-the rejected files that still decode), which only the HTML page shows. The
-HTML page is self-contained (inline style, images as data: URIs, no scripts,
-no external resources) and every value is escaped: class names and file names
-come from users.
+the rejected files that still decode), which only the HTML page shows.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import html
 from collections.abc import Mapping, Sequence
+
+from kic import reports
 
 MAX_LISTED = 200  # longer lists are cut in the renderings; the JSON report has them all
 
@@ -124,70 +122,31 @@ def _listed(title: str, headers: Sequence[str], rows: list, notes: Sequence[str]
     return Section(title, headers, rows[:MAX_LISTED], notes)
 
 
-# --------------------------------------------------------------------------- Markdown
+# --------------------------------------------------------------------------- renderings
 
 
-def _md_cell(value: object) -> str:
-    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
-    return " ".join(text.split())  # a newline would end the table row
+def document(report: dict, gallery: Gallery | None = None) -> reports.Report:
+    """The report's blocks, for ``kic.reports`` to render; with ``gallery``, its thumbnails too."""
+    blocks: list[reports.Block] = []
+    for section in sections(report, gallery):
+        blocks.append(reports.Heading(section.title))
+        if section.headers:
+            blocks.append(reports.Table(section.headers, section.rows))
+        blocks += [reports.Paragraph(note, note=True) for note in section.notes]
+        blocks += [reports.Figures([_figure(thumbnail) for thumbnail in thumbnails], heading=heading)
+                   for heading, thumbnails in section.thumbnails]
+    return reports.Report("Data report", blocks)
 
 
 def render_markdown(report: dict) -> str:
-    lines = ["# Data report", ""]
-    for section in sections(report):
-        lines += [f"## {section.title}", ""]
-        if section.headers:
-            lines.append("| " + " | ".join(_md_cell(header) for header in section.headers) + " |")
-            lines.append("|" + "---|" * len(section.headers))
-            lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in section.rows]
-            lines.append("")
-        for note in section.notes:
-            lines += [_md_cell(note), ""]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- HTML
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-td { word-break: break-word; max-width: 40em; }
-p.note { color: #555; }
-div.thumbnails { display: flex; flex-wrap: wrap; gap: 0.5em; margin-bottom: 1em; }
-figure { margin: 0; width: 104px; font-size: 0.75em; color: #555; word-break: break-all; }
-figure img { display: block; max-width: 96px; max-height: 96px; border: 1px solid #ccc; }
-"""
+    return reports.render_markdown(document(report))
 
 
 def render_html(report: dict, gallery: Gallery | None = None) -> str:
     """The report as one self-contained page; ``gallery``: its thumbnails."""
-    escape = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>Data report</title>", f"<style>{_STYLE}</style></head><body>", "<h1>Data report</h1>"]
-    for section in sections(report, gallery):
-        parts.append(f"<h2>{escape(section.title)}</h2>")
-        if section.headers:
-            parts.append("<table><thead><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in section.headers)
-                         + "</tr></thead><tbody>")
-            for row in section.rows:
-                parts.append("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>")
-            parts.append("</tbody></table>")
-        for note in section.notes:
-            parts.append(f'<p class="note">{escape(note)}</p>')
-        for heading, thumbnails in section.thumbnails:
-            if heading:
-                parts.append(f"<h3>{escape(heading)}</h3>")
-            parts.append('<div class="thumbnails">' + "".join(_figure(thumbnail) for thumbnail in thumbnails)
-                         + "</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return reports.render_html(document(report, gallery))
 
 
-def _figure(thumbnail: Thumbnail) -> str:
-    name = html.escape(thumbnail.file, quote=True)
-    caption = name + (f"<br>{html.escape(thumbnail.note)}" if thumbnail.note else "")
-    data = base64.b64encode(thumbnail.jpeg).decode("ascii")
-    return (f'<figure><img src="data:image/jpeg;base64,{data}" alt="{name}" title="{name}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+def _figure(thumbnail: Thumbnail) -> reports.Figure:
+    caption = [thumbnail.file, thumbnail.note] if thumbnail.note else [thumbnail.file]
+    return reports.Figure(thumbnail.jpeg, alt=thumbnail.file, caption=caption, title=thumbnail.file)

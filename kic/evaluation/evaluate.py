@@ -19,6 +19,7 @@ from PIL import Image
 
 from kic import artifacts, storage
 from kic.data import dataset_info, input_pipeline
+from kic.data.dataset_info import evaluation_split
 from kic.errors import DataError
 from kic.evaluation import baseline, gate, report
 from kic.evaluation.comparison import Comparison, compare
@@ -129,11 +130,6 @@ def _compare(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, predi
                    data_baseline=baseline_info.images_per_class)
 
 
-def evaluation_split(data: dataset_info.DatasetInfo) -> str:
-    """The split a model is judged on: test, or validation when there is no test split."""
-    return "test" if data.splits.get("test") and data.splits["test"].num_examples else "validation"
-
-
 def _monitored_metric(info: model_info.ModelInfo) -> str:
     return info.hyperparameters.get("eval_metric", "accuracy") if info.binary_mode else "accuracy"
 
@@ -144,11 +140,9 @@ def _predict(dataset_dir: str, data: dataset_info.DatasetInfo, split: str, model
     (the same for every model); with ``keep_mistakes``, the most confident
     mistakes' images (the model must know the data's classes)."""
     model, info = load_trained_model(model_dir)
-    dataset = input_pipeline.make_dataset(
+    dataset = input_pipeline.evaluation_records(
         data.shard_paths(dataset_dir, split), image_size=info.image_size, interpolation=info.interpolation,
-        batch_size=BATCH_SIZE, num_classes=data.num_classes, binary_mode=info.binary_mode, training=False,
-        num_examples=data.splits[split].num_examples, with_source=True, short_side=data.image_short_side,
-        memory_cache_bytes=0)  # one pass
+        short_side=data.image_short_side, batch_size=BATCH_SIZE)
     labels, probabilities, scores = [], [], []
     worst: list[tuple[float, int, dict]] = []  # min-heap of the most confident mistakes
     for pixels, batch_labels, _sources in dataset:

@@ -1,9 +1,7 @@
 """Human-readable evaluation reports: one self-contained HTML page and a Markdown summary.
 
-The HTML page makes no network requests: plots and example images are inline
-``data:`` URIs and the style sheet is inline, so it renders the same from a
-bucket, an air-gapped cluster or the KFP UI. Class names and every other text
-come from users' folder names and are escaped before they reach the page.
+Both are blocks rendered by ``kic.reports``, which escapes every class name,
+model URI and reason on the way out and inlines the plots and example images.
 
 Plots use ``matplotlib.figure.Figure`` directly rather than pyplot: no global
 figure registry and no backend switch, so rendering is headless and safe to
@@ -12,9 +10,6 @@ call from several threads.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from collections.abc import Sequence
 
@@ -22,11 +17,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kic import reports
 from kic.evaluation.comparison import Comparison
 from kic.evaluation.gate import Blessing
 from kic.evaluation.metrics import EvaluationResult, most_confused_classes
+from kic.reports import Heading, Paragraph, Strong, Table
 
-DPI = 80
 # Beyond this many classes the confusion-matrix plot shows only the classes
 # with the most errors; the full matrix stays in evaluation.json.
 MAX_CONFUSION_CLASSES = 50
@@ -52,33 +48,6 @@ HEADLINE_METRICS = (
     "num_examples",
 )
 
-_IMAGE_SIGNATURES = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-)
-
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em; color: #222; }
-h1 { margin-bottom: 0.2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f3f3f3; }
-td.name, th.name { text-align: left; }
-.verdict { padding: 0.8em 1em; border-radius: 6px; margin: 1em 0; }
-.blessed { background: #e6f4ea; border: 1px solid #34a853; }
-.not-blessed { background: #fce8e6; border: 1px solid #d93025; }
-.note { color: #666; font-size: 0.9em; }
-.grid { display: flex; flex-wrap: wrap; gap: 12px; }
-.grid figure { margin: 0; width: 160px; font-size: 0.8em; }
-.grid img { max-width: 160px; max-height: 160px; display: block; }
-.missing { width: 160px; height: 100px; background: #eee; display: flex; align-items: center;
-           justify-content: center; color: #888; }
-"""
-
-
 # --- public API ------------------------------------------------------------
 
 
@@ -96,100 +65,123 @@ def render_html(
     ``misclassified`` items hold ``image`` (encoded bytes), ``true``,
     ``predicted`` and ``confidence``; the caller chooses how many to pass.
     """
-    sections = [f"<h1>{_escape(title)}</h1>"]
+    blocks: list[reports.Block] = []
     if blessing is not None:
-        sections.append(_verdict_html(blessing))
+        blocks.append(_verdict_box(blessing))
     if comparison is not None:
-        sections.append(_comparison_html(comparison))
-    sections.append("<h2>Headline metrics</h2>")
-    sections.append(_metrics_table_html(_headline_metrics(result)))
-    sections.append("<h2>Confusion matrix</h2>")
-    sections.append(_confusion_matrix_html(result))
+        blocks += _comparison_page(comparison)
+    blocks += [Heading("Headline metrics"), _metrics_table(_headline_metrics(result)),
+               Heading("Confusion matrix"), *_confusion_matrix(result)]
     if result.roc_curve is not None and result.pr_curve is not None:
-        sections.append("<h2>ROC and precision-recall curves</h2>")
-        sections.append(image_html(_plot_curves(result), "ROC and precision-recall curves"))
-    sections.append("<h2>Per-class metrics (worst F1 first)</h2>")
-    sections.append(_per_class_html(result))
+        blocks += [Heading("ROC and precision-recall curves"),
+                   reports.Picture(_plot_curves(result), "ROC and precision-recall curves")]
+    blocks += [Heading("Per-class metrics (worst F1 first)"), _per_class_table(_worst_first(result.per_class))]
     if history:
-        sections.append("<h2>Training curves</h2>")
-        sections.append(image_html(_plot_history(history), "training curves"))
+        blocks += [Heading("Training curves"), reports.Picture(_plot_history(history), "training curves")]
     if misclassified:
-        sections.append("<h2>Misclassified examples (most confident first)</h2>")
-        sections.append(_misclassified_html(misclassified))
-    sections.append("<h2>All metrics</h2>")
-    sections.append(_metrics_table_html(sorted(result.scalars.items())))
-    body = "\n".join(sections)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{_escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
-        f"<body>\n{body}\n</body>\n</html>\n"
-    )
+        blocks += [Heading("Misclassified examples (most confident first)"), _misclassified(misclassified)]
+    blocks += [Heading("All metrics"), _metrics_table(sorted(result.scalars.items()))]
+    return reports.render_html(reports.Report(title, blocks))
 
 
 def render_markdown(result: EvaluationResult, *, blessing: Blessing | None = None,
                     comparison: Comparison | None = None) -> str:
     """A short summary for the KFP UI: verdict, the baseline side by side,
     headline metrics, worst classes."""
-    lines = ["# Evaluation summary", ""]
+    blocks: list[reports.Block] = []
     if blessing is not None:
         verdict = "BLESSED" if blessing.blessed else "NOT BLESSED"
-        lines.append(f"**Verdict: {verdict}** (gate on {markdown_escape(blessing.metric)})")
-        lines.append("")
+        blocks.append(Paragraph([Strong(f"Verdict: {verdict}"), f" (gate on {blessing.metric})"]))
         if not blessing.blessed:
-            lines += [f"**{markdown_escape(blessing.summary()[:1].upper() + blessing.summary()[1:])}**", ""]
-        lines.extend(f"- {markdown_escape(reason)}" for reason in blessing.reasons)
-        lines.append("")
+            summary = blessing.summary()
+            blocks.append(Paragraph(Strong(summary[:1].upper() + summary[1:])))
+        blocks.append(reports.Bullets(blessing.reasons))
     if comparison is not None:
-        lines += _comparison_markdown(comparison)
-    lines += ["## Headline metrics", "", "| Metric | Value |", "|---|---:|"]
-    lines += [f"| {name} | {_format_number(value)} |" for name, value in _headline_metrics(result)]
+        blocks += _comparison_summary(comparison)
+    blocks += [Heading("Headline metrics"), _metrics_table(_headline_metrics(result)),
+               Heading("Per-class metrics (worst F1 first)")]
     rows = _worst_first(result.per_class)
-    lines += ["", "## Per-class metrics (worst F1 first)", ""]
     if len(rows) > MAX_MARKDOWN_CLASS_ROWS:
-        lines += [f"Showing the {MAX_MARKDOWN_CLASS_ROWS} worst of {len(rows)} classes.", ""]
-    lines += ["| Class | Precision | Recall | F1 | Support |", "|---|---:|---:|---:|---:|"]
-    for row in rows[:MAX_MARKDOWN_CLASS_ROWS]:
-        lines.append(
-            f"| {markdown_escape(row['class'])} | {row['precision']:.4f} | {row['recall']:.4f} "
-            f"| {row['f1']:.4f} | {row['support']} |"
-        )
-    return "\n".join(lines) + "\n"
+        blocks.append(Paragraph(f"Showing the {MAX_MARKDOWN_CLASS_ROWS} worst of {len(rows)} classes."))
+    blocks.append(_per_class_table(rows[:MAX_MARKDOWN_CLASS_ROWS]))
+    return reports.render_markdown(reports.Report("Evaluation summary", blocks))
 
 
-def _comparison_markdown(comparison: Comparison) -> list[str]:
-    lines = ["## Against the baseline", "", f"Baseline: {markdown_escape(comparison.baseline_model)}, compared "
-             f"{markdown_escape(comparison.compared_on)}.", ""]
-    lines += [f"- {markdown_escape(sentence)}" for sentence in _class_change_sentences(comparison)]
-    if comparison.added_classes or comparison.removed_classes:
-        lines.append("")
+# --- pieces ----------------------------------------------------------------
+
+
+def _verdict_box(blessing: Blessing) -> reports.Box:
+    style, verdict = ("passed", "BLESSED") if blessing.blessed else ("failed", "NOT BLESSED")
+    return reports.Box(style, [Paragraph([Strong(f"Quality gate: {verdict}"), " (metric ",
+                                          reports.Code(blessing.metric), ")"]),
+                               reports.Bullets(blessing.reasons)])
+
+
+def _comparison_summary(comparison: Comparison) -> list[reports.Block]:
+    blocks: list[reports.Block] = [Heading("Against the baseline"),
+                                   Paragraph(f"Baseline: {comparison.baseline_model}, compared "
+                                             f"{comparison.compared_on}."),
+                                   reports.Bullets(_class_change_sentences(comparison))]
     if comparison.headline():
-        lines += ["| Metric | New | Baseline | Change |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {new:.4f} | {old:.4f} | {change:+.4f} |"
-                  for name, new, old, change in comparison.headline()]
-        lines.append("")
+        blocks.append(_headline_comparison(comparison))
     regressions = comparison.biggest_regressions()
     if regressions:
-        lines += ["### Biggest per-class regressions (F1)", "", "| Class | New F1 | Baseline F1 | Change | Support |",
-                  "|---|---:|---:|---:|---:|"]
-        lines += [f"| {markdown_escape(row['class'])} | {row['f1']:.4f} | {row['baseline_f1']:.4f} "
-                  f"| {row['change']:+.4f} | {row['support']} |" for row in regressions]
-        lines.append("")
-    lines += ["### Data since the baseline", ""]
+        blocks += [Heading("Biggest per-class regressions (F1)", 3), _per_class_comparison(regressions)]
+    blocks.append(Heading("Data since the baseline", 3))
     changes = comparison.data_changes
     if not changes.known:
-        lines += ["The baseline's model info does not record its training data (a model from an earlier kic).", ""]
-        return lines
-    lines += [f"Images: {changes.total_baseline} then, {changes.total_now} now "
-              f"({changes.total_now - changes.total_baseline:+d}).", "",
-              "| Class | Baseline | Now | Change |", "|---|---:|---:|---:|"]
+        return [*blocks, Paragraph(UNKNOWN_BASELINE_DATA)]
     changed = [row for row in changes.rows if row["change"] != 0]
-    lines += [f"| {markdown_escape(row['class'])} | {_count(row['baseline'])} | {_count(row['now'])} "
-              f"| {_change(row['change'])} |" for row in changed[:MAX_MARKDOWN_CLASS_ROWS]]
+    blocks += [Paragraph(f"Images: {changes.total_baseline} then, {changes.total_now} now "
+                         f"({changes.total_now - changes.total_baseline:+d})."),
+               _data_changes(changed[:MAX_MARKDOWN_CLASS_ROWS] if changed else
+                             [{"class": "(every class)", "baseline": "same", "now": "same", "change": 0}])]
     if len(changed) > MAX_MARKDOWN_CLASS_ROWS:
-        lines.append(f"\n{len(changed) - MAX_MARKDOWN_CLASS_ROWS} more changed classes in the HTML report.")
-    if not changed:
-        lines.append("| (every class) | same | same | 0 |")
-    return [*lines, ""]
+        blocks.append(Paragraph(f"{len(changed) - MAX_MARKDOWN_CLASS_ROWS} more changed classes in the HTML report."))
+    return blocks
+
+
+def _comparison_page(comparison: Comparison) -> list[reports.Block]:
+    blocks: list[reports.Block] = [Heading("Against the baseline"),
+                                   Paragraph(["Baseline ", reports.Code(comparison.baseline_model), ", compared ",
+                                              comparison.compared_on, "."]),
+                                   reports.Bullets(_class_change_sentences(comparison))]
+    if comparison.headline():
+        blocks.append(_headline_comparison(comparison))
+    per_class = comparison.per_class_f1()
+    if per_class:
+        blocks += [Heading("Per-class F1 against the baseline (biggest drop first)", 3),
+                   _per_class_comparison(per_class)]
+    blocks.append(Heading("Data since the baseline", 3))
+    changes = comparison.data_changes
+    if not changes.known:
+        return [*blocks, Paragraph(UNKNOWN_BASELINE_DATA, note=True)]
+    return [*blocks,
+            Paragraph(f"Images (every split): {changes.total_baseline} then, {changes.total_now} now "
+                      f"({changes.total_now - changes.total_baseline:+d}). Net counts per class: an image replaced "
+                      "by another of its class is not seen here."),
+            _data_changes(changes.rows)]
+
+
+UNKNOWN_BASELINE_DATA = "The baseline's model info does not record its training data (a model from an earlier kic)."
+
+
+def _headline_comparison(comparison: Comparison) -> Table:
+    return Table(("Metric", "New", "Baseline", "Change"),
+                 [(name, f"{new:.4f}", f"{old:.4f}", f"{change:+.4f}")
+                  for name, new, old, change in comparison.headline()], numeric=(1, 2, 3))
+
+
+def _per_class_comparison(rows: list[dict]) -> Table:
+    return Table(("Class", "New F1", "Baseline F1", "Change", "Support"),
+                 [(row["class"], f"{row['f1']:.4f}", f"{row['baseline_f1']:.4f}", f"{row['change']:+.4f}",
+                   row["support"]) for row in rows], numeric=(1, 2, 3, 4))
+
+
+def _data_changes(rows: list[dict]) -> Table:
+    return Table(("Class", "Baseline", "Now", "Change"),
+                 [(row["class"], _count(row["baseline"]), _count(row["now"]), _change(row["change"]))
+                  for row in rows], numeric=(1, 2, 3))
 
 
 def _class_change_sentences(comparison: Comparison) -> list[str]:
@@ -201,55 +193,12 @@ def _class_change_sentences(comparison: Comparison) -> list[str]:
     return sentences
 
 
-def _count(value: int | None) -> str:
+def _count(value: int | str | None) -> str:
     return "?" if value is None else str(value)
 
 
 def _change(value: int | None) -> str:
     return "?" if value is None else f"{value:+d}"
-
-
-# --- HTML pieces -------------------------------------------------------------
-
-
-def _comparison_html(comparison: Comparison) -> str:
-    parts = ["<h2>Against the baseline</h2>",
-             f"<p>Baseline <code>{_escape(comparison.baseline_model)}</code>, compared "
-             f"{_escape(comparison.compared_on)}.</p>"]
-    sentences = _class_change_sentences(comparison)
-    if sentences:
-        parts.append("<ul>" + "".join(f"<li>{_escape(sentence)}</li>" for sentence in sentences) + "</ul>")
-    if comparison.headline():
-        rows = "".join(f"<tr><td class=\"name\">{_escape(name)}</td><td>{new:.4f}</td><td>{old:.4f}</td>"
-                       f"<td>{change:+.4f}</td></tr>" for name, new, old, change in comparison.headline())
-        parts.append("<table><tr><th class=\"name\">Metric</th><th>New</th><th>Baseline</th><th>Change</th></tr>"
-                     f"{rows}</table>")
-    per_class = comparison.per_class_f1()
-    if per_class:
-        parts.append("<h3>Per-class F1 against the baseline (biggest drop first)</h3>")
-        rows = "".join(f"<tr><td class=\"name\">{_escape(row['class'])}</td><td>{row['f1']:.4f}</td>"
-                       f"<td>{row['baseline_f1']:.4f}</td><td>{row['change']:+.4f}</td><td>{row['support']}</td></tr>"
-                       for row in per_class)
-        parts.append("<table><tr><th class=\"name\">Class</th><th>New F1</th><th>Baseline F1</th><th>Change</th>"
-                     f"<th>Support</th></tr>{rows}</table>")
-    parts.append("<h3>Data since the baseline</h3>")
-    changes = comparison.data_changes
-    if not changes.known:
-        parts.append("<p class=\"note\">The baseline's model info does not record its training data (a model from "
-                     "an earlier kic).</p>")
-        return "\n".join(parts)
-    parts.append(f"<p>Images (every split): {changes.total_baseline} then, {changes.total_now} now "
-                 f"({changes.total_now - changes.total_baseline:+d}). Net counts per class: an image replaced by "
-                 "another of its class is not seen here.</p>")
-    rows = "".join(f"<tr><td class=\"name\">{_escape(row['class'])}</td><td>{_count(row['baseline'])}</td>"
-                   f"<td>{_count(row['now'])}</td><td>{_change(row['change'])}</td></tr>" for row in changes.rows)
-    parts.append("<table><tr><th class=\"name\">Class</th><th>Baseline</th><th>Now</th><th>Change</th></tr>"
-                 f"{rows}</table>")
-    return "\n".join(parts)
-
-
-def _escape(text: object) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _format_number(value: float) -> str:
@@ -266,94 +215,42 @@ def _headline_metrics(result: EvaluationResult) -> list[tuple[str, float]]:
     return [(name, scalars[name]) for name in headline]
 
 
-def _metrics_table_html(items: Sequence[tuple[str, float]]) -> str:
-    rows = "".join(
-        f"<tr><td class=\"name\">{_escape(name)}</td><td>{_format_number(value)}</td></tr>"
-        for name, value in items
-    )
-    return f"<table><tr><th class=\"name\">Metric</th><th>Value</th></tr>{rows}</table>"
-
-
-def _verdict_html(blessing: Blessing) -> str:
-    css_class, verdict = ("blessed", "BLESSED") if blessing.blessed else ("not-blessed", "NOT BLESSED")
-    reasons = "".join(f"<li>{_escape(reason)}</li>" for reason in blessing.reasons)
-    return (
-        f"<div class=\"verdict {css_class}\"><strong>Quality gate: {verdict}</strong> "
-        f"(metric <code>{_escape(blessing.metric)}</code>)<ul>{reasons}</ul></div>"
-    )
+def _metrics_table(items: Sequence[tuple[str, float]]) -> Table:
+    return Table(("Metric", "Value"), [(name, _format_number(value)) for name, value in items], numeric=(1,))
 
 
 def _worst_first(per_class: list[dict]) -> list[dict]:
     return sorted(per_class, key=lambda row: (row["f1"], row["recall"], row["class"]))
 
 
-def _per_class_html(result: EvaluationResult) -> str:
-    header = (
-        "<tr><th class=\"name\">Class</th><th>Precision</th><th>Recall</th>"
-        "<th>F1</th><th>Support</th></tr>"
-    )
-    rows = "".join(
-        f"<tr><td class=\"name\">{_escape(row['class'])}</td><td>{row['precision']:.4f}</td>"
-        f"<td>{row['recall']:.4f}</td><td>{row['f1']:.4f}</td><td>{row['support']}</td></tr>"
-        for row in _worst_first(result.per_class)
-    )
-    return f"<table>{header}{rows}</table>"
+def _per_class_table(rows: list[dict]) -> Table:
+    return Table(("Class", "Precision", "Recall", "F1", "Support"),
+                 [(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                   row["support"]) for row in rows], numeric=(1, 2, 3, 4))
 
 
-def _confusion_matrix_html(result: EvaluationResult) -> str:
+def _confusion_matrix(result: EvaluationResult) -> list[reports.Block]:
     matrix = np.asarray(result.confusion_matrix, dtype=np.int64)
     shown = most_confused_classes(matrix, MAX_CONFUSION_CLASSES)
-    note = ""
+    blocks: list[reports.Block] = []
     if len(shown) < len(result.class_names):
-        note = (
-            f"<p class=\"note\">Showing the {len(shown)} of {len(result.class_names)} classes with the "
-            "most errors; the full matrix is in the evaluation JSON.</p>"
-        )
+        blocks.append(Paragraph(f"Showing the {len(shown)} of {len(result.class_names)} classes with the most "
+                                "errors; the full matrix is in the evaluation JSON.", note=True))
     names = [result.class_names[i] for i in shown]
-    image = _plot_confusion_matrix(matrix[np.ix_(shown, shown)], names)
-    return note + image_html(image, "confusion matrix")
+    return [*blocks, reports.Picture(_plot_confusion_matrix(matrix[np.ix_(shown, shown)], names), "confusion matrix")]
 
 
-def _misclassified_html(misclassified: list[dict]) -> str:
-    ordered = sorted(misclassified, key=lambda item: float(item["confidence"]), reverse=True)
-    cells = []
-    for item in ordered:
-        true, predicted, confidence = item["true"], item["predicted"], float(item["confidence"])
-        caption = (
-            f"true: {_escape(true)}<br>predicted: {_escape(predicted)}<br>confidence: {confidence:.1%}"
-        )
-        alt = _escape(f"true {true}, predicted {predicted}")
-        mime = _sniff_image_type(item["image"])
-        if mime is None:
-            picture = "<div class=\"missing\">unsupported image format</div>"
-        else:
-            encoded = base64.b64encode(item["image"]).decode("ascii")
-            picture = f"<img src=\"data:{mime};base64,{encoded}\" alt=\"{alt}\">"
-        cells.append(f"<figure>{picture}<figcaption>{caption}</figcaption></figure>")
-    return f"<div class=\"grid\">{''.join(cells)}</div>"
-
-
-def _sniff_image_type(data: bytes) -> str | None:
-    for signature, mime in _IMAGE_SIGNATURES:
-        if data.startswith(signature):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-def image_html(png: bytes, alt: str) -> str:
-    encoded = base64.b64encode(png).decode("ascii")
-    return f"<p><img src=\"data:image/png;base64,{encoded}\" alt=\"{_escape(alt)}\"></p>"
+def _misclassified(misclassified: list[dict]) -> reports.Figures:
+    figures = []
+    for item in sorted(misclassified, key=lambda item: float(item["confidence"]), reverse=True):
+        true, predicted = item["true"], item["predicted"]
+        figures.append(reports.Figure(item["image"], alt=f"true {true}, predicted {predicted}",
+                                      caption=[f"true: {true}", f"predicted: {predicted}",
+                                               f"confidence: {float(item['confidence']):.1%}"]))
+    return reports.Figures(figures, size="large")
 
 
 # --- plots -----------------------------------------------------------------
-
-
-def to_png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def _tick_label(name: str) -> str:
@@ -361,8 +258,7 @@ def _tick_label(name: str) -> str:
         # Cut the middle: names often share a prefix or a suffix, rarely both.
         keep = MAX_TICK_LABEL_CHARS - 1
         name = name[: (keep + 1) // 2] + "\u2026" + name[len(name) - keep // 2 :]
-    # A "$" would start matplotlib mathtext; an unbalanced one raises.
-    return name.replace("$", r"\$")
+    return reports.plot_text(name)
 
 
 def _plot_confusion_matrix(matrix: np.ndarray, names: list[str]) -> bytes:
@@ -385,7 +281,7 @@ def _plot_confusion_matrix(matrix: np.ndarray, names: list[str]) -> bytes:
         for (row, column), count in np.ndenumerate(matrix):
             color = "white" if shares[row, column] > 0.5 else "black"
             axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=font_size)
-    return to_png(figure)
+    return reports.png(figure)
 
 
 def _plot_curves(result: EvaluationResult) -> bytes:
@@ -403,7 +299,7 @@ def _plot_curves(result: EvaluationResult) -> bytes:
     pr_axes.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
     pr_axes.legend(loc="lower left")
     figure.tight_layout()
-    return to_png(figure)
+    return reports.png(figure)
 
 
 def _plot_history(history: dict[str, list[float]]) -> bytes:
@@ -430,13 +326,5 @@ def _plot_history(history: dict[str, list[float]]) -> bytes:
     for axes in panels[len(bases):]:
         axes.set_visible(False)
     figure.tight_layout()
-    return to_png(figure)
+    return reports.png(figure)
 
-
-def markdown_escape(text: object) -> str:
-    # Markdown renderers pass raw HTML through, so escape it, and keep table
-    # cells intact by escaping the column separator.
-    escaped = html.escape(str(text), quote=False)
-    for character in "\\`*_[]|":
-        escaped = escaped.replace(character, "\\" + character)
-    return escaped.replace("\n", " ")

@@ -14,7 +14,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from kic.model.backbones import PIXEL_SCALINGS
+from kic.model.backbone_registry import PIXEL_SCALINGS
 
 # Keras' ImageNet statistics (keras.src.applications.imagenet_utils).
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)

@@ -19,25 +19,25 @@ import sys
 from collections.abc import Callable
 
 from kic.errors import ParameterError, Problem, UserError
-from kic.model import backbones, weights
+from kic.model import backbone_registry, weights
 
 
-def parse(argument: str) -> tuple[backbones.Backbone, int]:
+def parse(argument: str) -> tuple[backbone_registry.Backbone, int]:
     """``NAME`` or ``NAME:IMAGE_SIZE`` -> (backbone, image size in pixels)."""
     name, _, size_text = argument.partition(":")
-    backbone = backbones.resolve(name)
+    backbone = backbone_registry.resolve(name)
     if not size_text:
         return backbone, backbone.input_size
     if not size_text.isdigit():
         raise ParameterError([Problem("image_size", size_text, "a whole number of pixels (NAME:SIZE)")])
     size = int(size_text)
-    problems = backbones.image_size_problems(backbone, size)
+    problems = backbone_registry.image_size_problems(backbone, size)
     if problems:
         raise ParameterError(problems)
     return backbone, size or backbone.input_size
 
 
-def prefetch(backbone: backbones.Backbone, image_size: int, log: Callable[[str], None] = print) -> str:
+def prefetch(backbone: backbone_registry.Backbone, image_size: int, log: Callable[[str], None] = print) -> str:
     """Puts the backbone's ImageNet weights for ``image_size`` into the Keras cache; returns the file's path."""
     from keras.utils import get_file
 

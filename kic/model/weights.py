@@ -21,13 +21,13 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from kic import storage
+from kic import compat, storage
 from kic.errors import Problem, UnreachableError, UserError
 
 if TYPE_CHECKING:
     import keras
 
-    from kic.model.backbones import Backbone
+    from kic.model.backbone_registry import Backbone
 
 IMAGENET = "imagenet"
 NONE = "none"
@@ -108,50 +108,27 @@ class ImagenetSource:
     file_hash: str | None = None  # what Keras checks the download against (None: some families give none)
 
 
-class _Asked(Exception):
-    pass
-
-
 def imagenet_source(backbone: Backbone, image_size: int) -> ImagenetSource:
     """Where Keras would get this backbone's ImageNet weights, asked of Keras
-    itself: the application is built with its download intercepted, so the
-    answer holds for every Keras version and variant (the file can depend on
-    width and input size). Builds the network once, without weights."""
+    itself (kic.compat.imagenet_weights_request: the application is built
+    with its download intercepted), so the answer holds for every variant
+    (the file can depend on width and input size). Builds the network once,
+    without weights, and downloads nothing."""
     import keras
-    from keras.src.utils import file_utils
-
-    asked: dict = {}
-
-    def intercept(fname=None, origin=None, *args, cache_subdir="datasets", file_hash=None, **kwargs):
-        asked.update(fname=fname, origin=origin, cache_subdir=cache_subdir, file_hash=file_hash)
-        raise _Asked
 
     constructor = getattr(keras.applications, backbone.constructor)
-    original, file_utils.get_file = file_utils.get_file, intercept
-    try:
-        constructor(include_top=False, weights=IMAGENET, input_shape=(image_size, image_size, 3), pooling="avg",
-                    **dict(backbone.options))
-    except _Asked:
-        pass
-    finally:
-        file_utils.get_file = original
-    if not asked.get("origin"):
+    asked = compat.imagenet_weights_request(constructor, include_top=False, input_shape=(image_size, image_size, 3),
+                                            pooling="avg", **dict(backbone.options))
+    if asked is None:
         raise RuntimeError(f"Keras built {backbone.constructor} without asking for its ImageNet weights file")
-    file_name = asked["fname"] or os.path.basename(asked["origin"])
-    return ImagenetSource(origin=asked["origin"],
-                          cache_path=os.path.join(keras_cache_dir(asked["cache_subdir"]), file_name),
-                          file_hash=asked["file_hash"])
+    file_name = asked.fname or os.path.basename(asked.origin)
+    return ImagenetSource(origin=asked.origin, cache_path=os.path.join(keras_cache_dir(asked.cache_subdir), file_name),
+                          file_hash=asked.file_hash)
 
 
 def keras_cache_dir(subdir: str = "models") -> str:
     """Where Keras looks for (and downloads) ImageNet weights."""
-    try:
-        from keras.src.backend.config import keras_home
-
-        base = keras_home()
-    except ImportError:  # private helper moved: mirror its documented behaviour
-        base = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    base = os.path.expanduser(base)
+    base = os.path.expanduser(compat.keras_home())
     if not os.access(base, os.W_OK):  # keras.utils.get_file falls back the same way
         base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
     return os.path.join(base, subdir)

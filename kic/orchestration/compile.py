@@ -1,10 +1,14 @@
-"""Compiles the pipelines (training and tuning) for each target, and every component, to their committed YAML files."""
+"""Compiles the pipelines (training and tuning) for each target, and every component, to their committed YAML files.
+
+It builds the pipelines, so it sits on the floor above them (pyproject.toml's import floors): nothing the
+pipelines import may import it; submit (remote.py) and the CLI, above it, compile through it.
+"""
 
 from __future__ import annotations
 
 import os
 
-from kic.orchestration.placement import LOCAL, TARGETS, ClusterOptions
+from kic.pipelines.placement import LOCAL, TARGETS, ClusterOptions
 
 # What each target's pipelines are committed as (kfp is the default pipeline.yaml).
 PIPELINE_YAMLS = {"kfp": "pipeline.yaml", "vertex": "pipeline-vertex.yaml"}

@@ -13,7 +13,9 @@ tags; there are no releases between 2.5.0 and 2.14.0):
   tolerations 2.1 (#10481, #10471); secrets as volumes as kfp-kubernetes 2.17
   writes them (with ``optional`` and ``secretNameParameter``) 2.4.1, the first
   driver that skips fields it does not know (#11662): up to 2.4.0 it fails the
-  task on them;
+  task on them; a secret's ``optional`` is read from 2.15.0 (#12216): before, a
+  secret missing from the namespace leaves the pod waiting in
+  CreateContainerConfigError until the step's timeout;
 * retry policies 2.4.1 (#11673; ignored before);
 * ``{{$.pipeline_job_uuid}}`` 2.5.0 (#11599; passed on as that text before);
 * ``dsl.Collected`` (a loop's outputs gathered) 2.14.0 (#11725; the run is
@@ -50,6 +52,9 @@ TOLERATION = Feature("GPU node tolerations (--gpu-toleration)", (2, 1, 0),
 SECRET_VOLUME = Feature("a secret mounted into the steps (--gcs-credentials-secret, --s3-credentials-secret)",
                         (2, 4, 1),
                         "the driver does not know fields kfp-kubernetes writes for it and fails the step", True)
+OPTIONAL_SECRET = Feature("a missing --s3-credentials-secret tolerated", (2, 15, 0),
+                          "the pod waits in CreateContainerConfigError while the secret is missing from the "
+                          "namespace (until the step's timeout)", False)
 RESOURCE_PLACEHOLDER = Feature("GPUs named by run parameters", (2, 4, 0),
                                "the placeholder is dropped: the pod gets no GPU", True)
 RETRY = Feature("retries of prepare and train", (2, 4, 1), "ignored: a failed step is not retried", False)
@@ -91,6 +96,8 @@ def needs(spec: Mapping[str, Any]) -> list[Feature]:
             found.add(TOLERATION)
         if config.get("secretAsVolume") or config.get("secretAsEnv"):
             found.add(SECRET_VOLUME)
+        if any(secret.get("optional") for secret in config.get("secretAsEnv", [])):
+            found.add(OPTIONAL_SECRET)
     for executor in spec.get("deploymentSpec", {}).get("executors", {}).values():
         accelerator = executor.get("container", {}).get("resources", {}).get("accelerator", {})
         if any("{{$" in str(accelerator.get(field, "")) for field in ("resourceType", "resourceCount")):

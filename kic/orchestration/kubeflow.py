@@ -87,12 +87,14 @@ class KubeflowTarget:
     def checks(self, spec: Mapping[str, Any]) -> list[Check]:
         """Whether the API answers these credentials, and whether the backend's release has what ``spec``
         (the compiled pipeline) needs."""
+        from kic import compat
+
         where = f"{self.platform} at {redact(self.endpoint)}"
         try:
             client = self._client()
             with self._answers("connection"):
                 # Read raw: kfp.Client's model of the answer drops the release (tag_name).
-                health = json.loads(client._healthz_api.healthz_service_get_healthz(_preload_content=False).data)
+                health = compat.kfp_healthz(client)
                 # Any call that needs the credentials (healthz may not).
                 client.list_experiments(page_size=1, namespace=self.namespace or None)
         except UserError as error:

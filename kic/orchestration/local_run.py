@@ -43,31 +43,21 @@ def run_compiled_pipeline(pipeline_yaml: str, arguments: dict, pipeline_root: st
     reuses its outputs, as on a cluster (the snapshot step is never cached,
     so changed sources rerun what depends on them)."""
     from kfp import components, local
-    from kfp.local import executor_input_utils
+
+    from kic import compat
 
     os.makedirs(pipeline_root, exist_ok=True)
     before = set(os.listdir(pipeline_root))
-    # This run's folder is the one kfp.local names for it: not the newest one, which may be another run's.
-    named: list[str] = []
-    naming = executor_input_utils.get_local_pipeline_resource_name
-
-    def name_and_remember(pipeline_name: str) -> str:
-        named.append(naming(pipeline_name))
-        return named[-1]
-
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True,
                enable_caching=cache, cache_root=os.path.join(pipeline_root, CACHE_DIR))
     pipeline = components.load_component_from_file(pipeline_yaml)
     name = pipeline.pipeline_spec.pipeline_info.name  # each run's folder starts with it
-    with warnings.catch_warnings():
+    # This run's folder is the one kfp.local names for it: not the newest one, which may be another run's.
+    with warnings.catch_warnings(), compat.kfp_local_run_names() as named:
         # The subprocess runner warns that our image name lacks "python"; it
         # runs the same code in this environment, where kic is installed.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        executor_input_utils.get_local_pipeline_resource_name = name_and_remember
-        try:
-            task = pipeline(**arguments)
-        finally:
-            executor_input_utils.get_local_pipeline_resource_name = naming
+        task = pipeline(**arguments)
     # Should a kfp release name its runs elsewhere: the one folder that appeared under the root during this run
     # (which holds the output folder's lock).
     new_runs = named[:1] or sorted(folder for folder in set(os.listdir(pipeline_root)) - before
@@ -91,7 +81,7 @@ class RunOutputs:
 
 def collect_outputs(run: LocalRun, output_dir: str, *, prediction_format: str = "jsonl") -> RunOutputs:
     """Copies what a user wants from a local run into output_dir."""
-    from kic.pipelines.training_pipeline import EXPORT_TASK, PREDICT_TASK
+    from kic.pipeline_names import EXPORT_TASK, PREDICT_TASK
 
     def copy(source: str | None, name: str) -> str | None:
         if not source or not os.path.isfile(source):

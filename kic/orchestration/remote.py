@@ -122,11 +122,11 @@ def _stop_on_failed_checks(target: Target, checks: list[Check], warn: Warn) -> N
 
 
 def default_name(cron_expression: str = "") -> str:
-    from kic.pipelines.training_pipeline import PIPELINE_NAME
+    from kic.pipeline_names import TRAINING_PIPELINE_NAME
 
     if cron_expression:
-        return f"{PIPELINE_NAME} ({cron_expression})"
-    return f"{PIPELINE_NAME} {datetime.datetime.now():%Y-%m-%d %H-%M-%S}"
+        return f"{TRAINING_PIPELINE_NAME} ({cron_expression})"
+    return f"{TRAINING_PIPELINE_NAME} {datetime.datetime.now():%Y-%m-%d %H-%M-%S}"
 
 
 def compile_for(target: str, directory: str, machines: Mapping[str, Any] | None = None) -> str:
@@ -135,7 +135,7 @@ def compile_for(target: str, directory: str, machines: Mapping[str, Any] | None 
     kic.parameters.TRAIN_MACHINE_PARAMETERS) compiled in: the one place where
     submit and schedule compile."""
     from kic.orchestration import compile as kic_compile
-    from kic.orchestration.placement import ClusterOptions
+    from kic.pipelines.placement import ClusterOptions
 
     cluster = ClusterOptions(target=target, **(machines or {}))
     return kic_compile.compile_pipeline(os.path.join(directory, f"pipeline-{target}.yaml"), target, cluster)
@@ -223,7 +223,7 @@ def pipeline_problems(path: str, values: Mapping[str, Any]) -> list[Problem]:
 
 def train_machine_problems(target: str, machines: Mapping[str, Any]) -> list[Problem]:
     """What the platform would refuse in train's machines, as they would be compiled in."""
-    from kic.orchestration.placement import ClusterOptions
+    from kic.pipelines.placement import ClusterOptions
 
     try:
         ClusterOptions(target=target, **machines)

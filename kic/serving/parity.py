@@ -56,8 +56,8 @@ from PIL import Image
 
 from kic import artifacts, storage
 from kic.data import dataset_info, input_pipeline, schema, sources
+from kic.data.dataset_info import evaluation_split
 from kic.errors import DataError
-from kic.evaluation.evaluate import evaluation_split
 from kic.model import loading, preprocessing
 from kic.model.model_info import ModelInfo
 from kic.serving import contract
@@ -253,10 +253,9 @@ def measure(saved_model_dir: str, model, info: ModelInfo, dataset_dir: str, *,
     # apart, each file is decoded once and both the model's input and its answer are compared.
     preprocess, from_pixels = loaded.preprocess, loaded.signatures[PIXELS_SIGNATURE_NAME]
     digests = _original_digests(data.shard_paths(dataset_dir, split))
-    dataset = input_pipeline.make_dataset(
+    dataset = input_pipeline.evaluation_records(
         data.shard_paths(dataset_dir, split), image_size=info.image_size, interpolation=info.interpolation,
-        batch_size=BATCH_SIZE, num_classes=data.num_classes, binary_mode=info.binary_mode, training=False,
-        num_examples=num_records, with_source=True, short_side=data.image_short_side)
+        short_side=data.image_short_side, batch_size=BATCH_SIZE)
     seen = 0
     for pixels, labels, names in dataset:
         if len(files) >= max_files:
@@ -267,7 +266,7 @@ def measure(saved_model_dir: str, model, info: ModelInfo, dataset_dir: str, *,
             break
         evaluated = loading.logits_to_probabilities(model(pixels, training=False), info.binary_mode).numpy()
         evaluated_pixels = pixels.numpy()
-        labels = labels.numpy()  # with_source: class indices
+        labels = labels.numpy()  # class indices (evaluation_records)
         names = [name.decode("utf-8") for name in names.numpy()]
         seen += len(names)
         originals = _read_originals(root, names, digests, skipped)

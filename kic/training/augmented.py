@@ -3,7 +3,7 @@
 Resampling every training image costs the host that feeds a GPU more CPU than
 reading it from a cache does: a GPU machine's few cores then bound training.
 Here the input only draws each image's transform
-(``make_dataset(augment_in_step=True)``: a few numbers an image, from the same
+(``input_pipeline.Training(augment_in_step=True)``: a few numbers an image, from the same
 stateless keys as on the host, so draws stay a function of (seed, epoch,
 batch) and a resumed run replays them) and the model being trained resamples
 its batch first, as part of the step that XLA compiles.

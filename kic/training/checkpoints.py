@@ -47,7 +47,7 @@ from kic.errors import UserError
 
 FORMAT = 1
 ARRAYS, STATE, MARKER = "variables.npz", "state.json", "COMMITTED"
-PREFIX = "ckpt-"
+PREFIX = artifacts.CHECKPOINT_PREFIX
 DEFAULT_EVERY_STEPS = config.DEFAULT_CHECKPOINT_EVERY_STEPS
 
 
@@ -83,15 +83,14 @@ def default_location(model_uri: str, model_path: str) -> str:
     first attempt, and every retry of it gets the same; Vertex AI's include
     the task's id, the same on a retry; a new run gets new ones. Only a
     gs:// or s3:// URI survives the machine (a local path does on this
-    machine, where kfp.local runs). Kubeflow Pipelines' default MinIO root
-    (``minio://BUCKET/...``) is the same bucket on the S3 API, which kic
-    writes when an S3 endpoint is set (``AWS_ENDPOINT_URL_S3``, as ``kic
-    compile --s3-endpoint`` sets it); elsewhere kic cannot write and returns
-    "" (no checkpoints)."""
+    machine, where kfp.local runs). Kubeflow Pipelines' own store
+    (``minio://BUCKET/...``) is one when kic can reach it
+    (``storage.can_reach_minio``: train finds the cluster's); elsewhere kic
+    cannot write and returns "" (no checkpoints)."""
+    if model_uri.startswith(storage.MINIO_SCHEME) and not storage.can_reach_minio():
+        return ""
     if model_uri and storage.is_remote(model_uri):
         return storage.join(posixpath.dirname(model_uri.rstrip("/")), artifacts.CHECKPOINTS_DIR)
-    if model_uri.startswith(storage.MINIO_SCHEME) and storage.s3_endpoint():
-        return storage.join(posixpath.dirname(storage.s3_uri_for(model_uri).rstrip("/")), artifacts.CHECKPOINTS_DIR)
     if model_uri and "://" in model_uri:
         return ""
     return os.path.join(os.path.dirname(os.path.abspath(model_path)), artifacts.CHECKPOINTS_DIR)

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
+from kic import compat
 from kic.errors import UserError
 
 TF_CONFIG = "TF_CONFIG"
@@ -140,62 +141,8 @@ def choose(environment: Mapping[str, str] | None = None) -> Distribution:
 
 
 def fix_keras_for_multi_worker(model) -> None:
-    """Two places where Keras 3 (3.15, TF 2.21) cannot train under
-    MultiWorkerMirroredStrategy, each worked around as narrowly as it can be."""
-    _build_from_local_batch(model)
-    _reduce_scalar_logs()
-
-
-def _build_from_local_batch(model) -> None:
-    """Before its first step, fit builds the model, metrics and optimizer from
-    one data batch, got by all-reducing the first distributed batch with
-    ``strategy.reduce``, which MultiWorkerMirroredStrategy cannot do for a
-    ``(pixels, target)`` tuple ("Attempt to convert a value (PerReplica...)
-    to a Tensor"). Only the batch's shapes matter, so this replica's own part
-    of it does as well."""
-    strategy = model.distribute_strategy
-    build = model._maybe_symbolic_build
-
-    def local_part(value):
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
-
-    def build_from_local_batch(iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, batches in iterator:  # as Keras does: the first batch
-                data_batch = tf.nest.map_structure(local_part, next(batches))
-                break
-        return build(data_batch=data_batch)
-
-    model._maybe_symbolic_build = build_from_local_batch
-
-
-def _reduce_scalar_logs() -> None:
-    """Each step's logs (loss and metrics, scalars on every replica) are
-    averaged over the workers with ``strategy.reduce("MEAN", value, axis=0)``,
-    which fails for a scalar ("Invalid reduction dimension 0 for input with 0
-    dimensions"): a scalar is averaged as it is (axis None) instead. Keras
-    calls the module's function at trace time, so the module's name is
-    replaced, once; every other case goes to Keras' own."""
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
-
-    keras_reduce = trainer.reduce_per_replica
-    if getattr(keras_reduce, "kic_scalar_logs", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction not in ("auto", "mean") or not trainer._collective_all_reduce_multi_worker(strategy):
-            return keras_reduce(values, strategy, reduction)
-
-        def reduce(value):
-            # One replica per worker: a plain tensor, not a PerReplica.
-            if strategy.experimental_local_results(value)[0].shape.rank == 0:
-                return strategy.reduce("MEAN", value, axis=None)
-            return keras_reduce(value, strategy, reduction)
-
-        return tree.map_structure(reduce, values)
-
-    reduce_per_replica.kic_scalar_logs = True
-    trainer.reduce_per_replica = reduce_per_replica
+    """Lets ``model`` fit under MultiWorkerMirroredStrategy, which Keras 3
+    alone cannot do: two narrow patches of Keras internals, kept with their
+    upstream issues and the releases they were checked on (a release not
+    checked is refused) in kic.compat (KERAS_MULTI_WORKER)."""
+    compat.patch_keras_for_multi_worker(model)

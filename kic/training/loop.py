@@ -23,7 +23,7 @@ from kic import artifacts, storage
 from kic.config import DEFAULT_SEED, TrainingConfig
 from kic.data import dataset_info, input_pipeline
 from kic.errors import DataError
-from kic.model import backbones, classifier, loading, model_info, weights
+from kic.model import backbone_registry, backbones, classifier, loading, model_info, weights
 from kic.model.model_info import ModelInfo
 from kic.training import augmented, checkpoints, devices, distribution, optimizers, precision
 from kic.training.callbacks import RECALIBRATION_IMAGES, BestEpoch, EpochLog, Log, SkippedRecords, Validation
@@ -33,7 +33,7 @@ from kic.training.callbacks import RECALIBRATION_IMAGES, BestEpoch, EpochLog, Lo
 class TrainOptions:
     """What to train besides the 25 hyperparameters."""
 
-    backbone: str = backbones.DEFAULT_BACKBONE
+    backbone: str = backbone_registry.DEFAULT_BACKBONE
     pretrained_weights: str = weights.DEFAULT  # "imagenet", "none", or a weights file path / gs:// URI
     image_size: int = 0  # 0: the backbone's native input size
     base_model: str = ""  # an earlier kic model (directory or model.tar.gz) to continue from
@@ -128,7 +128,7 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     config.check_against_data(data.num_classes)
     base_info = model_info.load(base_dir) if base_dir else None
     # Continuing from an earlier model keeps its backbone and input size.
-    backbone = backbones.resolve(base_info.backbone if base_info else options.backbone)
+    backbone = backbone_registry.resolve(base_info.backbone if base_info else options.backbone)
     plan = classifier.plan_head(config, base_info, data.class_names)
     image_size = base_info.image_size if base_info else (options.image_size or backbone.input_size)
     if not data.splits.get("validation") or not data.splits["validation"].num_examples:
@@ -150,15 +150,16 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
     augmentation = input_pipeline.Augmentation.from_config(config)
     in_step = _augments_in_step(augmentation, options.augment_in)
     train_ds, val_ds = (
-        input_pipeline.make_dataset(
-            data.shard_paths(dataset_dir, split), image_size=image_size,
-            interpolation=config.image_resize_interpolation, batch_size=config.batch_size,
-            num_classes=data.num_classes, binary_mode=config.binary_mode, training=split == "train",
-            num_examples=shares[split], augmentation=augmentation, augment_in_step=in_step,
-            seed=options.seed, decoded=decoded if split == "train" else None, disk_cache_dir=cache_dir,
-            data_service=options.data_service, deterministic=repeatable, short_side=data.image_short_side,
-            num_workers=spread.num_workers, worker_index=spread.worker_index,
-            order=order if split == "train" else None)
+        input_pipeline.make_dataset(data.shard_paths(dataset_dir, split), input_pipeline.InputOptions(
+            input_pipeline.Images(image_size=image_size, interpolation=config.image_resize_interpolation,
+                                  num_classes=data.num_classes, binary_mode=config.binary_mode,
+                                  num_examples=shares[split], short_side=data.image_short_side),
+            input_pipeline.Reading(batch_size=config.batch_size, disk_cache_dir=cache_dir,
+                                   data_service=options.data_service, deterministic=repeatable,
+                                   num_workers=spread.num_workers, worker_index=spread.worker_index,
+                                   decoded=decoded if split == "train" else None),
+            input_pipeline.Training(seed=options.seed, augmentation=augmentation, order=order,
+                                    augment_in_step=in_step) if split == "train" else None))
         for split in ("train", "validation"))
     _log_decoded_images_home(shares["train"], image_size, cache_dir, options.data_service, log)
 

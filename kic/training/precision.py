@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 
 import keras
 
+from kic import compat
 from kic.config import PRECISIONS
 
 AUTO, FLOAT32, MIXED_FLOAT16, MIXED_BFLOAT16 = PRECISIONS
@@ -98,8 +99,7 @@ def recast(model: keras.Model, name: str, keep_float32: Sequence[str] = ()) -> k
     def wanted(layer_name: str) -> str:
         return FLOAT32 if layer_name in keep_float32 else name
 
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if not isinstance(layer, keras.layers.InputLayer)]
+    layers = [layer for layer in compat.all_layers(model) if not isinstance(layer, keras.layers.InputLayer)]
     if all(layer.dtype_policy.name == wanted(layer.name) for layer in layers):
         return model
 

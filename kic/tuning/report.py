@@ -1,5 +1,5 @@
 """What a search leaves behind: trials.json, the tuning report (Markdown and
-HTML) and best_hyperparameters.json.
+HTML, rendered by ``kic.reports``) and best_hyperparameters.json.
 
 The report ranks the searched hyperparameters by how strongly the objective
 follows them among the trials that succeeded: the absolute Spearman rank
@@ -12,15 +12,13 @@ bottom, the best trial starred.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
 
-from kic import config
-from kic.evaluation.report import STYLE, image_html, markdown_escape, to_png
+from kic import config, reports
 from kic.tuning import space as spaces
 from kic.tuning.settings import Settings
 from kic.tuning.trials import FAILED, SUCCEEDED, TrialResult
@@ -80,48 +78,39 @@ def influence(settings: Settings, results: Sequence[TrialResult]) -> list[tuple[
 
 
 def render_markdown(document: dict[str, Any]) -> str:
-    objective = document["objective"]
-    lines = ["# Tuning report", "", *_summary(document), "", "## Trials", ""]
-    headers, rows = _table(document)
-    lines.append("| " + " | ".join(headers) + " |")
-    lines.append("|" + "---|" * len(headers))
-    lines += ["| " + " | ".join(markdown_escape(cell) for cell in row) + " |" for row in rows]
-    if document["influence"]:
-        lines += ["", f"## Influence on {objective['metric']}", "", "| hyperparameter | influence |", "|---|---:|"]
-        lines += [f"| {markdown_escape(name)} | {score:.2f} |" for name, score in document["influence"].items()]
-    return "\n".join(lines) + "\n"
+    return reports.render_markdown(_report(document, with_plot=False))
 
 
 def render_html(document: dict[str, Any]) -> str:
-    escape = html.escape
-    headers, rows = _table(document)
-    body = ["<h1>Tuning report</h1>", "<ul>" + "".join(f"<li>{escape(line.removeprefix('- '))}</li>"
-                                                        for line in _summary(document)) + "</ul>",
-            "<h2>Objective against the most influential hyperparameters</h2>",
-            image_html(plot(document), "objective against the most influential hyperparameters"),
-            "<h2>Trials</h2>",
-            "<table><tr>" + "".join(f"<th>{escape(header)}</th>" for header in headers) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-            + "</table>"]
+    return reports.render_html(_report(document, with_plot=True))
+
+
+def _report(document: dict[str, Any], *, with_plot: bool) -> reports.Report:
+    """The report's blocks; the plot only where it is shown (the page)."""
+    blocks: list[reports.Block] = [reports.Bullets(_summary(document))]
+    if with_plot:
+        blocks += [reports.Heading("Objective against the most influential hyperparameters"),
+                   reports.Picture(plot(document), "objective against the most influential hyperparameters")]
+    blocks += [reports.Heading("Trials"), _table(document)]
     if document["influence"]:
-        body.append("<h2>Influence</h2><table><tr><th>hyperparameter</th><th>influence</th></tr>" + "".join(
-            f"<tr><td class=\"name\">{escape(name)}</td><td>{score:.2f}</td></tr>"
-            for name, score in document["influence"].items()) + "</table>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Tuning report</title>\n"
-            f"<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+        blocks += [reports.Heading(f"Influence on {document['objective']['metric']}"),
+                   reports.Table(("hyperparameter", "influence"),
+                                 [(name, f"{score:.2f}") for name, score in document["influence"].items()],
+                                 numeric=(1,))]
+    return reports.Report("Tuning report", blocks)
 
 
 def _summary(document: dict[str, Any]) -> list[str]:
     objective = document["objective"]
     best = next(trial for trial in document["trials"] if trial["trial"] == document["best_trial"])
-    return [f"- Objective: {objective['direction']} {objective['metric']} (at each trial's best epoch)",
-            f"- Strategy: {document['strategy']} (seed {document['seed']}), {len(document['trials'])} trials: "
+    return [f"Objective: {objective['direction']} {objective['metric']} (at each trial's best epoch)",
+            f"Strategy: {document['strategy']} (seed {document['seed']}), {len(document['trials'])} trials: "
             f"{document['succeeded']} succeeded, {document['failed']} failed",
-            f"- Best: trial {best['trial']}, {objective['metric']} = {best['objective']:.4f}, with "
+            f"Best: trial {best['trial']}, {objective['metric']} = {best['objective']:.4f}, with "
             + ", ".join(f"{name}={_cell(value)}" for name, value in best["hyperparameters"].items())]
 
 
-def _table(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _table(document: dict[str, Any]) -> reports.Table:
     names = [dimension["name"] for dimension in document["search_space"]]
     headers = ["trial", "wave", "status", document["objective"]["metric"], *names, "epochs run", "seconds", "error"]
     rows = []
@@ -131,7 +120,7 @@ def _table(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                      "" if trial["objective"] is None else f"{trial['objective']:.4f}",
                      *[_cell(trial["hyperparameters"][name]) for name in names], str(trial["epochs_run"]),
                      f"{trial['seconds']:.1f}", trial["error"]])
-    return headers, rows
+    return reports.Table(headers, rows, numeric=(1, 3, 4 + len(names), 5 + len(names)))
 
 
 def _cell(value: Any) -> str:
@@ -171,17 +160,19 @@ def plot(document: dict[str, Any]) -> bytes:
         if "values" in dimension:
             levels = [str(value) for value in dimension["values"]]
             _scatter(axes, trials, [levels.index(str(value)) for value in values], document["best_trial"], floor)
-            axes.set_xticks(range(len(levels)), levels, rotation=30 if len(levels) > 3 else 0)
+            axes.set_xticks(range(len(levels)), [reports.plot_text(level) for level in levels],
+                            rotation=30 if len(levels) > 3 else 0)
             axes.set_xlim(-0.5, len(levels) - 0.5)
         else:
             _scatter(axes, trials, values, document["best_trial"], floor)
             if dimension["scale"] == spaces.LOG:
                 axes.set_xscale("log")
         score = document["influence"].get(name)
-        axes.set(xlabel=name, title=f"influence {score:.2f}" if score is not None else name)
+        axes.set(xlabel=reports.plot_text(name),
+                 title=f"influence {score:.2f}" if score is not None else reports.plot_text(name))
         axes.legend(fontsize=7)
     figure.tight_layout()
-    return to_png(figure)
+    return reports.png(figure)
 
 
 def _scatter(axes, trials: list[dict], xs: list, best_trial: int, floor: float) -> None:

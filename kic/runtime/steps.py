@@ -22,7 +22,7 @@ import uuid
 from kic import artifacts, storage
 from kic.config import DEFAULT_CHECKPOINT_EVERY_STEPS
 from kic.errors import UserError
-from kic.orchestration import quiet_startup
+from kic.runtime import quiet_startup
 
 
 def log(message: str) -> None:
@@ -35,7 +35,7 @@ def fails_cleanly(step=None, *, tensorflow: bool = True):
     through KFP and TensorFlow. Anything else is a bug and keeps its
     traceback; so does every error with KIC_DEBUG=1. A step that uses
     TensorFlow imports it first, without its startup noise
-    (kic.orchestration.quiet_startup)."""
+    (kic.runtime.quiet_startup)."""
     if step is None:
         return functools.partial(fails_cleanly, tensorflow=tensorflow)
     name = step.__name__.removesuffix("_step")
@@ -48,6 +48,7 @@ def fails_cleanly(step=None, *, tensorflow: bool = True):
                 quiet_startup.import_tensorflow_quietly()
             else:
                 quiet_startup.quiet_log_level()
+            _reach_kfp_store(arguments)
             return step(**arguments)
         except UserError as error:
             if os.environ.get("KIC_DEBUG"):
@@ -62,7 +63,7 @@ def fails_cleanly(step=None, *, tensorflow: bool = True):
 
 def _peak_memory(who: int = resource.RUSAGE_SELF) -> str:
     """Peak resident memory of this process (or of its largest child): what
-    the steps' memory requests are sized from (kic.orchestration.placement)."""
+    the steps' memory requests are sized from (kic.pipelines.placement)."""
     per_gb = 1024**3 if sys.platform == "darwin" else 1024**2  # ru_maxrss: bytes on macOS, kilobytes on Linux
     return f"peak memory {resource.getrusage(who).ru_maxrss / per_gb:.2f} GB"
 
@@ -230,19 +231,70 @@ def train_step(*, examples, model, training_metrics, backbone, pretrained_weight
                            "pretrained_weights_fingerprint": pretrained_weights_fingerprint})
 
 
+# `kic train` (kic.cli.single_steps) runs train_step on its own: its OUTPUT_DIR holds the step's two outputs,
+# and it takes the pipeline parameters the step's signature names, so that one added to the step is taken too.
+TRAIN_OUTPUTS = {"model": "model", "metrics": "training_metrics.json"}
+TRAIN_STEP_ARGUMENTS = {"required_gpus": "accelerator_count"}  # train_step's name: the pipeline parameter's
+
+
+def train_parameters() -> tuple[str, ...]:
+    """The pipeline parameters train_step takes besides the hyperparameters, in the order of its signature."""
+    import inspect
+
+    from kic import parameters
+
+    named = (TRAIN_STEP_ARGUMENTS.get(name, name) for name, argument in inspect.signature(train_step).parameters.items()
+             if argument.kind is inspect.Parameter.KEYWORD_ONLY)
+    return tuple(name for name in named if name in parameters.PARAMETERS_BY_NAME)
+
+
 def _checkpointing(model, checkpoint_uri: str, every_steps: int) -> dict:
     """train's checkpoint options: ``checkpoint_uri``, or the folder next to
     the task's model output, which a retry of the task gets again and a new
     run does not (kic.training.checkpoints.default_location)."""
     from kic.training import checkpoints
 
+    why_not = ""
+    if not checkpoint_uri and model.uri.startswith(storage.MINIO_SCHEME) and not storage.can_reach_minio():
+        why_not = _connect_kfp_store(model.uri)
     uri = checkpoint_uri or checkpoints.default_location(model.uri, model.path)
     if not uri:
-        log(f"train: warning: no checkpoints: the pipeline root of {model.uri} is not one kic writes to; set "
-            "checkpoint_uri to a gs:// or s3:// folder to resume after a preemption (Kubeflow Pipelines' MinIO "
-            "root: compile with kic compile --target kfp --s3-credentials-secret mlpipeline-minio-artifact "
-            "--s3-endpoint http://minio-service.kubeflow:9000, see docs/migration.md)")
+        log(f"train: warning: no checkpoints: kic cannot write to the pipeline root of {model.uri}"
+            f"{f' ({why_not})' if why_not else ''}; set checkpoint_uri to a gs:// or s3:// folder to resume after "
+            "a preemption, or give train the store's keys (kic compile --target kfp --s3-credentials-secret "
+            "--s3-endpoint, see docs/migration.md)")
     return {"checkpoint_uri": uri, "checkpoint_every_steps": every_steps}
+
+
+def _reach_kfp_store(arguments: dict) -> None:
+    """A step given a ``minio://`` URI (as the Kubeflow Pipelines UI shows its
+    artifacts, say a baseline model) reads it from the cluster's own store."""
+    given = {name: value for name, value in arguments.items()
+             if isinstance(value, str) and value.startswith(storage.MINIO_SCHEME)}
+    if not given or storage.can_reach_minio():
+        return
+    name, uri = next(iter(given.items()))
+    why_not = _connect_kfp_store(uri)
+    if why_not:
+        raise UserError(f"{name}={uri}: kic cannot reach Kubeflow Pipelines' store ({why_not}); give an s3:// "
+                        "URI with the store's endpoint and keys (kic compile --target kfp --s3-credentials-secret "
+                        "--s3-endpoint, see docs/migration.md)")
+
+
+def _connect_kfp_store(uri: str) -> str:
+    """Points minio:// at Kubeflow Pipelines' own store, found as this pod's
+    launcher finds it; "" when found, else why not."""
+    from kic.runtime import kfp_artifact_store
+
+    try:
+        store = kfp_artifact_store.find(uri)
+    except kfp_artifact_store.NotFound as reason:
+        return str(reason)
+    storage.use_for_minio(storage.S3Store(endpoint_url=store.endpoint_url, region=store.region,
+                                          access_key_id=store.access_key_id,
+                                          secret_access_key=store.secret_access_key))
+    log(f"minio:// is Kubeflow Pipelines' store: {store.source}")
+    return ""
 
 
 # ----------------------------------------------------------------- evaluate

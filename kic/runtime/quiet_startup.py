@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
@@ -37,13 +39,60 @@ def import_tensorflow_quietly() -> None:
     """Imports TensorFlow once, dropping its startup noise (see the module
     docstring); everything else it writes passes through. A log level set by
     the user is kept, and then nothing is dropped."""
+    with tensorflow_imports_quietly():
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def tensorflow_imports_quietly() -> Iterator[None]:
+    """While the block runs, TensorFlow's first import, wherever it happens
+    (``import keras``, a check deep in kic.parameters), drops the startup
+    noise as ``import_tensorflow_quietly`` does: for the kic command, which
+    imports TensorFlow only when the work needs it. A log level set by the
+    user (``TF_CPP_MIN_LOG_LEVEL=0`` or ``1``) is kept, and then nothing is
+    dropped."""
     quiet_log_level()
     if "tensorflow" in sys.modules or os.environ.get(LOG_LEVEL) in ("0", "1"):
-        import tensorflow  # noqa: F401
+        yield
         return
-    noise = _NOISE if gpu_present() else _NOISE + _NOISE_WITHOUT_GPU
-    with stderr_without(noise):
-        import tensorflow  # noqa: F401
+    finder = _QuietTensorFlowFinder(_NOISE if gpu_present() else _NOISE + _NOISE_WITHOUT_GPU)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # already gone: TensorFlow was imported
+            sys.meta_path.remove(finder)
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` as the other finders do, once, and has it loaded
+    with standard error held and filtered (``stderr_without``): the noise is
+    written by its C++ libraries as the package's ``__init__`` loads them."""
+
+    def __init__(self, noise: Sequence[re.Pattern]):
+        self.noise = noise
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; and the search below goes to the other finders
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self.noise)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, noise: Sequence[re.Pattern]):
+        self.loader, self.noise = loader, noise
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader  # TensorFlow sees its own loader
+        with stderr_without(self.noise):
+            self.loader.exec_module(module)
 
 
 def quiet_log_level() -> None:

@@ -11,7 +11,7 @@ Targets:
   accelerator type such as ``NVIDIA_L4`` (which needs a G2 machine: 8 vCPUs
   and 32 GB fit g2-standard-8). Train is the exception: a CustomJob of its
   own on ``train_replica_count`` machines of ``train_machine_type``
-  (``kic.orchestration.custom_job``), placed by ``kic.pipelines.vertex_training``.
+  (``kic.pipelines.custom_job``), placed by ``kic.pipelines.vertex_training``.
 * ``local``: ``kic run`` (kfp.local), which ignores resources but honours
   retries, so it gets none: a user error should fail at once.
 
@@ -45,7 +45,7 @@ class Resources:
     memory_limit: str
 
 
-# Sized from the peak memory each step logs (kic.orchestration.steps), measured
+# Sized from the peak memory each step logs (kic.runtime.steps), measured
 # on the demo data and on 1,000 photos of 500x375 (figures in the README), with
 # room for datasets of tens of thousands of images: prepare's memory grows with
 # its worker count (one per CPU), not with the dataset (images wait in a spool
