@@ -1,4 +1,4 @@
-"""One file API over local paths, ``gs://`` and ``s3://`` URIs.
+"""One file API over local paths, ``gs://``, ``s3://`` and ``minio://`` URIs.
 
 Everything in kic that touches user data or artifacts goes through here, so
 GCS and S3 support, retries and commit-last writes live in one module.

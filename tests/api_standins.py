@@ -3,8 +3,8 @@ record what the real clients send.
 
 Only the calls ``kic submit`` and ``kic schedule`` make are answered, with the
 smallest response each client accepts; every request is kept (method, path,
-query, headers, JSON body) for the test to assert on. They are HTTP, not
-HTTPS, on 127.0.0.1 and a free port:
+query, headers, JSON body) for the test to assert on. They are HTTP (HTTPS
+when given a certificate), on 127.0.0.1 and a free port:
 
 * ``kfp.Client(host="http://127.0.0.1:PORT")`` keeps the scheme it is given.
 * The Vertex AI clients (google-cloud-aiplatform) speak gRPC by default; with
@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import json
 import re
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,7 +56,8 @@ class RecordingAPI:
     first that matches) and recording every request; an unknown route is
     answered 404 (and recorded)."""
 
-    def __init__(self, routes: list[Route]) -> None:
+    def __init__(self, routes: list[Route], *, tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS with, as an in-cluster API does."""
         self.requests: list[Request] = []
         self._routes = [(method, re.compile(pattern + r"\Z"), answer) for method, pattern, answer in routes]
         api = self
@@ -95,7 +97,12 @@ class RecordingAPI:
                 pass
 
         self._server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        self.endpoint = f"http://{LOOPBACK}:{self._server.server_address[1]}"
+        if tls:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self.endpoint = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
 

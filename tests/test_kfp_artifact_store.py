@@ -1,14 +1,14 @@
 """Train finds Kubeflow Pipelines' own artifact store as the launcher in its pod does.
 
-The cluster is played by two real servers on loopback: the Kubernetes API's
+The cluster is played by two real servers on loopback. The Kubernetes API's
 read of a namespaced object (``GET /api/v1/namespaces/NS/secrets/NAME`` and
-``.../configmaps/NAME``, answered as the API server answers: the object as JSON
-with base64 Secret data, a ``Status`` with the HTTP code otherwise, bearer
-token required, over TLS with the cluster CA in the service account folder),
-and the store, moto's S3 server behind a proxy that records each request's
-signature. The rules it is held to are the launcher's (kubeflow/pipelines
-backend/src/v2/config and objectstore, 2.0.5 to 2.17), cited in
-kic.runtime.kfp_artifact_store.
+``.../configmaps/NAME``; tests/api_standins.RecordingAPI over TLS), answered
+as the API server answers: the object as JSON with base64 Secret data, a
+``Status`` with the HTTP code otherwise, the bearer token required, the
+cluster CA in the service account folder. And the store: moto's S3 server
+behind a proxy that records each request's signature. The rules it is held
+to are the launcher's (kubeflow/pipelines backend/src/v2/config and
+objectstore, 2.0.5 to 2.17), cited in kic.runtime.kfp_artifact_store.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import json
-import ssl
 import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from api_standins import RecordingAPI
 from gcs_emulator import LOOPBACK, FlakyProxy
 
 from kic import storage
@@ -33,19 +31,29 @@ TOKEN = "service-account-token"
 MODEL_URI = "minio://{bucket}/v2/artifacts/training-pipeline/run-1/train/model"
 
 
-class KubernetesApi(ThreadingHTTPServer):
-    """Namespaced GETs of the Kubernetes API: ``objects`` maps "secrets/NAME" to
-    the object, or to an HTTP status to answer with."""
+class KubernetesApi:
+    """Namespaced GETs of the Kubernetes API: ``objects`` maps "secrets/NAME" to the object, or to an HTTP
+    status to answer with; a request without the service account's token is answered 401, as the API
+    server does. Its ``routes`` are served by a RecordingAPI (``api``)."""
 
-    daemon_threads = True
-
-    def __init__(self, certificate: str, key: str) -> None:
-        super().__init__((LOOPBACK, 0), _ApiHandler)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(certificate, key)
-        self.socket = context.wrap_socket(self.socket, server_side=True)
+    def __init__(self) -> None:
         self.objects: dict[str, dict | int] = {}
-        self.requests: list[str] = []
+        self.api: RecordingAPI | None = None
+
+    def routes(self) -> list:
+        def answer(request, match):
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return 401, _status(401, "Unauthorized")
+            found = self.objects.get(match[1], 404)
+            if isinstance(found, int):
+                return found, _status(found, {403: "Forbidden", 404: "NotFound"}[found])
+            return found
+
+        return [("GET", f"/api/v1/namespaces/{NAMESPACE}/((?:secrets|configmaps)/[^/]+)", answer)]
+
+    @property
+    def requests(self) -> list[str]:
+        return [request.path for request in self.api.requests]
 
     def secret(self, name: str, **data: str) -> None:
         self.objects[f"secrets/{name}"] = {
@@ -57,35 +65,8 @@ class KubernetesApi(ThreadingHTTPServer):
             "kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": name, "namespace": NAMESPACE}, "data": data}
 
 
-class _ApiHandler(BaseHTTPRequestHandler):
-    server: KubernetesApi
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server name
-        self.server.requests.append(self.path)
-        prefix = f"/api/v1/namespaces/{NAMESPACE}/"
-        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            self._status(401, "Unauthorized")
-            return
-        answer = self.server.objects.get(self.path[len(prefix):], 404) if self.path.startswith(prefix) else 404
-        if isinstance(answer, int):
-            self._status(answer, {403: "Forbidden", 404: "NotFound"}.get(answer, "InternalError"))
-            return
-        self._reply(200, answer)
-
-    def _status(self, code: int, reason: str) -> None:
-        self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                           "code": code, "message": f"{self.path}: {reason}"})
-
-    def _reply(self, code: int, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+def _status(code: int, reason: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}
 
 
 def _self_signed(folder) -> tuple[str, str]:
@@ -120,19 +101,14 @@ def pod(tmp_path, monkeypatch):
     certificate, key = _self_signed(account)
     (account / "token").write_text(TOKEN + "\n")
     (account / "namespace").write_text(NAMESPACE)
-    api = KubernetesApi(certificate, key)
-    thread = threading.Thread(target=api.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    monkeypatch.setattr(kfp_artifact_store, "SERVICE_ACCOUNT_DIR", str(account))
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", LOOPBACK)
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.server_address[1]))
-    for name in ("MINIO_SERVICE_SERVICE_HOST", "MINIO_SERVICE_SERVICE_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    try:
-        yield api
-    finally:
-        api.shutdown()
-        api.server_close()
+    kubernetes = KubernetesApi()
+    with RecordingAPI(kubernetes.routes(), tls=(certificate, key)) as kubernetes.api:
+        monkeypatch.setattr(kfp_artifact_store, "SERVICE_ACCOUNT_DIR", str(account))
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", LOOPBACK)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(kubernetes.api.port))
+        for name in ("MINIO_SERVICE_SERVICE_HOST", "MINIO_SERVICE_SERVICE_PORT"):
+            monkeypatch.delenv(name, raising=False)
+        yield kubernetes
 
 
 @pytest.fixture
