@@ -231,6 +231,20 @@ def test_a_secret_train_cannot_read_leaves_it_without_checkpoints_and_says_why(p
     assert not storage.can_reach_minio()
 
 
+@pytest.mark.parametrize("providers", [
+    "minio: [not, a, mapping]",
+    "minio: {default: {endpoint: 'h:9000', credentials: [secretRef]}}",
+    "minio: {default: {endpoint: 'h:9000'}, overrides: [just-a-string]}",
+    "minio: {default: {endpoint: 'h:9000', credentials: {secretRef: name-only}}}",
+    "minio: {default: [",
+    "just text",
+])
+def test_a_malformed_launcher_config_is_a_reason_not_a_crash(pod, providers):
+    pod.configmap("kfp-launcher", providers=providers)
+    with pytest.raises(kfp_artifact_store.NotFound, match="kfp-launcher ConfigMap's providers"):
+        kfp_artifact_store.find("minio://mlpipeline/v2/artifacts/x")
+
+
 def test_outside_a_pod_or_without_a_known_store_find_says_why(pod, monkeypatch):
     pod.secret("mlpipeline-minio-artifact", accesskey="a", secretkey="b")
     with pytest.raises(kfp_artifact_store.NotFound, match="seaweedfs.kubeflow:9000, minio-service.kubeflow:9000"):

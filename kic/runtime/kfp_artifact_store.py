@@ -82,14 +82,14 @@ def find(uri: str, *, environ: Mapping[str, str] | None = None, service_account_
         endpoint = _default_endpoint(environ)
         return Store(endpoint_url=f"http://{endpoint}", **_secret_keys(api, DEFAULT_SECRET, *DEFAULT_SECRET_KEYS),
                      source=f"Kubeflow Pipelines' default store at {endpoint}, keys from secret {DEFAULT_SECRET}")
-    endpoint = settings.get("endpoint") or ""
+    endpoint = str(settings.get("endpoint") or "")
     if not endpoint:
         raise NotFound(f"the {LAUNCHER_CONFIGMAP} ConfigMap names no minio endpoint")
     if "://" not in endpoint:
         endpoint = ("http://" if settings.get("disableSSL", False) else "https://") + endpoint
     credentials = settings.get("credentials") or {}
     source = f"{endpoint} as the {LAUNCHER_CONFIGMAP} ConfigMap names it"
-    region = settings.get("region") or DEFAULT_REGION
+    region = str(settings.get("region") or DEFAULT_REGION)
     if credentials.get("fromEnv"):
         return Store(endpoint_url=endpoint, region=region, source=f"{source}, keys from the environment")
     reference = credentials.get("secretRef") or {}
@@ -119,16 +119,28 @@ def _provider_settings(api: _KubernetesApi, bucket: str, key: str) -> dict | Non
         providers = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise NotFound(f"the {LAUNCHER_CONFIGMAP} ConfigMap's providers entry is not YAML ({error})") from None
-    minio = _field(providers, "minio") or {}
+    malformed = NotFound(f"the {LAUNCHER_CONFIGMAP} ConfigMap's providers.minio is not in the launcher's form "
+                         "(default: a mapping; overrides: a list of mappings; credentials.secretRef: a mapping)")
+    minio = _field(providers, "minio") if isinstance(providers, dict) else providers
+    if minio is None:
+        return None
+    if not isinstance(minio, dict):
+        raise malformed
     default, overrides = _field(minio, "default"), _field(minio, "overrides") or []
     if default is None and not overrides:
         return None
+    if not isinstance(default or {}, dict) or not isinstance(overrides, list) \
+            or not all(isinstance(override, dict) for override in overrides):
+        raise malformed
     settings = dict(default or {})
     for override in overrides:
-        prefix = override.get("keyPrefix") or ""
+        prefix = str(override.get("keyPrefix") or "")
         if override.get("bucketName") == bucket and key.startswith(prefix):
             settings.update({name: value for name, value in override.items() if value not in (None, "")})
             break
+    credentials = settings.get("credentials") or {}
+    if not isinstance(credentials, dict) or not isinstance(credentials.get("secretRef") or {}, dict):
+        raise malformed
     return settings
 
 
