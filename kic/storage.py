@@ -154,24 +154,26 @@ def _gcs_dir_prefix(name: str) -> str:
 # --------------------------------------------------------------------------- client
 
 _client_lock = threading.Lock()
-_clients: dict[tuple[int, str | None], Client] = {}
+_clients: dict[tuple, object] = {}
 
 
-def _client() -> Client:
-    """One client per process and endpoint, shared by all threads.
-
-    Keyed on the pid (a forked child must not reuse its parent's connections) and on
-    ``STORAGE_EMULATOR_HOST`` (tests switch between an emulator and a proxy in front
-    of it).
-    """
-    emulator = os.environ.get(EMULATOR_ENV) or None
-    key = (os.getpid(), emulator)
+def _shared_client(settings: tuple, make: Callable[[], _T]) -> _T:
+    """The client ``make`` makes, made once per process and ``settings`` and
+    shared by all threads. Keyed on the pid too: a forked child must not reuse
+    its parent's connections."""
+    key = (os.getpid(), *settings)
     with _client_lock:
         client = _clients.get(key)
         if client is None:
-            client = _new_client(emulator)
-            _clients[key] = client
+            client = _clients[key] = make()
         return client
+
+
+def _client() -> Client:
+    """The GCS client, per ``STORAGE_EMULATOR_HOST`` (tests switch between an
+    emulator and a proxy in front of it)."""
+    emulator = os.environ.get(EMULATOR_ENV) or None
+    return _shared_client(("gcs", emulator), lambda: _new_client(emulator))
 
 
 def _new_client(emulator: str | None) -> Client:
@@ -204,7 +206,6 @@ def reset_client() -> None:
     """Forget cached GCS and S3 clients (tests that change the endpoint call this)."""
     with _client_lock:
         _clients.clear()
-        _s3_clients.clear()
 
 
 def _retry():
@@ -304,9 +305,6 @@ def _local_errors(path: str) -> Iterator[None]:
 
 # --------------------------------------------------------------------------- s3
 
-_s3_clients: dict[tuple, object] = {}
-
-
 @dataclasses.dataclass(frozen=True)
 class S3Store:
     """An S3-compatible store and the keys to it (empty keys: boto3's credential chain)."""
@@ -353,19 +351,12 @@ def _s3_object(uri: str) -> tuple[str, str]:
 
 
 def _s3(uri: str):
-    """The boto3 client for ``uri``'s store: one per process, store and S3
-    settings in the environment, shared by all threads (boto3 clients are
-    thread-safe; sessions are not)."""
+    """The boto3 client for ``uri``'s store, per store and S3 settings in the
+    environment (boto3 clients are thread-safe; sessions are not)."""
     store = _minio_store if uri.startswith(MINIO_SCHEME) else None
     settings = tuple(os.environ.get(name) for name in (
         *S3_ENDPOINT_ENVS, "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"))
-    key = (os.getpid(), settings, store)
-    with _client_lock:
-        client = _s3_clients.get(key)
-        if client is None:
-            client = _new_s3_client(store)
-            _s3_clients[key] = client
-        return client
+    return _shared_client(("s3", settings, store), lambda: _new_s3_client(store))
 
 
 def _new_s3_client(store: S3Store | None):

@@ -189,13 +189,12 @@ minio:
       credentials:
         secretRef: {{secretName: artifact-keys, accessKeyKey: id, secretKeyKey: key}}
 """)
-    found = kfp_artifact_store.find(MODEL_URI.format(bucket=store.bucket))
+    found = kfp_artifact_store.find(MODEL_URI.format(bucket=store.bucket)).store
 
     assert (found.endpoint_url, found.region) == (f"http://{store.host_port}", "eu-west-1")
     assert (found.access_key_id, found.secret_access_key) == ("store-access", "store-secret")
     assert "store-secret" not in repr(found)
-    storage.use_for_minio(storage.S3Store(found.endpoint_url, found.region, found.access_key_id,
-                                          found.secret_access_key))
+    storage.use_for_minio(found)
     _checkpoints_written_with(store, f"minio://{store.bucket}/v2/artifacts/r/train/checkpoints", "store-access")
 
 

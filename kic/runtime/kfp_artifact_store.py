@@ -42,6 +42,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
+from kic import storage
+
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 LAUNCHER_CONFIGMAP = "kfp-launcher"
 DEFAULT_SECRET = "mlpipeline-minio-artifact"
@@ -53,14 +55,11 @@ API_TIMEOUT_S = 10
 
 
 @dataclasses.dataclass(frozen=True)
-class Store:
-    """Where minio:// objects live and the keys to them (empty keys: the AWS credential chain)."""
+class Found:
+    """The store (empty keys: the AWS credential chain) and where its settings came from, for the log."""
 
-    endpoint_url: str
-    region: str = DEFAULT_REGION
-    access_key_id: str = dataclasses.field(default="", repr=False)
-    secret_access_key: str = dataclasses.field(default="", repr=False)
-    source: str = ""  # where the settings came from, for the log
+    store: storage.S3Store
+    source: str
 
 
 class NotFound(Exception):
@@ -71,7 +70,7 @@ class NotFound(Exception):
         self.status = status  # the Kubernetes API's HTTP status, if it answered with one
 
 
-def find(uri: str, *, environ: Mapping[str, str] | None = None, service_account_dir: str | None = None) -> Store:
+def find(uri: str, *, environ: Mapping[str, str] | None = None, service_account_dir: str | None = None) -> Found:
     """The store that holds ``uri`` (``minio://BUCKET/KEY``), as the launcher of
     this pod would pick it; NotFound says why not."""
     environ = os.environ if environ is None else environ
@@ -80,8 +79,9 @@ def find(uri: str, *, environ: Mapping[str, str] | None = None, service_account_
     settings = _provider_settings(api, bucket, key)
     if settings is None:
         endpoint = _default_endpoint(environ)
-        return Store(endpoint_url=f"http://{endpoint}", **_secret_keys(api, DEFAULT_SECRET, *DEFAULT_SECRET_KEYS),
-                     source=f"Kubeflow Pipelines' default store at {endpoint}, keys from secret {DEFAULT_SECRET}")
+        return Found(storage.S3Store(f"http://{endpoint}", DEFAULT_REGION,
+                                     *_secret_keys(api, DEFAULT_SECRET, *DEFAULT_SECRET_KEYS)),
+                     f"Kubeflow Pipelines' default store at {endpoint}, keys from secret {DEFAULT_SECRET}")
     endpoint = str(settings.get("endpoint") or "")
     if not endpoint:
         raise NotFound(f"the {LAUNCHER_CONFIGMAP} ConfigMap names no minio endpoint")
@@ -91,14 +91,14 @@ def find(uri: str, *, environ: Mapping[str, str] | None = None, service_account_
     source = f"{endpoint} as the {LAUNCHER_CONFIGMAP} ConfigMap names it"
     region = str(settings.get("region") or DEFAULT_REGION)
     if credentials.get("fromEnv"):
-        return Store(endpoint_url=endpoint, region=region, source=f"{source}, keys from the environment")
+        return Found(storage.S3Store(endpoint, region), f"{source}, keys from the environment")
     reference = credentials.get("secretRef") or {}
     name, access, secret = (reference.get(field) for field in ("secretName", "accessKeyKey", "secretKeyKey"))
     if not (name and access and secret):
         raise NotFound(f"the {LAUNCHER_CONFIGMAP} ConfigMap's minio credentials name no secretRef "
                        "(secretName, accessKeyKey, secretKeyKey)")
-    return Store(endpoint_url=endpoint, region=region, **_secret_keys(api, name, access, secret),
-                 source=f"{source}, keys from secret {name}")
+    return Found(storage.S3Store(endpoint, region, *_secret_keys(api, name, access, secret)),
+                 f"{source}, keys from secret {name}")
 
 
 def _provider_settings(api: _KubernetesApi, bucket: str, key: str) -> dict | None:
@@ -166,7 +166,8 @@ def _default_endpoint(environ: Mapping[str, str]) -> str:
                    f"this cluster's DNS, and the {LAUNCHER_CONFIGMAP} ConfigMap names none")
 
 
-def _secret_keys(api: _KubernetesApi, name: str, access_key: str, secret_key: str) -> dict[str, str]:
+def _secret_keys(api: _KubernetesApi, name: str, access_key: str, secret_key: str) -> tuple[str, str]:
+    """(access key id, secret access key) from the secret's entries ``access_key`` and ``secret_key``."""
     data = api.get(f"secrets/{name}").get("data") or {}
     missing = [key for key in (access_key, secret_key) if not data.get(key)]
     if missing:
@@ -175,7 +176,7 @@ def _secret_keys(api: _KubernetesApi, name: str, access_key: str, secret_key: st
         access, secret = (base64.b64decode(data[key]).decode() for key in (access_key, secret_key))
     except (ValueError, UnicodeDecodeError):
         raise NotFound(f"secret {name}: its keys are not base64 text") from None
-    return {"access_key_id": access, "secret_access_key": secret}
+    return access, secret
 
 
 @dataclasses.dataclass(frozen=True)

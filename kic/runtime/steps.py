@@ -287,13 +287,11 @@ def _connect_kfp_store(uri: str) -> str:
     from kic.runtime import kfp_artifact_store
 
     try:
-        store = kfp_artifact_store.find(uri)
+        found = kfp_artifact_store.find(uri)
     except kfp_artifact_store.NotFound as reason:
         return str(reason)
-    storage.use_for_minio(storage.S3Store(endpoint_url=store.endpoint_url, region=store.region,
-                                          access_key_id=store.access_key_id,
-                                          secret_access_key=store.secret_access_key))
-    log(f"minio:// is Kubeflow Pipelines' store: {store.source}")
+    storage.use_for_minio(found.store)
+    log(f"minio:// is Kubeflow Pipelines' store: {found.source}")
     return ""
 
 
