@@ -73,8 +73,9 @@ def test_a_killed_run_resumes_at_its_checkpointed_epoch_and_learns_as_much(tmp_p
         finally:
             os.killpg(first.pid, signal.SIGKILL)  # the whole run, its steps' processes included
             first.wait()
-    # Where it was killed: the latest committed checkpoint (epoch 4 may have ended in the meantime).
-    (committed,) = [path.parent.name for path in checkpoints.glob("ckpt-*/COMMITTED")]
+    # Where it was killed: the latest committed checkpoint (epoch 4 may have ended in the meantime, and a kill
+    # between its commit and the removal of epoch 3's leaves both: resume must take the latest).
+    committed = max(path.parent.name for path in checkpoints.glob("ckpt-*/COMMITTED"))
     next_epoch = int(committed.split("-")[1]) + 1
     assert next_epoch >= 4
 
