@@ -206,6 +206,30 @@ def test_a_training_input_from_the_disk_cache_has_every_image_once_an_epoch_in_n
         assert passes[0] != passes[1] != passes[2]
 
 
+def test_a_resumed_epoch_from_the_disk_cache_skips_its_trained_batches_and_draws_for_the_step(prepared, tmp_path):
+    """Every stage at once, as a resumed GPU run reads a large dataset: the disk cache (whose images
+    carry their file index), draws for the train step, and the skip of the batches already trained.
+    The model gets (pixels, transforms) and targets only, whether the pass writes the cache or reads it."""
+    info = dataset_info.load(prepared)
+    count = info.splits["train"].num_examples
+    order = input_pipeline.EpochOrder()
+    dataset = input_pipeline.make_dataset(info.shard_paths(prepared, "train"), input_pipeline.InputOptions(
+        input_pipeline.Images(image_size=24, interpolation="bilinear", num_classes=3, binary_mode=False,
+                              num_examples=count),
+        input_pipeline.Reading(batch_size=4, memory_cache_bytes=0, disk_cache_dir=str(tmp_path / "cache")),
+        input_pipeline.Training(seed=3, order=order, augment_in_step=True,
+                                augmentation=input_pipeline.Augmentation(flip="horizontal", rotation=0.1))))
+    batches = -(-count // 4)
+    for epoch, skip in ((3, 2), (4, 0)):  # the first pass writes the cache, the second reads it
+        order.begin(epoch, skip)
+        seen = list(dataset)
+        assert len(seen) == batches - skip
+        for (pixels, transforms), targets in seen:
+            assert pixels.dtype == tf.uint8 and pixels.shape[1:] == (24, 24, 3)
+            assert transforms.shape == (pixels.shape[0], 8) and targets.shape == (pixels.shape[0], 3)
+        assert sum(int(targets.shape[0]) for _, targets in seen) == count - 4 * skip
+
+
 def test_the_input_can_be_decoded_by_a_tf_data_service_on_loopback(prepared):
     """A dispatcher and a worker, real ones, on this machine: every image once per epoch, the same pixels."""
     dispatcher = tf.data.experimental.service.DispatchServer()
