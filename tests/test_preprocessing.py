@@ -205,3 +205,73 @@ def test_training_decodes_prepared_records_to_the_pixels_serving_makes_of_them(k
                 preprocessing.decode_prepared_and_resize(record, 32, interpolation, short_side).numpy(),
                 preprocessing.decode_and_resize(record, 32, interpolation, short_side).numpy(),
                 err_msg=f"{kind}, short side {short_side}, {interpolation}")
+
+
+def _webp(image: Image.Image, **options) -> bytes:
+    return encode(image, "WEBP", **options)
+
+
+# Each format as Pillow writes it, and where its header keeps the width and height.
+_DECLARING = {
+    "PNG": lambda image: encode(image, "PNG"),
+    "GIF": lambda image: encode(image, "GIF"),
+    "BMP": lambda image: encode(image, "BMP"),
+    "WebP lossy (VP8)": lambda image: _webp(image, quality=80),
+    "WebP lossless (VP8L)": lambda image: _webp(image, lossless=True),
+    # Transparency takes libwebp to the extended format (an opaque RGBA image stays VP8).
+    "WebP extended (VP8X)": lambda image: _webp(Image.merge("RGBA", (*image.split(), image.convert("L"))),
+                                                quality=80),
+}
+
+
+@pytest.mark.parametrize("fmt", list(_DECLARING))
+def test_the_declared_size_is_the_size_the_decoder_gives(fmt):
+    raw = _DECLARING[fmt](noise_image((37, 23)))
+    height, width = (int(side) for side in preprocessing.declared_size(tf.constant(raw)))
+    assert (height, width) == tuple(tf.io.decode_image(raw, expand_animations=False).shape[:2]) == (23, 37)
+
+
+def test_a_jpeg_or_unknown_bytes_declare_nothing():
+    for raw in (noise_jpeg((37, 23)), b"", b"not an image at all"):
+        assert [int(side) for side in preprocessing.declared_size(tf.constant(raw))] == [0, 0]
+
+
+def _declaring(fmt: str, width: int, height: int) -> bytes:
+    """A small real file of ``fmt`` whose header is rewritten to declare width x height."""
+    raw = bytearray(_DECLARING[fmt](noise_image((40, 30))))
+    if fmt == "PNG":
+        struct.pack_into(">II", raw, 16, width, height)
+    elif fmt == "GIF":
+        struct.pack_into("<HH", raw, 6, width, height)
+    elif fmt == "BMP":
+        struct.pack_into("<ii", raw, 18, width, -height)  # top-down: a negative height
+    elif "VP8X" in fmt:
+        raw[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    elif "VP8L" in fmt:
+        struct.pack_into("<I", raw, 21, (width - 1) | (height - 1) << 14)
+    else:
+        struct.pack_into("<HH", raw, 26, width, height)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("fmt", list(_DECLARING))
+def test_an_image_declaring_more_pixels_than_prepare_accepts_is_refused_before_it_is_decoded(fmt):
+    """A few hundred bytes can declare billions of pixels, which the decoder would allocate: a served
+    model refuses them as prepare does, with the size, before any decoder runs."""
+    width, height = (16_383, 16_383) if "WebP" in fmt and "VP8X" not in fmt else (60_000, 50_000)
+    assert width * height > preprocessing.MAX_DECODED_PIXELS
+    raw = _declaring(fmt, width, height)
+    assert [int(side) for side in preprocessing.declared_size(tf.constant(raw))] == [height, width]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=f"header declares {width} x {height} pixels, more than the 89,478,485 kic decodes"):
+        preprocessing.decode_and_resize(tf.constant(raw), 32, "bilinear", short_side=48)
+
+
+def test_a_real_decompression_bomb_is_refused_and_an_ordinary_file_is_not():
+    bomb = io.BytesIO()
+    Image.new("1", (10_000, 9_000)).save(bomb, "PNG")  # 90 million pixels in about 10 KB
+    assert len(bomb.getvalue()) < 100_000
+    with pytest.raises(tf.errors.InvalidArgumentError, match="header declares"):
+        preprocessing.decode_rgb(tf.constant(bomb.getvalue()))
+    ordinary = _declaring("GIF", 40, 30)  # the header rewritten to its own size
+    assert preprocessing.decode_rgb(tf.constant(ordinary)).shape == (30, 40, 3)

@@ -68,7 +68,7 @@ import json, resource, sys, time
 import numpy as np, tensorflow as tf
 from kic.model import preprocessing
 from kic.serving import predict
-package, folder, inputs_file, corpus_file, output, source, prepared = sys.argv[1:8]
+package, folder, inputs_file, corpus_file, output, source, prepared, bomb = sys.argv[1:9]
 answer = {}
 serve = tf.saved_model.load(package + "/1").signatures["serving_default"]
 
@@ -106,6 +106,10 @@ answer["corpus"] = results
 answer["batch_difference"] = max(float(np.abs(batch[index] - results[name]["probabilities"]).max())
                                  for index, (name, _) in enumerate(good))
 answer["corpus_seconds"] = time.monotonic() - started
+try:
+    serve(image_bytes=tf.constant([open(bomb, "rb").read()]))
+except tf.errors.OpError as error:
+    answer["bomb"] = predict.decoder_reason(error.message)
 answer["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(answer))
 """
@@ -147,11 +151,13 @@ def served(exported, tmp_path_factory) -> dict:
         for index in range(4):
             (source / label / f"{index}.jpg").write_bytes(solid_jpeg(colour, size=(40 + index, 30)))
     _special_files(source / "a")
+    bomb = root / "bomb.png"
+    Image.new("1", (10_000, 9_000)).save(bomb)  # 90 million pixels in about 10 KB
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # Bounded, so that a regression that reads /dev/zero fails here instead of filling the machine's memory.
     result = subprocess.run([sys.executable, "-c", SERVED_SCRIPT, exported.package_dir, str(folder),
                              str(root / "inputs.json"), str(root / "corpus.json"), str(root / "predictions.jsonl"),
-                             str(source), str(root / "prepared")],
+                             str(source), str(root / "prepared"), str(bomb)],
                             capture_output=True, text=True, timeout=240, env=env,
                             preexec_fn=lambda: _limit_memory(6 * 1024**3))
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-3000:]}"
@@ -198,6 +204,13 @@ def test_batch_predict_rejects_special_files_at_once_in_bounded_memory(served):
     assert "3,221,225,472 bytes, over the limit" in errors["huge.jpg"]
     assert served["predict_seconds"] < 10
     assert served["peak_bytes"] < 2.5 * 1024**3, f"peak {served['peak_bytes'] / 1024**3:.2f} GiB"
+
+
+def test_serving_signature_refuses_a_decompression_bomb_by_its_header(served):
+    """A PNG that declares 90 million pixels is refused with its size before it is decoded (decoding it
+    would take gigabytes for one request); the peak memory test above covers the process."""
+    assert served["bomb"] == ("assertion failed: [the image header declares 10000 x 9000 pixels, "
+                              "more than the 89,478,485 kic decodes]")
 
 
 def test_fuzz_serving_signature_survives_the_corpus(served):

@@ -53,15 +53,84 @@ def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
     def without_alpha():  # GIF and BMP
         return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
+    def within_limit(decode):
+        # Only a JPEG is decoded at a reduced scale; anything else is allocated at the size its header
+        # declares, which a few hundred bytes can put at billions of pixels.
+        def checked():
+            height, width = declared_size(encoded)
+            declares = tf.strings.format("the image header declares {} x {} pixels, more than the "
+                                         f"{MAX_DECODED_PIXELS:,} kic decodes", (width, height))
+            with tf.control_dependencies([tf.debugging.Assert(height * width <= MAX_DECODED_PIXELS, [declares])]):
+                return decode()
+
+        return checked
+
     magic = tf.strings.substr(encoded, 0, 4)
     may_have_alpha = tf.logical_or(tf.equal(magic, b"\x89PNG"), tf.equal(magic, b"RIFF"))
     image = tf.case([(tf.io.is_jpeg(encoded), lambda: _decode_jpeg(encoded, min_size)),
                      (is_animated_webp(encoded), lambda: _webp_first_frame(encoded)),
-                     (may_have_alpha, with_native_channels)],
-                    default=without_alpha, exclusive=False)
+                     (may_have_alpha, within_limit(with_native_channels))],
+                    default=within_limit(without_alpha), exclusive=False)
     image = apply_orientation(image, exif_orientation(encoded))
     image.set_shape([None, None, 3])
     return image
+
+
+# --- Declared size ----------------------------------------------------------------
+# What decoding an image would allocate, read from its header before it is
+# decoded, as each of TensorFlow's decoders reads it: a PNG's IHDR; a GIF's
+# logical screen (every frame is drawn on it); a BMP's BITMAPINFOHEADER (signed
+# 32-bit width and height, the height negative for a top-down file); a WebP's
+# VP8X canvas, else its VP8 frame header (14-bit sizes after the start code) or
+# its VP8L header (14-bit sizes less one). A JPEG needs no such check: its
+# decode is DCT-scaled to near the size the model needs (see decode_rgb), and
+# libjpeg caps either side at 65,500.
+
+# prepare's limit (kic.data.images.DEFAULT_MAX_PIXELS), so a served model
+# decodes no image prepare would have refused for its size.
+MAX_DECODED_PIXELS = 89_478_485
+
+
+def _little_endian_at(data: tf.Tensor, position: int, length: int) -> tf.Tensor:
+    return _big_endian(tf.reverse(_bytes_at(data, tf.constant(position, tf.int64), length), [0]))
+
+
+def _big_endian_at(data: tf.Tensor, position: int, length: int) -> tf.Tensor:
+    return _big_endian(_bytes_at(data, tf.constant(position, tf.int64), length))
+
+
+def _signed_32(value: tf.Tensor) -> tf.Tensor:
+    return tf.where(value >= 2**31, value - 2**32, value)
+
+
+@_graph_code
+def declared_size(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(height, width), int64, that a PNG, GIF, BMP or WebP header declares;
+    (0, 0) for anything else. Where a header is cut short the missing bytes
+    read as zeros."""
+    magic = tf.strings.substr(encoded, 0, 4)
+    webp_chunk = _text_at(encoded, tf.constant(12, tf.int64), 4)
+    vp8l_bits = _little_endian_at(encoded, 21, 4)
+    zero = tf.constant(0, tf.int64)
+    sizes = [  # (is it, height, width), the first that is wins
+        (tf.equal(magic, b"\x89PNG"), _big_endian_at(encoded, 20, 4), _big_endian_at(encoded, 16, 4)),
+        (tf.equal(tf.strings.substr(encoded, 0, 3), b"GIF"),
+         _little_endian_at(encoded, 8, 2), _little_endian_at(encoded, 6, 2)),
+        (tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"),
+         tf.abs(_signed_32(_little_endian_at(encoded, 22, 4))), tf.abs(_signed_32(_little_endian_at(encoded, 18, 4)))),
+        (tf.logical_and(_is_webp(encoded), tf.equal(webp_chunk, b"VP8X")),
+         _little_endian_at(encoded, 27, 3) + 1, _little_endian_at(encoded, 24, 3) + 1),
+        (tf.logical_and(_is_webp(encoded), tf.equal(webp_chunk, b"VP8 ")),
+         tf.bitwise.bitwise_and(_little_endian_at(encoded, 28, 2), 0x3FFF),
+         tf.bitwise.bitwise_and(_little_endian_at(encoded, 26, 2), 0x3FFF)),
+        (tf.logical_and(_is_webp(encoded), tf.equal(webp_chunk, b"VP8L")),
+         tf.bitwise.bitwise_and(tf.bitwise.right_shift(vp8l_bits, 14), 0x3FFF) + 1,
+         tf.bitwise.bitwise_and(vp8l_bits, 0x3FFF) + 1),
+    ]
+    height, width = zero, zero
+    for is_it, its_height, its_width in reversed(sizes):
+        height, width = tf.where(is_it, its_height, height), tf.where(is_it, its_width, width)
+    return height, width
 
 
 # --- Animated WebP -------------------------------------------------------------
@@ -83,7 +152,6 @@ def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
 _WEBP_ANIMATION_FLAG = 0x02
 _WEBP_ALPHA_FLAG = 0x10
 _ANMF_HEADER = 16  # x/2, y/2, width-1, height-1, duration (3 bytes each), flags
-_MAX_CANVAS_PIXELS = 89_478_485  # prepare's limit (kic.data.images.DEFAULT_MAX_PIXELS)
 # One-byte strings by value, to write a header from integers in the graph.
 _BYTE_STRINGS = [bytes([value]) for value in range(256)]
 
@@ -135,7 +203,7 @@ def _webp_first_frame(encoded: tf.Tensor) -> tf.Tensor:
                             ["the animated WebP has no frame (no ANMF chunk with image data)"]),
         tf.debugging.Assert(tf.logical_and(x + width <= canvas_width, y + height <= canvas_height),
                             ["the first frame of the animated WebP lies outside its canvas"]),
-        tf.debugging.Assert(canvas_width * canvas_height <= _MAX_CANVAS_PIXELS,
+        tf.debugging.Assert(canvas_width * canvas_height <= MAX_DECODED_PIXELS,
                             ["the animated WebP's canvas has too many pixels"]),
     ]
     with tf.control_dependencies(checks):
