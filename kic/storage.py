@@ -47,6 +47,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
+import io
 import os
 import posixpath
 import shutil
@@ -99,6 +101,16 @@ class StorageNotFoundError(StorageError, NotFoundError):
 
 class StoragePermissionError(StorageError, UnreachableError, PermissionError):
     """The credentials in use may not perform the operation."""
+
+
+class ObjectTooLarge(StorageError):
+    """A file or object over the byte limit its reader set, not read past it;
+    ``size`` is its size where the store said it before the bytes came."""
+
+    def __init__(self, uri: str, limit: int, size: int | None = None) -> None:
+        told = f"is {size:,} bytes, over" if size is not None else "holds more than"
+        super().__init__(f"the file {told} the limit of {limit:,} bytes", uri)
+        self.limit, self.size = limit, size
 
 
 def _error(kind: type[StorageError], message: str, uri: str) -> StorageError:
@@ -514,7 +526,7 @@ def _s3_exists(uri: str) -> bool:
         return bool(answer.get("KeyCount") or answer.get("Contents"))
 
 
-def _s3_read(uri: str) -> bytes:
+def _s3_read(uri: str, limit: int | None = None) -> bytes:
     from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
 
     bucket, key = _s3_object(uri)
@@ -523,8 +535,11 @@ def _s3_read(uri: str) -> bytes:
         # retries the request, not a body cut short mid-stream: that is retried here.
         attempt = 1
         while True:
-            body = _s3(uri).get_object(Bucket=bucket, Key=key)["Body"]
+            response = _s3(uri).get_object(Bucket=bucket, Key=key)
+            body = response["Body"]
             try:
+                if limit is not None and response["ContentLength"] > limit:
+                    raise ObjectTooLarge(uri, limit, response["ContentLength"])  # the body is closed unread
                 return body.read()
             except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError):
                 if attempt >= S3_MAX_ATTEMPTS:
@@ -648,19 +663,63 @@ def exists(uri: str) -> bool:
             raise
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, *, limit: int | None = None) -> bytes:
+    """A file's or object's bytes. With ``limit``, one over it raises
+    ObjectTooLarge having read at most that many bytes and a network chunk
+    (none where the store gives the size first: S3, a local file)."""
     if is_s3(uri):
-        return _s3_read(uri)
+        return _s3_read(uri, limit)
     if is_gcs(uri):
-        with _gcs_errors(uri):
-            return _blob(uri).download_as_bytes(retry=_retry())
+        return _gcs_read(uri, limit)
     with _local_errors(uri):
         # A FIFO would wait for a writer forever and a device such as /dev/zero never ends: neither is a file
         # anyone means to hand kic (a manifest, a search space, a weights file).
-        if not stat.S_ISREG(os.stat(uri).st_mode):
+        status = os.stat(uri)
+        if not stat.S_ISREG(status.st_mode):
             raise _error(StorageError, "not a regular file (a FIFO, device, socket or folder): not read", uri)
+        if limit is not None and status.st_size > limit:
+            raise ObjectTooLarge(uri, limit, status.st_size)
         with open(uri, "rb") as handle:
-            return handle.read()
+            data = handle.read() if limit is None else handle.read(limit + 1)
+    if limit is not None and len(data) > limit:  # it grew since the stat
+        raise ObjectTooLarge(uri, limit)
+    return data
+
+
+class _LimitReached(Exception):
+    pass
+
+
+class _CappedSink(io.RawIOBase):
+    """A download's destination that ends it once it holds more than ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.data = limit, bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            raise _LimitReached
+        return len(chunk)
+
+
+def _gcs_read(uri: str, limit: int | None) -> bytes:
+    if limit is None:
+        with _gcs_errors(uri):
+            return _blob(uri).download_as_bytes(retry=_retry())
+    sink = _CappedSink(limit)
+    try:
+        with _gcs_errors(uri):
+            # Streamed into the sink, which stops the response past the limit (a ranged request would
+            # answer an empty object with an error).
+            _blob(uri).download_to_file(sink, retry=_retry())
+    except _LimitReached:
+        raise ObjectTooLarge(uri, limit) from None
+    return bytes(sink.data)
 
 
 def read_text(uri: str) -> str:
@@ -699,14 +758,16 @@ def _atomic_local_path(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-def read_many(uris: Iterable[str], workers: int = DEFAULT_WORKERS) -> Iterator[tuple[str, bytes | Exception]]:
+def read_many(uris: Iterable[str], workers: int = DEFAULT_WORKERS, *,
+              limit: int | None = None) -> Iterator[tuple[str, bytes | Exception]]:
     """Read files in parallel threads, yielding ``(uri, bytes or exception)`` in input order.
 
-    One unreadable file yields its exception and the batch goes on. At most a few
+    One unreadable file yields its exception and the batch goes on (one over
+    ``limit`` bytes: ObjectTooLarge, not read past it). At most a few
     times ``workers`` reads are in flight, so a long ``uris`` iterable is not read
     into memory ahead of the consumer.
     """
-    yield from _ordered_parallel(uris, read_bytes, workers)
+    yield from _ordered_parallel(uris, functools.partial(read_bytes, limit=limit), workers)
 
 
 def _ordered_parallel(

@@ -191,6 +191,17 @@ def test_gcs_model_inputs_and_output(package, images, gcs_emulator, signature_pr
                                signature_probabilities(GOOD["a/red.jpg"]), atol=1e-5)
 
 
+def test_an_object_over_the_byte_limit_is_an_error_row_without_being_downloaded(package, images, gcs_emulator,
+                                                                               monkeypatch):
+    bucket = gcs_emulator.new_bucket()
+    storage.upload_dir(os.path.join(images, "a"), f"{bucket}/images")
+    storage.write_bytes(f"{bucket}/images/clip.jpg", os.urandom(300_000))
+    monkeypatch.setattr(predict, "MAX_BYTES", 200_000)
+    summary = predict.predict(package, f"{bucket}/images", f"{bucket}/out/p.jsonl")
+    assert summary.succeeded == 2 and dict(summary.errors) == {
+        f"{bucket}/images/clip.jpg": "too large: more than 200,000 bytes"}
+
+
 def test_bad_arguments_are_clear(package, images, tmp_path):
     with pytest.raises(ParameterError, match="output_format"):
         predict.predict(package, images, str(tmp_path / "x"), output_format="parquet")

@@ -473,6 +473,24 @@ def test_gcs_source_gives_the_same_dataset_as_local(tmp_path, gcs_emulator):
     assert local.info.fingerprint == remote.info.fingerprint
 
 
+@pytest.mark.parametrize("store", ["gcs_emulator", "s3_server"])
+def test_an_object_over_the_byte_limit_is_rejected_as_too_large_without_being_downloaded(tmp_path, store,
+                                                                                           request):
+    """As a local file is judged by its size before it is read: a video someone left in a class folder
+    on a bucket is a too_large row in the report, not gigabytes in prepare's memory."""
+    root = _folder(tmp_path / "src", {"a": 6, "b": 6})
+    _write(os.path.join(root, "a", "clip.jpg"), os.urandom(300_000))
+    bucket = request.getfixturevalue(store).new_bucket()
+    _upload(root, f"{bucket}/images")
+    result = _run(f"{bucket}/images/", tmp_path / "out", max_image_bytes=200_000, max_rejected_fraction=0.2)
+    [rejected] = result.report["rejected"]["files"]
+    assert rejected["file"].endswith("a/clip.jpg") and rejected["reason"] == "too_large"
+    told = "holds more than" if store == "gcs_emulator" else "is 300,000 bytes, over"  # S3 gives the size first
+    assert rejected["detail"] == f"the file {told} the limit of 200,000 bytes"
+    assert result.info.splits["train"].num_examples + result.info.splits["validation"].num_examples \
+        + result.info.splits["test"].num_examples == 12
+
+
 def test_flaky_gcs_source_and_output_give_the_same_dataset(tmp_path, flaky_gcs, gcs_emulator):
     root = _folder(tmp_path / "src", {"a": 5, "b": 5})
     _write(os.path.join(root, "a", "bad.jpg"), b"")

@@ -364,3 +364,49 @@ def test_a_fifo_or_a_device_is_refused_before_it_is_read(tmp_path):
         with pytest.raises(storage.StorageError, match="not a regular file"):
             storage.read_bytes(path)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("store", ["local", "gcs", "s3"])
+def test_a_read_with_a_limit_stops_at_it(store, request, tmp_path, monkeypatch):
+    """prepare and batch predict read images with their byte limit: an object over it raises
+    ObjectTooLarge having received at most the limit and one network chunk (GCS streams it; S3 and a
+    local file tell the size first, and are not read at all), and nothing at or under it changes."""
+    limit = 64 * 1024
+    contents = {"empty.bin": b"", "at.bin": os.urandom(limit), "over.bin": os.urandom(limit + 1),
+                "huge.bin": os.urandom(8 * 1024 * 1024)}
+    if store == "local":
+        root = str(tmp_path)
+        for name, data in contents.items():
+            (tmp_path / name).write_bytes(data)
+    elif store == "gcs":
+        emulator = request.getfixturevalue("gcs_emulator")
+        root = emulator.new_bucket()
+        _seed(emulator, root, contents)
+    else:
+        root = request.getfixturevalue("s3_server").new_bucket()
+        for name, data in contents.items():
+            storage.write_bytes(f"{root}/{name}", data)
+    received: list[int] = []
+
+    class Counting(storage._CappedSink):
+        def write(self, chunk) -> int:
+            received.append(len(chunk))
+            return super().write(chunk)
+
+    monkeypatch.setattr(storage, "_CappedSink", Counting)
+    assert storage.read_bytes(f"{root}/empty.bin", limit=limit) == b""
+    assert storage.read_bytes(f"{root}/at.bin", limit=limit) == contents["at.bin"]
+    for name in ("over.bin", "huge.bin"):
+        received.clear()
+        with pytest.raises(storage.ObjectTooLarge) as raised:
+            storage.read_bytes(f"{root}/{name}", limit=limit)
+        size = len(contents[name])
+        if store == "gcs":
+            assert str(raised.value) == "the file holds more than the limit of 65,536 bytes"
+            assert sum(received) <= limit + 1024 * 1024  # a chunk past the limit, not the 8 MB
+        else:
+            assert str(raised.value) == f"the file is {size:,} bytes, over the limit of 65,536 bytes"
+            assert raised.value.size == size and not received
+    assert storage.read_bytes(f"{root}/huge.bin") == contents["huge.bin"]  # no limit: all of it
+    results = dict(storage.read_many([f"{root}/{name}" for name in contents], workers=2, limit=limit))
+    assert isinstance(results[f"{root}/huge.bin"], storage.ObjectTooLarge) and results[f"{root}/at.bin"]

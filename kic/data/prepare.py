@@ -53,7 +53,14 @@ from kic import artifacts, storage
 from kic.data import gallery, images, schema, splits
 from kic.data import report as report_rendering
 from kic.data.dataset_info import DatasetInfo, SplitInfo, save
-from kic.data.images import ImageLimits, ImageRejected, NormalizedImage, normalize_image, read_image_file
+from kic.data.images import (
+    ImageLimits,
+    ImageRejected,
+    NormalizedImage,
+    RejectReason,
+    normalize_image,
+    read_image_file,
+)
 from kic.data.sources import Listing, LocalFile, SourceError, SourceItem, list_source, read_payloads
 from kic.errors import DataError, ParameterError, Problem
 from kic.machine import available_cores
@@ -234,7 +241,9 @@ def _normalize_all(payloads: Iterable[tuple[int, object]], total: int, limits: I
     def readable(chunk: list[tuple[int, object]]) -> list[tuple[int, object]]:
         # Read failures are settled here: exceptions do not always survive pickling.
         for index, payload in chunk:
-            if isinstance(payload, Exception):
+            if isinstance(payload, storage.ObjectTooLarge):
+                on_result(index, (RejectReason.TOO_LARGE.value, str(payload)))
+            elif isinstance(payload, Exception):
                 on_result(index, (UNREADABLE, str(payload)))
         return [(index, payload) for index, payload in chunk if not isinstance(payload, Exception)]
 
@@ -501,7 +510,8 @@ def _payloads(options: PrepareOptions, channels: _Channels) -> Iterator[tuple[in
     index = 0
     for channel, items in channels.items.items():
         listing = channels.listings[channel]
-        for _, payload in read_payloads(listing, items, tfds_data_dir=options.tfds_data_dir):
+        for _, payload in read_payloads(listing, items, tfds_data_dir=options.tfds_data_dir,
+                                        max_bytes=options.max_image_bytes):
             yield index, payload
             index += 1
 

@@ -316,13 +316,16 @@ def _list_tfds(source: str, data_dir: str) -> Listing:
 
 
 def read_payloads(listing: Listing, items: list[SourceItem], *, tfds_data_dir: str = "",
-                  workers: int = storage.DEFAULT_WORKERS) -> Iterator[tuple[SourceItem, object]]:
+                  workers: int = storage.DEFAULT_WORKERS,
+                  max_bytes: int | None = None) -> Iterator[tuple[SourceItem, object]]:
     """Yields ``(item, payload)`` in the order of ``items``.
 
     The payload is the raw bytes of the file, a :class:`LocalFile` (when no
     item is on GCS), a numpy array (TFDS image features that are not stored
     encoded), or the Exception that reading raised; one unreadable file does
-    not stop the others.
+    not stop the others. An object over ``max_bytes`` is not downloaded past
+    it: its payload is ``storage.ObjectTooLarge`` (a LocalFile is judged by
+    whoever reads it).
     """
     if listing.kind == "tfds":
         yield from _read_tfds(listing, items, tfds_data_dir)
@@ -332,7 +335,7 @@ def read_payloads(listing: Listing, items: list[SourceItem], *, tfds_data_dir: s
             yield item, LocalFile(item.location)
         return
     locations = (item.location for item in items)
-    for item, (_, payload) in zip(items, storage.read_many(locations, workers), strict=True):
+    for item, (_, payload) in zip(items, storage.read_many(locations, workers, limit=max_bytes), strict=True):
         yield item, payload
 
 

@@ -319,7 +319,7 @@ def _read_inputs(files: list[str]) -> Iterator[tuple[str, bytes | Exception]]:
     """Each file's bytes, or why not: a local file is read only if it is a
     regular one of at most MAX_BYTES (kic.data.images.read_image_file)."""
     remote = [file for file in files if "://" in file]
-    contents = dict(storage.read_many(remote)) if remote else {}
+    contents = dict(storage.read_many(remote, limit=MAX_BYTES)) if remote else {}
     for file in files:
         if file in contents:
             yield file, contents[file]
@@ -338,6 +338,9 @@ def _predict_batch(model: ServingModel, files: list[str], top_k: int) -> list[di
     for file, content in _read_inputs(files):
         if isinstance(content, ImageRejected):
             rows[file] = _error_row(file, str(content))
+        elif isinstance(content, storage.ObjectTooLarge):
+            rows[file] = _error_row(file, f"too large: more than {MAX_BYTES:,} bytes" if content.size is None
+                                    else f"too large: {content.size:,} bytes (at most {MAX_BYTES:,})")
         elif isinstance(content, Exception):
             rows[file] = _error_row(file, f"unreadable: {content}")
         elif len(content) > MAX_BYTES:
