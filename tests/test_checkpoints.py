@@ -12,6 +12,7 @@ from tiny_backbone import train_options
 
 from kic import storage
 from kic.config import TrainingConfig
+from kic.data import input_pipeline
 from kic.training import checkpoints, train
 from kic.training.checkpoints import CheckpointMismatchError, Progress, Store
 
@@ -127,31 +128,47 @@ class Preempted(Exception):
     pass
 
 
+@pytest.mark.parametrize("home", ["memory", "disk"])
 def test_a_run_interrupted_mid_epoch_resumes_to_the_model_of_an_uninterrupted_one(prepared, tiny_backbone, trained,
-                                                                                  tmp_path):
+                                                                                  tmp_path, monkeypatch, home):
+    """On the disk cache (large datasets) too: a resumed run's new machine has no cache, and the pass
+    that writes one gives the images in the first epoch's order; the resumed run writes it first, so
+    the interrupted epoch trains on the images it did."""
     # The session's trained model: 2 epochs of 3 steps (24 images, batches of 8); a checkpoint every 2 steps.
     config = TrainingConfig(epochs=2, batch_size=8, learning_rate=0.01)
     options = train_options(tiny_backbone, checkpoint_uri=str(tmp_path / "checkpoints"), checkpoint_every_steps=2)
+    if home == "disk":
+        monkeypatch.setattr(input_pipeline, "DEFAULT_MEMORY_CACHE_BYTES", 0)
+        whole_lines: list[str] = []
+        whole_dir = str(tmp_path / "whole")
+        whole = train(prepared, whole_dir, config, train_options(tiny_backbone), log=whole_lines.append)
+        assert any("kept on local disk" in line for line in whole_lines), whole_lines
+    else:
+        whole, whole_dir = trained.result, trained.model_dir
 
-    def preempted_at_the_end_of_epoch_1(line: str) -> None:
-        if line.startswith("Epoch 1/2"):  # before the end of epoch 1 is saved: the latest is its step 2
+    # On disk, in the second epoch: the first epoch's pass writes the cache, and its order is the same anyway.
+    interrupted = 2 if home == "disk" else 1
+
+    def preempted_at_the_end_of_an_epoch(line: str) -> None:
+        if line.startswith(f"Epoch {interrupted}/2"):  # before the epoch's end is saved: the latest is its step 2
             raise Preempted
 
     with pytest.raises(Preempted):
-        train(prepared, str(tmp_path / "first"), config, options, log=preempted_at_the_end_of_epoch_1)
+        train(prepared, str(tmp_path / "first"), config, options, log=preempted_at_the_end_of_an_epoch)
     lines: list[str] = []
     resumed = train(prepared, str(tmp_path / "resumed"), config, options, log=lines.append)
 
-    assert any(line.startswith("train: resuming from checkpoint") and line.endswith("at epoch 1 (step 2)")
-               for line in lines), lines
-    assert [line.split()[1] for line in lines if line.startswith("Epoch ")] == ["1/2", "2/2"]
-    whole = trained.result
+    assert any(line.startswith("train: resuming from checkpoint")
+               and line.endswith(f"at epoch {interrupted} (step 2)") for line in lines), lines
+    assert [line.split()[1] for line in lines if line.startswith("Epoch ")] == [f"{epoch}/2"
+                                                                               for epoch in range(interrupted, 3)]
+    assert (home == "disk") == any("writing the disk cache before resuming" in line for line in lines), lines
     assert (resumed.best_epoch, resumed.epochs_run) == (whole.best_epoch, 2)
     for key, values in whole.history.items():
         np.testing.assert_allclose(resumed.history[key], values, rtol=1e-5, atol=1e-6, err_msg=key)
     from kic.model.loading import load_keras_model
 
-    for a, b in zip(load_keras_model(trained.model_dir).get_weights(),
+    for a, b in zip(load_keras_model(whole_dir).get_weights(),
                     load_keras_model(str(tmp_path / "resumed")).get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -183,7 +183,8 @@ def make_dataset(shard_paths: list[str], options: InputOptions) -> tf.data.Datas
     seed = training.seed if training else 0
     order = training.order if training and not reading.data_service else None
     # What is cached is read once, by whichever epoch comes first: with an EpochOrder it is read in the
-    # same order whatever that epoch is, so that a resumed run caches what an uninterrupted one did.
+    # same order whatever that epoch is, so that a resumed run caches what an uninterrupted one did (and,
+    # on disk, write_disk_cache lets the epoch it resumes at read the images in that epoch's order).
     fixed_before_cache = order is not None and home != NOWHERE
 
     def mixed(dataset: tf.data.Dataset, buffer: int) -> tf.data.Dataset:
@@ -258,6 +259,20 @@ def make_dataset(shard_paths: list[str], options: InputOptions) -> tf.data.Datas
 
     batches = batches.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return _with_options(_served(batches, reading.data_service).prefetch(tf.data.AUTOTUNE))
+
+
+def write_disk_cache(dataset: tf.data.Dataset, order: EpochOrder) -> None:
+    """Writes a training input's disk cache in a pass that yields nothing
+    (every batch is skipped before it is converted). A run resumed after its
+    first epoch calls this first: the pass that writes the cache gives the
+    images in the order they are written, which is the first epoch's, so
+    without it the resumed epoch would train on other images than the
+    interrupted one did; read back from the cache, they come in the epoch's
+    own order, as an uninterrupted run reads them."""
+    order.begin(0, skip_batches=2**62)
+    for _ in dataset:
+        pass
+    order.end()
 
 
 def evaluation_records(shard_paths: list[str], *, image_size: int, interpolation: str, short_side: int,

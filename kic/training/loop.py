@@ -108,9 +108,9 @@ def _output_dir(model_dir: str, spread: distribution.Distribution):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _log_decoded_images_home(count: int, image_size: int, cache_dir: str, data_service: str, log: Log) -> None:
+def _log_decoded_images_home(home: str, count: int, image_size: int, cache_dir: str, data_service: str,
+                             log: Log) -> None:
     size = f"{count * image_size * image_size * 3 / 1024**2:,.0f} MB"
-    home = input_pipeline.decoded_images_home(count, image_size, disk_cache_dir=cache_dir, data_service=data_service)
     if home == input_pipeline.MEMORY:
         log(f"train: decoded training images kept in memory ({size})")
     elif home == input_pipeline.DISK:
@@ -161,7 +161,9 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
             input_pipeline.Training(seed=options.seed, augmentation=augmentation, order=order,
                                     augment_in_step=in_step) if split == "train" else None))
         for split in ("train", "validation"))
-    _log_decoded_images_home(shares["train"], image_size, cache_dir, options.data_service, log)
+    home = input_pipeline.decoded_images_home(shares["train"], image_size, disk_cache_dir=cache_dir,
+                                              data_service=options.data_service)
+    _log_decoded_images_home(home, shares["train"], image_size, cache_dir, options.data_service, log)
 
     model, trained, hyperparameters, metrics = _compiled_model(config, options, backbone, image_size,
                                                                data.num_classes, plan, base_dir, spread,
@@ -188,6 +190,10 @@ def _train(dataset_dir: str, model_dir: str, config: TrainingConfig, options: Tr
                                              write_graph=False, profile_batch=0)]
     with trained.distribute_strategy.scope():  # the optimizer's variables are made there
         initial_epoch = checkpointing.resume(trained)
+    if initial_epoch > 0 and not checkpointing.finished and home == input_pipeline.DISK:
+        log(f"train: writing the disk cache before resuming at epoch {initial_epoch + 1}, so that the epoch "
+            "reads its images in the order the interrupted run did")
+        input_pipeline.write_disk_cache(train_ds, order)
     for first, end in [] if checkpointing.finished else checkpointing.fits(initial_epoch):
         with warnings.catch_warnings():
             # The input is finite and shuffled by tf.data; Keras warns about both.
