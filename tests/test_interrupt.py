@@ -1,7 +1,9 @@
-"""Ctrl-C or SIGTERM stops a local run whole: its steps, their own child processes, and their temporary files.
+"""Ctrl-C or SIGTERM stops a local run whole: its steps, their own child processes, and their temporary files;
+and a step run on its own (kic prepare, train, predict) with its workers.
 
 The fast test stops a real process that holds a tree of children the way kic run holds its steps (one that
-ignores SIGTERM, as a busy step may); the slow ones stop real `kic run`s during train."""
+ignores SIGTERM, as a busy step may); the slow ones stop real `kic run`s during train, and a real kic prepare
+while its image workers run."""
 
 import glob
 import os
@@ -127,3 +129,40 @@ def test_a_signal_during_train_stops_the_run_its_steps_and_their_temporary_files
     assert code == 128 + expected and f"kic: stopped by {expected.name}" in output, output[-3000:]
     assert stopped_in < 10
     assert glob.glob(str(temporary / "kic-*")) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the process table in /proc")
+def test_sigterm_stops_kic_prepare_and_its_image_workers_and_the_folder_stays_usable(tmp_path):
+    """SIGTERM reaches kic prepare alone (kill, a scheduler, `timeout`): its image worker processes
+    stopped with it (they lived on as orphans), it leaves no temporary files, and the next prepare into
+    the same folder runs."""
+    from kic.demo_data import write_demo_dataset
+
+    data, temporary, output = tmp_path / "images", tmp_path / "tmp", tmp_path / "out"
+    write_demo_dataset(str(data), images_per_class=400, size=160)
+    temporary.mkdir()
+    command = [sys.executable, "-m", "kic.cli", "prepare", str(data), str(output), "--workers", "2"]
+    environment = {**os.environ, "TMPDIR": str(temporary)}
+    with open(tmp_path / "prepare.log", "w") as log:
+        prepare = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=environment)
+        try:
+            deadline = time.monotonic() + 60
+            while len(group_members(prepare.pid)) < 4:  # kic, multiprocessing's resource tracker, 2 workers
+                assert prepare.poll() is None, (tmp_path / "prepare.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "prepare never started its workers"
+                time.sleep(0.05)
+            prepare.send_signal(signal.SIGTERM)
+            code = prepare.wait(timeout=shutdown.GRACE_SECONDS + 10)
+            wait_gone(prepare.pid, 5)
+        finally:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.killpg(prepare.pid, signal.SIGKILL)
+    log = (tmp_path / "prepare.log").read_text()
+    assert code == 128 + signal.SIGTERM and log.rstrip().endswith("kic: stopped by SIGTERM"), log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert glob.glob(str(temporary / "*")) == []
+    assert not glob.glob(str(output / "*.tfrecord"))  # shards are only written once every image is in
+    again = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    assert again.returncode == 0 and "prepared 3 classes" in again.stdout, again.stderr[-3000:]

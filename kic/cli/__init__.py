@@ -59,11 +59,11 @@ def _handle(args: argparse.Namespace) -> int:
     except UserError as error:  # anything else keeps its traceback: it is a bug
         print(redact(f"kic: error: {error}"), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a local run (kic.orchestration.shutdown)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (kic.orchestration.shutdown)
         from kic.orchestration import shutdown
 
         print(f"\nkic: stopped by {shutdown.signal_name()}"
-              + ("; so were the steps it had started" if shutdown.received else ""), file=sys.stderr)
+              + ("; so were the steps it had started" if shutdown.children_stopped else ""), file=sys.stderr)
         return shutdown.exit_code()
 
 

@@ -73,7 +73,7 @@ class _TrainHelp(argparse.HelpFormatter):
 # --------------------------------------------------------------- prepare
 def _prepare(args: argparse.Namespace) -> int:
     from kic import parameters, storage
-    from kic.orchestration import output_folder
+    from kic.orchestration import output_folder, shutdown
 
     parameters.validate({
         "data_source": args.source, "validation_source": args.validation_source, "test_source": args.test_source,
@@ -81,8 +81,10 @@ def _prepare(args: argparse.Namespace) -> int:
         "split_seed": args.seed, "image_short_side": args.image_short_side,
         "max_rejected_fraction": args.max_rejected_fraction, "tfds_data_dir": args.tfds_data_dir})
     if storage.is_remote(args.output):
-        return _prepare_unlocked(args)
-    with output_folder.locked(args.output, "kic prepare"):  # two prepares into one folder mix their shards
+        with shutdown.stoppable_run(step_in_process=True):
+            return _prepare_unlocked(args)
+    # Two prepares into one folder mix their shards.
+    with output_folder.locked(args.output, "kic prepare"), shutdown.stoppable_run(step_in_process=True):
         return _prepare_unlocked(args)
 
 
@@ -144,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
     if found:
         raise ParameterError(found)
     values = {**{name: parameters.PARAMETERS_BY_NAME[name].default for name in takes}, **values}
-    from kic.orchestration import output_folder
+    from kic.orchestration import output_folder, shutdown
 
     # The workers of a multi-machine job (kic.training.distribution: TF_CONFIG, CLUSTER_SPEC; not imported, as
     # it imports TensorFlow noisily) share OUTPUT_DIR on purpose, only the chief writing; else one train at a
@@ -153,7 +155,8 @@ def _train(args: argparse.Namespace) -> int:
                                                 ("TF_CONFIG", "CLUSTER_SPEC"))
     if not storage.is_remote(args.output):
         output_folder.check_not_a_file(args.output, "OUTPUT_DIR")
-    with contextlib.nullcontext() if shared else output_folder.locked(args.output, "kic train"):
+    lock = contextlib.nullcontext() if shared else output_folder.locked(args.output, "kic train")
+    with lock, shutdown.stoppable_run(step_in_process=True):
         return _train_unlocked(args, values)
 
 
@@ -220,10 +223,12 @@ def _predict(args: argparse.Namespace) -> int:
         found += error.problems
     if found:
         raise ParameterError(found)
+    from kic.orchestration import shutdown
     from kic.serving import predict
 
-    summary = predict.predict(args.model, args.inputs, args.output, batch_size=args.batch_size, top_k=args.top_k,
-                              output_format=output_format)
+    with shutdown.stoppable_run(step_in_process=True):
+        summary = predict.predict(args.model, args.inputs, args.output, batch_size=args.batch_size,
+                                  top_k=args.top_k, output_format=output_format)
     print(predict.format_summary(summary))
     return 0
 

@@ -32,16 +32,21 @@ STALE_AFTER_SECONDS = 60
 GRACE_SECONDS = 3.0  # for a step to end on SIGTERM (TensorFlow's ops do not stop at once)
 
 received: int | None = None  # the signal that stopped the run, if one did
+children_stopped: int = 0  # the child processes the signal stopped at once (a local run's steps)
 
 
 @contextlib.contextmanager
-def stoppable_run() -> Iterator[str]:
+def stoppable_run(*, step_in_process: bool = False) -> Iterator[str]:
     """Runs the block with SIGINT and SIGTERM stopping every child process, and TMPDIR (for the children and
     this process) a folder of the run's own, which it yields; on the way out, by return, exception or signal,
     stops whatever children are left and removes the folder. A signal arrives as KeyboardInterrupt (plain, for
-    subprocess.Popen waits only briefly on that one)."""
-    global received
-    received = None
+    subprocess.Popen waits only briefly on that one).
+
+    ``step_in_process``: the block runs a step itself (``kic prepare``, ``kic train``, ``kic predict``), whose
+    workers are this process's children: the signal only interrupts the block, whose process pool then ends
+    its workers as it unwinds, and only what is left after it is stopped."""
+    global received, children_stopped
+    received, children_stopped = None, 0
     _remove_stale_scratch()
     scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
     owner = open(os.path.join(scratch, OWNER_FILE), "w")
@@ -54,11 +59,13 @@ def stoppable_run() -> Iterator[str]:
     signalled: list[int] = []  # once their parent step is gone, workers are no longer this process's descendants
 
     def on_signal(signum, _frame):
-        global received
+        global received, children_stopped
         if received is None:
             received = signum
-            # Now, before the KeyboardInterrupt below unwinds KFP's waits on its step.
-            signalled.extend(stop_children(grace=0, spare=already))
+            if not step_in_process:
+                # Now, before the KeyboardInterrupt below unwinds KFP's waits on its step.
+                signalled.extend(stop_children(grace=0, spare=already))
+                children_stopped = len(signalled)
         raise KeyboardInterrupt
 
     previous_handlers = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
