@@ -267,6 +267,10 @@ def test_an_image_declaring_more_pixels_than_prepare_accepts_is_refused_before_i
         preprocessing.decode_and_resize(tf.constant(raw), 32, "bilinear", short_side=48)
 
 
+def test_serving_decodes_up_to_the_pixels_prepare_accepts():
+    assert preprocessing.MAX_DECODED_PIXELS == ImageLimits().max_pixels  # kic.model sits below kic.data
+
+
 def test_a_real_decompression_bomb_is_refused_and_an_ordinary_file_is_not():
     bomb = io.BytesIO()
     Image.new("1", (10_000, 9_000)).save(bomb, "PNG")  # 90 million pixels in about 10 KB
