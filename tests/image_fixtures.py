@@ -113,6 +113,36 @@ def animated_gif(colors=(RED, GREEN, BLUE), size=(40, 30)) -> bytes:
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
+def gif_blocks(raw: bytes) -> list[bytes]:
+    """A GIF's header (with its global colour table) and then each block as bytes, the trailer left out:
+    an extension (0x21) or an image (0x2C) with its sub-blocks. A plain reading of the format, for fixtures."""
+    flags = raw[10]
+    position = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)
+    blocks = [raw[:position]]
+    while raw[position] in (0x21, 0x2C):
+        start = position
+        if raw[position] == 0x21:
+            position += 2
+        else:
+            local = raw[position + 9]
+            position += 10 + (3 * 2 ** ((local & 7) + 1) if local & 0x80 else 0) + 1
+        while raw[position]:
+            position += 1 + raw[position]
+        position += 1
+        blocks.append(raw[start:position])
+    return blocks
+
+
+def gif_frame_bomb(frames: int, size=(1000, 1000)) -> bytes:
+    """A GIF of ``frames`` images, each within any pixel limit, in a few kilobytes a frame: Pillow's
+    two-frame GIF with its second frame (and the extension before it) repeated."""
+    two = encode(Image.new("P", size, 0), "GIF", save_all=True, append_images=[Image.new("P", size, 1)],
+                 duration=10)
+    blocks = gif_blocks(two)
+    first, second = (index for index, block in enumerate(blocks) if block[0] == 0x2C)
+    return b"".join(blocks[:first + 1]) + b"".join(blocks[first + 1:second + 1]) * (frames - 1) + b";"
+
+
 def animated_webp(colors=(RED, GREEN), size=(40, 30)) -> bytes:
     frames = [Image.new("RGB", size, color) for color in colors]
     return encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True)

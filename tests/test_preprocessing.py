@@ -8,9 +8,12 @@ import pytest
 import tensorflow as tf
 from image_fixtures import (
     PARITY_KINDS,
+    animated_gif,
     encode,
     exif_block,
     exif_rotated_jpeg,
+    gif_blocks,
+    gif_frame_bomb,
     jpeg_with_app1,
     noise_image,
     noise_jpeg,
@@ -279,3 +282,24 @@ def test_a_real_decompression_bomb_is_refused_and_an_ordinary_file_is_not():
         preprocessing.decode_rgb(tf.constant(bomb.getvalue()))
     ordinary = _declaring("GIF", 40, 30)  # the header rewritten to its own size
     assert preprocessing.decode_rgb(tf.constant(ordinary)).shape == (30, 40, 3)
+
+
+def test_a_gif_reaches_the_decoder_cut_after_its_first_image():
+    """giflib decodes every image of a GIF before TensorFlow keeps the first: a GIF of many frames,
+    each within the pixel limit, is cut after its first image (extensions before it kept), so serving
+    it takes one image's memory. The first frame is the same, cut or not."""
+    bomb = gif_frame_bomb(2000)  # 3.7 MB; decoded whole, 2 GB
+    blocks = gif_blocks(bomb)
+    first_image = next(index for index, block in enumerate(blocks) if block[0] == 0x2C)
+    assert preprocessing.gif_first_image(tf.constant(bomb)).numpy() == b"".join(blocks[:first_image + 1]) + b";"
+    assert preprocessing.decode_rgb(tf.constant(bomb)).shape == (1000, 1000, 3)
+    extensions = io.BytesIO()  # a comment, the loop count, transparency: extensions before the first image
+    frames = [noise_image((40, 30), seed=seed).convert("P") for seed in range(3)]
+    frames[0].save(extensions, "GIF", save_all=True, append_images=frames[1:], comment=b"hello", loop=0,
+                   transparency=0)
+    for raw in (animated_gif(), extensions.getvalue(), encode(noise_image((40, 30)), "GIF")):
+        cut = preprocessing.gif_first_image(tf.constant(raw)).numpy()
+        assert len(cut) <= len(raw)
+        np.testing.assert_array_equal(tf.io.decode_gif(cut)[0], tf.io.decode_gif(raw)[0])
+    for raw in (b"GIF89a", encode(noise_image((40, 30)), "GIF")[:200], noise_jpeg()):  # cut short, or no GIF
+        assert preprocessing.gif_first_image(tf.constant(raw)).numpy() == raw

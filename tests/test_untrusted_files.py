@@ -21,7 +21,17 @@ import tarfile
 
 import numpy as np
 import pytest
-from image_fixtures import BLUE, GREEN, MALFORMED_SEEDS, RED, animated_gif, encode, malformed_corpus, solid_jpeg
+from image_fixtures import (
+    BLUE,
+    GREEN,
+    MALFORMED_SEEDS,
+    RED,
+    animated_gif,
+    encode,
+    gif_frame_bomb,
+    malformed_corpus,
+    solid_jpeg,
+)
 from PIL import Image
 
 from kic import artifacts, storage
@@ -68,7 +78,7 @@ import json, resource, sys, time
 import numpy as np, tensorflow as tf
 from kic.model import preprocessing
 from kic.serving import predict
-package, folder, inputs_file, corpus_file, output, source, prepared, bomb = sys.argv[1:9]
+package, folder, inputs_file, corpus_file, output, source, prepared, bomb, gif_frames = sys.argv[1:10]
 answer = {}
 serve = tf.saved_model.load(package + "/1").signatures["serving_default"]
 
@@ -110,6 +120,7 @@ try:
     serve(image_bytes=tf.constant([open(bomb, "rb").read()]))
 except tf.errors.OpError as error:
     answer["bomb"] = predict.decoder_reason(error.message)
+answer["gif_frames"] = serve(image_bytes=tf.constant([open(gif_frames, "rb").read()]))["probabilities"].shape[0]
 answer["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(answer))
 """
@@ -153,11 +164,13 @@ def served(exported, tmp_path_factory) -> dict:
     _special_files(source / "a")
     bomb = root / "bomb.png"
     Image.new("1", (10_000, 9_000)).save(bomb)  # 90 million pixels in about 10 KB
+    gif_frames = root / "frames.gif"
+    gif_frames.write_bytes(gif_frame_bomb(2000))  # 3.7 MB: 2,000 frames of a million pixels
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # Bounded, so that a regression that reads /dev/zero fails here instead of filling the machine's memory.
     result = subprocess.run([sys.executable, "-c", SERVED_SCRIPT, exported.package_dir, str(folder),
                              str(root / "inputs.json"), str(root / "corpus.json"), str(root / "predictions.jsonl"),
-                             str(source), str(root / "prepared"), str(bomb)],
+                             str(source), str(root / "prepared"), str(bomb), str(gif_frames)],
                             capture_output=True, text=True, timeout=240, env=env,
                             preexec_fn=lambda: _limit_memory(6 * 1024**3))
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-3000:]}"
@@ -211,6 +224,12 @@ def test_serving_signature_refuses_a_decompression_bomb_by_its_header(served):
     would take gigabytes for one request); the peak memory test above covers the process."""
     assert served["bomb"] == ("assertion failed: [the image header declares 10000 x 9000 pixels, "
                               "more than the 89,478,485 kic decodes]")
+
+
+def test_serving_signature_answers_a_gif_of_thousands_of_frames_from_its_first_in_bounded_memory(served):
+    """Each frame within the pixel limit, 2 GB decoded whole: the peak memory test above covers the
+    process, which answers it from its first frame."""
+    assert served["gif_frames"] == 1
 
 
 def test_fuzz_serving_signature_survives_the_corpus(served):

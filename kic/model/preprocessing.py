@@ -51,7 +51,7 @@ def decode_rgb(encoded: tf.Tensor, min_size: int = 0) -> tf.Tensor:
         return _to_rgb(tf.io.decode_image(encoded, channels=0, expand_animations=False))
 
     def without_alpha():  # GIF and BMP
-        return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        return tf.io.decode_image(gif_first_image(encoded), channels=3, expand_animations=False)
 
     def within_limit(decode):
         # Only a JPEG is decoded at a reduced scale; anything else is allocated at the size its header
@@ -131,6 +131,63 @@ def declared_size(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     for is_it, its_height, its_width in reversed(sizes):
         height, width = tf.where(is_it, its_height, height), tf.where(is_it, its_width, width)
     return height, width
+
+
+# --- GIF: the first image alone -------------------------------------------------
+# giflib, TensorFlow's GIF decoder, decodes every image of a file before
+# TensorFlow keeps the first, so a GIF of many frames, each within the pixel
+# limit, took memory by the frame (a 1.8 MB GIF of 1,000 frames of 1,000 x
+# 1,000: 1 GB). The decoder is handed the file up to the end of its first
+# image, then a trailer: the same first frame, one image's memory. A GIF is
+# blocks after its header and global colour table: extensions (0x21, a label,
+# then data sub-blocks) and images (0x2C, a 9-byte descriptor, a local colour
+# table, the LZW code size, then sub-blocks), where sub-blocks are a length
+# byte and that many bytes, ended by a zero length.
+
+_GIF_EXTENSION, _GIF_IMAGE = 0x21, 0x2C
+_AT_BLOCK, _IN_EXTENSION, _IN_IMAGE = 0, 1, 2
+
+
+def _colour_table_bytes(flags: tf.Tensor) -> tf.Tensor:
+    """A GIF's global or local colour table's size, from the flags byte that declares it."""
+    present = tf.not_equal(tf.bitwise.bitwise_and(flags, 0x80), 0)
+    return tf.where(present, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.bitwise.bitwise_and(flags, 7)),
+                    tf.constant(0, tf.int64))
+
+
+@_graph_code
+def gif_first_image(encoded: tf.Tensor) -> tf.Tensor:
+    """A GIF cut after its first image, with a trailer; anything else, or a
+    GIF whose first image's end cannot be found, as it is (the decoder then
+    says what is wrong with it)."""
+    size = _size(encoded)
+
+    def step(position, state, end):
+        head = tf.cast(_bytes_at(encoded, position, 10), tf.int64)
+        at_block, in_sub_blocks = tf.equal(state, _AT_BLOCK), tf.not_equal(state, _AT_BLOCK)
+        ends_sub_blocks = tf.logical_and(in_sub_blocks, tf.equal(head[0], 0))
+        image_at = tf.logical_and(at_block, tf.equal(head[0], _GIF_IMAGE))
+        extension_at = tf.logical_and(at_block, tf.equal(head[0], _GIF_EXTENSION))
+        after_image_header = position + 10 + _colour_table_bytes(head[9]) + 1  # the LZW code size byte
+        end = tf.where(tf.logical_and(ends_sub_blocks, tf.equal(state, _IN_IMAGE)), position + 1, end)
+        position = tf.where(in_sub_blocks, position + 1 + head[0],
+                            tf.where(image_at, after_image_header, position + 2))
+        state = tf.where(ends_sub_blocks, tf.constant(_AT_BLOCK, tf.int64),
+                         tf.where(image_at, tf.constant(_IN_IMAGE, tf.int64),
+                                  tf.where(extension_at, tf.constant(_IN_EXTENSION, tf.int64), state)))
+        # A trailer, or anything else where a block should start: no first image to cut after.
+        lost = tf.logical_and(at_block, tf.logical_not(tf.logical_or(image_at, extension_at)))
+        return tf.where(lost, size + 1, position), state, end
+
+    def walking(position, _state, end):
+        return tf.logical_and(tf.equal(end, 0), position < size)
+
+    start = 13 + _colour_table_bytes(tf.cast(_bytes_at(encoded, tf.constant(10, tf.int64), 1)[0], tf.int64))
+    _, _, end = tf.while_loop(walking, step, (start, tf.constant(_AT_BLOCK, tf.int64), tf.constant(0, tf.int64)),
+                              maximum_iterations=tf.cast(size, tf.int32))
+    is_gif = tf.equal(tf.strings.substr(encoded, 0, 3), b"GIF")
+    cut = tf.strings.join([tf.strings.substr(encoded, 0, tf.cast(end, tf.int32)), b";"])
+    return tf.where(tf.logical_and(is_gif, end > 0), cut, encoded)
 
 
 # --- Animated WebP -------------------------------------------------------------
