@@ -249,9 +249,7 @@ def _webp_first_frame(encoded: tf.Tensor) -> tf.Tensor:
         return header[offset] + 256 * header[offset + 1] + 65536 * header[offset + 2]
 
     x, y, width, height = 2 * little(0), 2 * little(3), little(6) + 1, little(9) + 1
-    canvas = tf.cast(_bytes_at(encoded, tf.constant(24, tf.int64), 6), tf.int64)
-    canvas_width = canvas[0] + 256 * canvas[1] + 65536 * canvas[2] + 1
-    canvas_height = canvas[3] + 256 * canvas[4] + 65536 * canvas[5] + 1
+    canvas_height, canvas_width = declared_size(encoded)  # the VP8X chunk's canvas
     has_canvas = tf.equal(_text_at(encoded, tf.constant(12, tf.int64), 4), b"VP8X")
     canvas_width = tf.where(has_canvas, canvas_width, x + width)
     canvas_height = tf.where(has_canvas, canvas_height, y + height)
